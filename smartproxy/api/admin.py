@@ -1,0 +1,245 @@
+"""The admin sub-app (mounted at ``/api``): JWT on every route; usage, dry-run routing, reload."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import BadRequest, ConfigError, GatewayError
+from ..routing.pricing import effective_price
+from ..security.jwt import ADMIN_SUB, admin_auth_middleware
+from ..state import GATEWAY, Gateway
+from .proxy import decide, parse_body
+
+log = logging.getLogger("smartproxy.admin")
+
+
+async def usage(request: web.Request) -> web.Response:
+    """Usage per channel, or grouped over the request log with ``from``/``to``/``group_by``.
+    ---
+    summary: Usage and cost
+    tags: [admin]
+    security: [{adminJWT: []}]
+    parameters:
+      - {name: from, in: query, required: false, schema: {type: string, format: date-time},
+         description: 'ISO 8601 start (inclusive) of the request-log window', example: '2026-11-26T00:00:00Z'}
+      - {name: to, in: query, required: false, schema: {type: string, format: date-time},
+         description: 'ISO 8601 end (exclusive)', example: '2026-11-27T00:00:00Z'}
+      - {name: group_by, in: query, required: false,
+         schema: {type: string, enum: [channel, api_key, model]},
+         description: 'group the request log instead of returning live counters'}
+    responses:
+      '200':
+        description: Per-channel counters (no group_by) or grouped request-log rows.
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/Usage'}
+            example:
+              channels:
+                - {channel: free-groq, requests: 12, day_tokens: 3400, hour_tokens: 800, total_tokens: 9100,
+                   cost_usd: 0.0, day_quota_left: 496600, hour_quota_left: 49200}
+      '400': {$ref: '#/components/responses/BadRequest'}
+      '401': {$ref: '#/components/responses/AdminUnauthorized'}
+    """
+    gw = request.config_dict[GATEWAY]
+    q = request.query
+    if "group_by" in q or "from" in q or "to" in q:
+        start, end = _when(q.get("from"), "from"), _when(q.get("to"), "to")
+        group_by = q.get("group_by", "channel")
+        try:
+            rows = await gw.store.query(start, end, group_by)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="group_by") from None
+        return web.json_response(
+            {"group_by": group_by, "from": q.get("from"), "to": q.get("to"), "rows": rows}
+        )
+    return web.json_response({"channels": await channel_usage(gw)})
+
+
+async def channel_usage(gw: Gateway) -> list[dict[str, Any]]:
+    snap = gw.snapshot
+    now = gw.clock()
+    usage = await gw.store.usage([c.name for c in snap.config.channels], now)
+    out = []
+    for ch in snap.config.channels:
+        u = usage[ch.name]
+        out.append(
+            {
+                "channel": ch.name,
+                "requests": u.total_requests,
+                "day_requests": u.day_requests,
+                "day_tokens": u.day_tokens,
+                "hour_tokens": u.hour_tokens,
+                "total_tokens": u.total_tokens,
+                "prompt_tokens": u.total_prompt_tokens,
+                "completion_tokens": u.total_completion_tokens,
+                "reserved_tokens": u.day_reserved_tokens,
+                "cost_usd": round(u.total_cost, 10),
+                "day_cost_usd": round(u.day_cost, 10),
+                "daily_limit": ch.daily_limit or None,
+                "hour_limit": ch.hour_limit or None,
+                "day_quota_left": max(0, ch.daily_limit - u.day_tokens_with_reserved)
+                if ch.daily_limit
+                else None,
+                "hour_quota_left": max(0, ch.hour_limit - u.hour_tokens_with_reserved)
+                if ch.hour_limit
+                else None,
+                "effective_price": effective_price(ch, now, snap.tz),
+            }
+        )
+    return out
+
+
+def _when(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(
+            f"'{name}' must be an ISO 8601 date-time, got {value!r}", param=name
+        ) from None
+    if dt.tzinfo is None:
+        raise BadRequest(f"'{name}' needs a UTC offset (e.g. 2026-11-26T00:00:00Z)", param=name)
+    return dt
+
+
+async def route_dry_run(request: web.Request) -> web.Response:
+    """Explain routing for a request body: ordered candidates, matched rule, prices, exclusions.
+    ---
+    summary: Routing dry run
+    tags: [admin]
+    security: [{adminJWT: []}]
+    parameters:
+      - {name: api_key_name, in: query, required: false, schema: {type: string},
+         description: 'evaluate rules as this gateway key name'}
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/ChatCompletionRequest'}
+          example: {model: gpt-4o-mini, messages: [{role: user, content: Hello}], max_tokens: 100}
+    responses:
+      '200':
+        description: The decision the proxy would take now (nothing is sent or reserved).
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/RouteDecision'}
+            example:
+              model: gpt-4o-mini
+              matched_rule: free first while quota lasts
+              candidates: [{channel: free-groq, effective_price: 0.0, discount_active: false, rule: free first while quota lasts}]
+              excluded: [{channel: paid-b, reason: circuit open}]
+      '400': {$ref: '#/components/responses/BadRequest'}
+      '401': {$ref: '#/components/responses/AdminUnauthorized'}
+    """
+    gw = request.config_dict[GATEWAY]
+    snap = gw.snapshot
+    raw = await request.read()
+    _, facts = parse_body(raw, snap, None)
+    name = request.query.get("api_key_name", "")
+    if name:
+        from dataclasses import replace
+
+        facts = replace(facts, api_key_name=name)
+    decision = await decide(gw, snap, facts)
+    return web.json_response(
+        {
+            "model": facts.model,
+            "prompt_tokens_estimate": facts.prompt_tokens,
+            "reserve_tokens": facts.prompt_tokens
+            + (facts.max_tokens or snap.config.usage.default_max_tokens),
+            "matched_rule": decision.matched_rule,
+            "candidates": [
+                {
+                    "channel": c.channel.name,
+                    "type": c.channel.type,
+                    "effective_price": c.effective_price,
+                    "discount_active": c.discount_active,
+                    "priority": c.channel.priority,
+                    "rule": c.rule,
+                    "upstream_model": c.channel.upstream_model(facts.model),
+                }
+                for c in decision.candidates
+            ],
+            "excluded": [{"channel": e.channel, "reason": e.reason} for e in decision.excluded],
+            "rules": [
+                {"rule": t.rule, "channel": t.channel, "matched": t.matched, "error": t.error}
+                for t in decision.rules
+            ],
+        }
+    )
+
+
+async def reload(request: web.Request) -> web.Response:
+    """Re-read the config file (like SIGHUP); a bad file is refused whole and the running one stays.
+    ---
+    summary: Reload the config file
+    tags: [admin]
+    security: [{adminJWT: []}]
+    responses:
+      '200':
+        description: Reloaded.
+        content:
+          application/json:
+            schema: {type: object}
+            example: {status: reloaded, channels: 3, rules: 2}
+      '400': {$ref: '#/components/responses/BadRequest'}
+      '401': {$ref: '#/components/responses/AdminUnauthorized'}
+    """
+    gw = request.config_dict[GATEWAY]
+    try:
+        snap = await gw.reload_from_file(reason=f"POST /api/reload by {request.get(ADMIN_SUB)}")
+    except ConfigError as exc:
+        raise BadRequest(
+            "config refused, the running config stays: " + "; ".join(exc.problems),
+            code="invalid_config",
+        ) from None
+    return web.json_response(
+        {"status": "reloaded", "channels": len(snap.config.channels), "rules": len(snap.rules)}
+    )
+
+
+@web.middleware
+async def admin_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return exc.to_response()
+    except web.HTTPException as exc:
+        if exc.status in (404, 405):
+            return web.Response(
+                status=exc.status,
+                body=json.dumps(
+                    {
+                        "error": {
+                            "message": f"{exc.reason}: {request.method} {request.path}",
+                            "type": "invalid_request_error",
+                            "code": "not_found",
+                            "param": None,
+                        }
+                    }
+                ).encode(),
+                content_type="application/json",
+            )
+        raise
+
+
+def create_admin_app(gateway: Gateway) -> web.Application:
+    def on_auth_failure(request: web.Request, reason: str) -> None:
+        gateway.metrics.auth_failure(f"admin_{reason.replace(' ', '_')}")
+
+    app = web.Application(
+        middlewares=[
+            admin_errors,
+            admin_auth_middleware(gateway.verifier, on_failure=on_auth_failure),
+        ]
+    )
+    app.router.add_get("/usage", usage)
+    app.router.add_post("/route", route_dry_run)
+    app.router.add_post("/reload", reload)
+    return app

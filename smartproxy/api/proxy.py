@@ -1,0 +1,384 @@
+"""The OpenAI-compatible proxy sub-app (mounted at ``/v1``).
+
+One request, top to bottom: snapshot -> key -> rate limit -> parse body once -> route -> dispatch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..errors import (
+    AuthenticationFailed,
+    BadRequest,
+    GatewayError,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+)
+from ..routing.router import RequestFacts, RouteDecision, route
+from ..security.apikeys import Principal, extract_key, key_prefix
+from ..state import GATEWAY, PRINCIPAL, RATELIMIT_HEADERS, REQUEST_ID, Gateway, Snapshot
+from ..upstream.client import Dispatcher, Exchange
+
+log = logging.getLogger("smartproxy.proxy")
+
+# Request headers never forwarded upstream (hop-by-hop, ours, or recomputed by the client session).
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Authorization",
+        "x-api-key",
+        "Content-Length",
+        "Accept-Encoding",
+        "Expect",
+    )
+)
+
+DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher", Dispatcher)
+
+
+def forward_headers(request: web.Request) -> CIMultiDict[str]:
+    drop = set(HOP_BY_HOP)
+    # Headers the client lists in Connection are hop-by-hop too (RFC 9110 7.6.1).
+    for value in request.headers.getall("Connection", []):
+        drop.update(v.strip().lower() for v in value.split(","))
+    out: CIMultiDict[str] = CIMultiDict()
+    for k, v in request.headers.items():
+        if k.lower() not in drop:
+            out.add(k, v)
+    out["Accept-Encoding"] = "identity"  # usage is read from the body; relay bytes as they come
+    return out
+
+
+async def authenticate(request: web.Request, gw: Gateway, snap: Snapshot) -> Principal:
+    address = request.remote or "-"
+    try:
+        presented = extract_key(request.headers)
+    except ValueError as exc:
+        await _auth_failed(gw, address, "malformed", None)
+        raise AuthenticationFailed(f"{exc}; send 'Authorization: Bearer <key>'") from None
+    if not presented:
+        await _auth_failed(gw, address, "missing", None)
+        raise AuthenticationFailed(
+            "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+        )
+    principal = snap.keyring.authenticate(presented)
+    if principal is None:
+        await _auth_failed(gw, address, "unknown", presented)
+        raise AuthenticationFailed(f"incorrect API key provided: {key_prefix(presented)}")
+    gw.penalty.record_success(address)
+    request[PRINCIPAL] = principal
+    return principal
+
+
+async def _auth_failed(gw: Gateway, address: str, reason: str, presented: str | None) -> None:
+    gw.metrics.auth_failure(reason)
+    log.warning(
+        "API key rejected (%s) from %s%s",
+        reason,
+        address,
+        f" key {key_prefix(presented)}" if presented else "",
+    )
+    delay = gw.penalty.delay(address)
+    gw.penalty.record_failure(address)
+    if delay > 0:  # repeated failures from one address slow down; other clients are unaffected
+        import asyncio
+
+        await asyncio.sleep(delay)
+
+
+def rate_limit(request: web.Request, gw: Gateway, snap: Snapshot, principal: Principal) -> None:
+    default = snap.config.security.rate_limit
+    key = principal.key
+    rpm = (
+        key.requests_per_minute
+        if key.requests_per_minute is not None
+        else default.requests_per_minute
+    )
+    burst = key.burst if key.burst is not None else default.burst
+    decision = gw.limiter.check(principal.name, rpm, burst)
+    request[RATELIMIT_HEADERS] = decision.headers()
+    if not decision.allowed:
+        gw.metrics.rate_limited(principal.name)
+        raise RateLimited(
+            f"rate limit reached for key {principal.name!r}: {rpm:g} requests per minute, "
+            f"burst {burst}; retry after {decision.retry_after:.1f}s",
+            headers=decision.headers(),
+        )
+
+
+def parse_body(
+    raw: bytes, snap: Snapshot, principal: Principal | None
+) -> tuple[dict[str, Any], RequestFacts]:
+    if not raw:
+        raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"could not parse the JSON body: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the JSON body must be an object", code="invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("you must provide a model parameter", code="missing_model", param="model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false", param="stream")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0
+    ):
+        raise BadRequest("'max_tokens' must be a non-negative integer", param="max_tokens")
+    usage_cfg = snap.config.usage
+    prompt_tokens = max(1, int(len(raw) / usage_cfg.chars_per_token))
+    facts = RequestFacts(
+        model=model,
+        stream=stream,
+        api_key_name=principal.name if principal else "",
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+    )
+    return body, facts
+
+
+def check_model_allowed(principal: Principal, model: str) -> None:
+    allowed = principal.key.models
+    if allowed and model not in allowed:
+        raise PermissionDenied(f"key {principal.name!r} may not use model {model!r}", param="model")
+
+
+async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
+    gw = request.config_dict[GATEWAY]
+    snap = gw.snapshot  # read once: a reload mid-request changes nothing for this request
+    principal = await authenticate(request, gw, snap)
+    rate_limit(request, gw, snap, principal)
+    raw = await request.read()
+    body, facts = parse_body(raw, snap, principal)
+    check_model_allowed(principal, facts.model)
+    decision = await decide(gw, snap, facts)
+    if not decision.candidates:
+        raise_no_candidate(snap, facts, decision)
+    reserve = facts.prompt_tokens + (facts.max_tokens or snap.config.usage.default_max_tokens)
+    stream_options = body.get("stream_options")
+    ex = Exchange(
+        request=request,
+        snap=snap,
+        facts=facts,
+        path=path,
+        body=body,
+        raw_body=raw,
+        headers=forward_headers(request),
+        request_id=request[REQUEST_ID],
+        started=gw.clock(),
+        started_mono=time.monotonic(),
+        reserve_tokens=reserve,
+        client_wants_usage=isinstance(stream_options, dict)
+        and bool(stream_options.get("include_usage")),
+    )
+    return await request.config_dict[DISPATCHER].dispatch(ex, decision.candidates)
+
+
+async def decide(gw: Gateway, snap: Snapshot, facts: RequestFacts) -> RouteDecision:
+    now = gw.clock()
+    states = await gw.channel_states(snap, now)
+    reserve = facts.prompt_tokens + (facts.max_tokens or snap.config.usage.default_max_tokens)
+    return route(
+        snap.config.channels, snap.rules, facts, states, now, snap.tz, reserve_tokens=reserve
+    )
+
+
+def raise_no_candidate(snap: Snapshot, facts: RequestFacts, decision: RouteDecision) -> None:
+    if not any(c.active and c.serves(facts.model) for c in snap.config.channels):
+        raise NotFound(
+            f"the model {facts.model!r} does not exist or no channel serves it",
+            code="model_not_found",
+            param="model",
+        )
+    why = "; ".join(f"{e.channel}: {e.reason}" for e in decision.excluded)
+    from ..errors import NoChannelAvailable
+
+    raise NoChannelAvailable(
+        f"no channel is available for model {facts.model!r}: {why}", param="model"
+    )
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """Create a chat completion (OpenAI-compatible; streaming with ``"stream": true``).
+    ---
+    summary: Chat completion
+    tags: [proxy]
+    security: [{apiKey: []}, {apiKeyHeader: []}]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/ChatCompletionRequest'}
+          example: {model: gpt-4o-mini, messages: [{role: user, content: Hello}]}
+    responses:
+      '200':
+        description: The upstream answer, unchanged (JSON, or text/event-stream when streaming).
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/ChatCompletionResponse'}
+          text/event-stream:
+            schema: {type: string}
+            example: "data: {\\"choices\\":[{\\"delta\\":{\\"content\\":\\"Hi\\"}}]}\\n\\ndata: [DONE]\\n\\n"
+      '400': {$ref: '#/components/responses/BadRequest'}
+      '401': {$ref: '#/components/responses/Unauthorized'}
+      '403': {$ref: '#/components/responses/Forbidden'}
+      '404': {$ref: '#/components/responses/NotFound'}
+      '429': {$ref: '#/components/responses/RateLimited'}
+      '502': {$ref: '#/components/responses/UpstreamFailed'}
+      '503': {$ref: '#/components/responses/NoChannel'}
+      '504': {$ref: '#/components/responses/UpstreamTimeout'}
+    """
+    return await _proxy(request, "/chat/completions")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    """Create a (legacy) text completion.
+    ---
+    summary: Text completion
+    tags: [proxy]
+    security: [{apiKey: []}, {apiKeyHeader: []}]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/CompletionRequest'}
+          example: {model: gpt-3.5-turbo-instruct, prompt: Say hello, max_tokens: 16}
+    responses:
+      '200':
+        description: The upstream answer, unchanged.
+        content:
+          application/json:
+            schema: {type: object}
+      '400': {$ref: '#/components/responses/BadRequest'}
+      '401': {$ref: '#/components/responses/Unauthorized'}
+      '429': {$ref: '#/components/responses/RateLimited'}
+      '502': {$ref: '#/components/responses/UpstreamFailed'}
+      '503': {$ref: '#/components/responses/NoChannel'}
+    """
+    return await _proxy(request, "/completions")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    """Create embeddings.
+    ---
+    summary: Embeddings
+    tags: [proxy]
+    security: [{apiKey: []}, {apiKeyHeader: []}]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/EmbeddingRequest'}
+          example: {model: text-embedding-3-small, input: hello world}
+    responses:
+      '200':
+        description: The upstream answer, unchanged.
+        content:
+          application/json:
+            schema: {type: object}
+      '400': {$ref: '#/components/responses/BadRequest'}
+      '401': {$ref: '#/components/responses/Unauthorized'}
+      '429': {$ref: '#/components/responses/RateLimited'}
+      '502': {$ref: '#/components/responses/UpstreamFailed'}
+      '503': {$ref: '#/components/responses/NoChannel'}
+    """
+    return await _proxy(request, "/embeddings")
+
+
+async def models(request: web.Request) -> web.Response:
+    """List the models the active channels serve (their union).
+    ---
+    summary: List models
+    tags: [proxy]
+    security: [{apiKey: []}, {apiKeyHeader: []}]
+    responses:
+      '200':
+        description: The models of every active channel.
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/ModelList'}
+            example: {object: list, data: [{id: gpt-4o-mini, object: model, created: 0, owned_by: openai}]}
+      '401': {$ref: '#/components/responses/Unauthorized'}
+    """
+    gw = request.config_dict[GATEWAY]
+    snap = gw.snapshot
+    principal = await authenticate(request, gw, snap)
+    rate_limit(request, gw, snap, principal)
+    seen: dict[str, str] = {}
+    for ch in snap.config.channels:
+        if not ch.active:
+            continue
+        for name in (*ch.models, *ch.model_mapping):
+            seen.setdefault(name, ch.name if ch.type != "mock" else "smartproxy-mock")
+        if ch.type == "mock" and not ch.models:
+            seen.setdefault("mock-1", "smartproxy-mock")
+    allowed = principal.key.models
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": owner}
+        for name, owner in seen.items()
+        if not allowed or name in allowed
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+@web.middleware
+async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Request id, OpenAI-shaped errors, rate-limit headers on every answer."""
+    request_id = request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex[:24]}"
+    if not request_id.isascii() or len(request_id) > 128:
+        request_id = f"req-{uuid.uuid4().hex[:24]}"
+    request[REQUEST_ID] = request_id
+    try:
+        resp = await handler(request)
+    except GatewayError as exc:
+        resp = exc.to_response({"x-request-id": request_id})
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            resp = NotFound(f"unknown endpoint {request.method} {request.path}").to_response(
+                {"x-request-id": request_id}
+            )
+        elif exc.status == 405:
+            resp = BadRequest(
+                f"method {request.method} not allowed on {request.path}", code="method_not_allowed"
+            ).to_response({"x-request-id": request_id})
+            resp.set_status(405)
+        else:
+            raise
+    for k, v in request.get(RATELIMIT_HEADERS, {}).items():
+        if k.lower() != "retry-after" or resp.status == 429:
+            if not resp.prepared:
+                resp.headers.setdefault(k, v)
+    if not resp.prepared:
+        resp.headers.setdefault("x-request-id", request_id)
+    return resp
+
+
+def create_proxy_app(gateway: Gateway) -> web.Application:
+    app = web.Application(middlewares=[proxy_middleware], client_max_size=32 * 1024 * 1024)
+    app[DISPATCHER] = Dispatcher(gateway)
+    app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_post("/completions", completions)
+    app.router.add_post("/embeddings", embeddings)
+    app.router.add_get("/models", models)
+    return app

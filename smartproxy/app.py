@@ -1,0 +1,128 @@
+"""``create_app()``: one aiohttp app, three sub-apps (proxy ``/v1``, admin ``/api``, ops at the root).
+
+aiohttp cannot mount a sub-app at the root path, so the ops app is attached with
+``add_domain("*")`` after the prefixed ones: it matches every host and only sees requests no other
+sub-app took. Every long-lived resource (client session, usage store, background flush) is a
+``cleanup_ctx`` generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from . import __version__
+from .api.admin import create_admin_app
+from .api.docs import setup_docs
+from .api.ops import create_ops_app
+from .api.proxy import create_proxy_app
+from .config import Config
+from .metrics import Metrics
+from .providers import make_providers
+from .state import GATEWAY, Gateway, Snapshot, utc_now
+from .storage import create_store
+from .storage.base import UsageStore
+
+log = logging.getLogger("smartproxy")
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count every request by endpoint (the route's pattern, never the raw path) and status."""
+    started = time.perf_counter()
+    status = 500
+    gw = request.config_dict[GATEWAY]
+    gw.metrics.in_flight.inc()
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away
+        raise
+    finally:
+        gw.metrics.in_flight.dec()
+        route = request.match_info.route
+        resource = route.resource if route is not None else None
+        endpoint = resource.canonical if resource is not None else "other"
+        gw.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+
+
+def create_app(
+    config: Config,
+    *,
+    config_path: str | None = None,
+    store: UsageStore | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    session: aiohttp.ClientSession | None = None,
+) -> web.Application:
+    snap = Snapshot.build(config)
+    gateway = Gateway(
+        snapshot=snap,
+        store=store or create_store(config.storage, snap.tz, clock=clock),
+        metrics=Metrics(),
+        config_path=config_path,
+        clock=clock,
+    )
+    app = web.Application(middlewares=[observe])
+    app[GATEWAY] = gateway
+    app.cleanup_ctx.append(_client_session(session))
+    app.cleanup_ctx.append(_usage_store)
+    app.on_shutdown.append(_start_draining)
+    app.add_subapp("/v1", create_proxy_app(gateway))
+    app.add_subapp("/api", create_admin_app(gateway))
+    ops = create_ops_app()
+    setup_docs(
+        ops,
+        title="SmartProxy",
+        version=__version__,
+        description="Self-hosted AI gateway: OpenAI-compatible proxy, admin API and ops endpoints.",
+        root=app,
+    )
+    app.add_domain("*", ops)
+    return app
+
+
+def _client_session(
+    given: aiohttp.ClientSession | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        gw = app[GATEWAY]
+        server = gw.config.server
+        session = given or aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=server.max_connections, limit_per_host=0, ttl_dns_cache=300,
+                enable_cleanup_closed=True,
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+        gw.session = session
+        gw.providers = make_providers(session)
+        yield
+        if given is None:
+            await session.close()
+
+    return ctx
+
+
+async def _usage_store(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    await gw.store.start()
+    yield
+    await gw.drain_background()  # settle what in-flight requests left behind
+    await gw.store.close()
+
+
+async def _start_draining(app: web.Application) -> None:
+    app[GATEWAY].draining = True

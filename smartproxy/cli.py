@@ -1,0 +1,220 @@
+"""Command line: ``smartproxy [run] [--config PATH] [--listen HOST:PORT] [--workers N]``,
+``smartproxy check-config PATH``, ``smartproxy token --sub NAME [--minutes N] [--config PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from aiohttp import web
+
+from . import __version__
+from .config import Config, find_config, load_config, parse_listen
+from .errors import ConfigError
+
+log = logging.getLogger("smartproxy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smartproxy", description="SmartProxy AI gateway")
+    parser.add_argument("--version", action="version", version=f"smartproxy {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    def run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="config file (default: $SMARTPROXY_CONFIG, "
+                       "./etc/smartproxy.yaml, then the built-in default)")
+        p.add_argument("--listen", help="HOST:PORT; overrides server.listen")
+        p.add_argument("--workers", type=int, default=1,
+                       help="processes sharing the port (SO_REUSEPORT)")
+
+    run_options(parser)
+    run_options(sub.add_parser("run", help="serve the gateway (the default)"))
+    check = sub.add_parser("check-config", help="validate a config file; exit 1 listing every problem")
+    check.add_argument("path", nargs="?", help="config file (default: as for run)")
+    token = sub.add_parser("token", help="print an admin JWT signed with the configured secret")
+    token.add_argument("--sub", required=True, help="who the token is for (audit log 'sub')")
+    token.add_argument("--minutes", type=int, default=None, help="lifetime (default: jwt.expiry_minutes)")
+    token.add_argument("--config", help="config file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    if command == "check-config":
+        return check_config(args.path)
+    if command == "token":
+        return print_token(args.config, args.sub, args.minutes)
+    return run(args.config, args.listen, args.workers)
+
+
+def check_config(path: str | None) -> int:
+    path = find_config(path)
+    try:
+        config = load_config(path)
+        from .state import Snapshot
+
+        Snapshot.build(config)
+    except ConfigError as exc:
+        print(f"{path or '(built-in default)'}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    ignored = f"; ignored SmartAIProxy keys: {', '.join(config.ignored_keys)}" if config.ignored_keys else ""
+    print(f"{path or '(built-in default)'}: OK ({len(config.channels)} channels, "
+          f"{len(config.rules)} rules{ignored})")
+    return 0
+
+
+def print_token(path: str | None, sub: str, minutes: int | None) -> int:
+    from .security.jwt import mint_token_cli
+
+    try:
+        config = load_config(find_config(path))
+        print(mint_token_cli(config, sub, minutes))
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"smartproxy token: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def setup_logging(config: Config) -> None:
+    level = {"warn": "WARNING"}.get(config.log.level, config.log.level.upper())
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if config.log.file:
+        os.makedirs(os.path.dirname(os.path.abspath(config.log.file)), exist_ok=True)
+        handlers.append(logging.FileHandler(config.log.file, encoding="utf-8"))
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def run(path: str | None, listen: str | None, workers: int) -> int:
+    path = find_config(path)
+    try:
+        config = load_config(path)
+        if listen:
+            host, port = parse_listen(listen)
+            config = replace(config, server=replace(config.server, listen=listen, host=host, port=port))
+    except (ConfigError, ValueError) as exc:
+        print(f"smartproxy: config refused:\n{exc}", file=sys.stderr)
+        return 1
+    setup_logging(config)
+    if config.ignored_keys:
+        log.warning("SmartAIProxy keys accepted but without effect here: %s",
+                    ", ".join(config.ignored_keys))
+    if workers > 1:
+        return _run_workers(path, config, workers)
+    return _serve_process(path, config, reuse_port=False)
+
+
+def _run_workers(path: str | None, config: Config, workers: int) -> int:
+    """Fork N processes that each bind the port with SO_REUSEPORT; the parent forwards signals."""
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_serve_process(path, config, reuse_port=True))
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    code = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        code = code or os.waitstatus_to_exitcode(status)
+    return code
+
+
+def _serve_process(path: str | None, config: Config, *, reuse_port: bool) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
+        asyncio.run(serve(path, config, reuse_port=reuse_port))
+    else:
+        uvloop.run(serve(path, config, reuse_port=reuse_port))
+    return 0
+
+
+async def serve(path: str | None, config: Config, *, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file."""
+    from .app import create_app
+    from .state import GATEWAY
+
+    app = create_app(config, config_path=path)
+    gw = app[GATEWAY]
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        handler_cancellation=True,  # a client that goes away cancels its upstream call
+        shutdown_timeout=config.server.shutdown_timeout,
+        access_log=None,
+    )
+    await runner.setup()
+    ssl_ctx = _ssl_context(config)
+    sites = [web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_ctx,
+                         reuse_port=reuse_port or None, backlog=4096)]
+    if config.monitor.enable and config.monitor.prometheus_listen:
+        mhost, mport = parse_listen(config.monitor.prometheus_listen)
+        if (mhost, mport) != (config.server.host, config.server.port):
+            sites.append(web.TCPSite(runner, mhost, mport, reuse_port=reuse_port or None))
+    for site in sites:
+        await site.start()
+    scheme = "https" if ssl_ctx else "http"
+    log.info("SmartProxy %s serving on %s://%s:%d (config: %s)", __version__, scheme,
+             config.server.host, config.server.port, path or "built-in default")
+    if gw.jwt_secret and not config.security.jwt.secret:
+        from .security.jwt import JwtVerifier
+
+        token = JwtVerifier(config.security.jwt, secret=gw.jwt_secret).mint("admin", 12 * 60)
+        log.warning("no security.auth.jwt.secret configured: generated a random one for this run. "
+                    "Admin token (valid 12 h): %s", token)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: gw.spawn(_reload(gw)))
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: draining in-flight requests (up to %ss)",
+                 config.server.shutdown_timeout)
+        gw.draining = True
+        await runner.cleanup()
+        log.info("stopped")
+
+
+async def _reload(gw: object) -> None:
+    try:
+        await gw.reload_from_file(reason="SIGHUP")  # type: ignore[attr-defined]
+    except ConfigError:
+        pass  # logged, counted and shown in /health by reload_from_file
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    server = config.server
+    if not server.enable_https:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(server.cert_file or "", server.key_file or "")
+    return ctx

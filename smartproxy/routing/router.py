@@ -1,0 +1,246 @@
+"""The candidate order of contract §4, as pure functions: facts and state in, decision out.
+
+``route`` is called once per request with the channels and compiled rules of one config
+snapshot, the live per-channel state (usage already including in-flight reservations, breaker
+state) and the request's start instant. It does no I/O and keeps nothing between calls, so the
+same inputs always give the same ``RouteDecision``; the dry run (``POST /api/route``) shows that
+decision as is, with the reason each channel was left out and what each rule evaluated to.
+
+Order:
+1. channels whose rule matched, in rule priority order (each rule sees its own channel's
+   variables; a channel is listed once, at its first matching rule);
+2. every other candidate by (not free, effective price, ``priority``, position in the file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from ..config import ROUTABLE_TYPES, ChannelConfig
+from .pricing import discount_active_local, local_time, minute_of
+from .rules import CompiledRule
+
+_UNAVAILABLE = {"open": "circuit open", "cooldown": "cooling down after 429"}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the router needs to know about a request, parsed once from its body."""
+
+    model: str
+    stream: bool = False
+    api_key_name: str = ""
+    prompt_tokens: int = 0  # estimate
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """Live state of one channel; the ``*_used`` counts already include in-flight reservations."""
+
+    day_tokens_used: int = 0
+    hour_tokens_used: int = 0
+    day_requests_used: int = 0
+    circuit: str = "healthy"  # healthy | half_open | open | cooldown
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    channel: ChannelConfig
+    effective_price: float
+    discount_active: bool
+    rule: str | None  # the rule that placed it first, None when ordered by price
+
+
+@dataclass(frozen=True, slots=True)
+class Exclusion:
+    channel: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTrace:
+    rule: str
+    channel: str
+    matched: bool
+    error: str | None  # runtime error, or why the rule was not evaluated
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    candidates: tuple[Candidate, ...]
+    matched_rule: str | None
+    excluded: tuple[Exclusion, ...]
+    rules: tuple[RuleTrace, ...]
+
+
+_FRESH = ChannelState()
+
+
+# ----------------------------------------------------------------------------- variables
+def request_variables(facts: RequestFacts, local: datetime) -> dict[str, object]:
+    """The request half of the rule variables; ``local`` is the start in ``server.timezone``."""
+    hhmm = f"{local.hour:02d}:{local.minute:02d}"
+    return {
+        "model": facts.model,
+        "stream": facts.stream,
+        "api_key_name": facts.api_key_name,
+        "prompt_tokens": facts.prompt_tokens,
+        "max_tokens": facts.max_tokens,
+        "time": hhmm,
+        "time_of_day": hhmm,
+        "hour": local.hour,
+        "minute": local.minute,
+        "weekday": local.weekday(),
+    }
+
+
+def channel_variables(
+    channel: ChannelConfig, state: ChannelState, price: float, discounted: bool
+) -> dict[str, object]:
+    """The channel half of the rule variables (an absent or 0 limit reads as ``inf``)."""
+    return {
+        "channel_name": channel.name,
+        "day_tokens_used": state.day_tokens_used,
+        "hour_tokens_used": state.hour_tokens_used,
+        "day_requests_used": state.day_requests_used,
+        "daily_limit": channel.daily_limit or float("inf"),
+        "hour_limit": channel.hour_limit or float("inf"),
+        "price_per_token": channel.price_per_token,
+        "effective_price": price,
+        "discount_active": discounted,
+        "priority": channel.priority,
+        "channel_status": state.circuit if channel.active else "disabled",
+    }
+
+
+def rule_variables(
+    facts: RequestFacts, channel: ChannelConfig, state: ChannelState, at: datetime, tz: tzinfo
+) -> dict[str, object]:
+    """Every variable of contract §4 for one rule's channel at instant ``at``."""
+    local = local_time(at, tz)
+    discounted = discount_active_local(channel, minute_of(local))
+    price = _price(channel, discounted)
+    return request_variables(facts, local) | channel_variables(channel, state, price, discounted)
+
+
+def _price(channel: ChannelConfig, discounted: bool) -> float:
+    if discounted and channel.discount_price is not None:
+        return channel.discount_price
+    return channel.price_per_token
+
+
+# ----------------------------------------------------------------------------- candidates
+def exclusion_reason(
+    channel: ChannelConfig, model: str, state: ChannelState, reserve_tokens: int = 0
+) -> str | None:
+    """Why ``channel`` cannot take this request now, or None if it can."""
+    if not channel.active:
+        return "disabled"
+    if channel.type not in ROUTABLE_TYPES:
+        return f"provider type {channel.type!r} not supported yet"
+    if not channel.serves(model):
+        return f"does not serve model {model!r}"
+    if state.circuit in _UNAVAILABLE:
+        return _UNAVAILABLE[state.circuit]
+    day, hour = channel.daily_limit, channel.hour_limit
+    if day and _over(state.day_tokens_used, reserve_tokens, day):
+        return f"daily token quota used ({state.day_tokens_used}/{day}{_need(reserve_tokens)})"
+    if hour and _over(state.hour_tokens_used, reserve_tokens, hour):
+        return f"hourly token quota used ({state.hour_tokens_used}/{hour}{_need(reserve_tokens)})"
+    requests = channel.daily_request_limit
+    if requests and state.day_requests_used >= requests:
+        return f"daily request quota used ({state.day_requests_used}/{requests})"
+    return None
+
+
+def _over(used: int, reserve: int, limit: int) -> bool:
+    """A quota is used up when nothing is left, or when this request's reservation would overrun
+    it (a reservation that lands exactly on the limit still fits)."""
+    return used >= limit or used + reserve > limit
+
+
+def _need(reserve_tokens: int) -> str:
+    return f", {reserve_tokens} more needed" if reserve_tokens else ""
+
+
+def route(
+    channels: Sequence[ChannelConfig],
+    rules: Sequence[CompiledRule],
+    facts: RequestFacts,
+    states: Mapping[str, ChannelState],
+    at: datetime,
+    tz: tzinfo,
+    *,
+    reserve_tokens: int = 0,
+) -> RouteDecision:
+    """Order the channels that may take this request (contract §4); see the module docstring."""
+    local = local_time(at, tz)
+    hhmm = minute_of(local)
+    # name -> (file position, state, the candidate as ranked by price)
+    pool: dict[str, tuple[int, ChannelState, Candidate]] = {}
+    excluded: list[Exclusion] = []
+    for index, channel in enumerate(channels):
+        state = states.get(channel.name, _FRESH)
+        reason = exclusion_reason(channel, facts.model, state, reserve_tokens)
+        if reason is not None:
+            excluded.append(Exclusion(channel.name, reason))
+            continue
+        discounted = discount_active_local(channel, hhmm)
+        price = _price(channel, discounted)
+        pool[channel.name] = (index, state, Candidate(channel, price, discounted, None))
+
+    chosen: list[Candidate] = []
+    placed_by: dict[str, str] = {}
+    traces: list[RuleTrace] = []
+    base: dict[str, object] | None = None  # built only when some rule is evaluated
+    variables: dict[str, dict[str, object]] = {}
+    for rule in sorted(rules, key=_rule_priority):  # stable: ties keep file order
+        entry = pool.get(rule.channel)
+        if entry is None:
+            reason = next((e.reason for e in excluded if e.channel == rule.channel), None)
+            note = f"not evaluated: {reason or 'does not exist'}"
+            traces.append(RuleTrace(rule.name, rule.channel, False, note))
+            continue
+        if rule.channel in placed_by:
+            note = f"not evaluated: channel already placed by rule {placed_by[rule.channel]!r}"
+            traces.append(RuleTrace(rule.name, rule.channel, False, note))
+            continue
+        _, state, ranked = entry
+        env = variables.get(rule.channel)
+        if env is None:
+            base = base if base is not None else request_variables(facts, local)
+            env = base | channel_variables(
+                ranked.channel, state, ranked.effective_price, ranked.discount_active
+            )
+            variables[rule.channel] = env
+        matched, error = rule.explain(env)
+        traces.append(RuleTrace(rule.name, rule.channel, matched, error))
+        if matched:
+            placed_by[rule.channel] = rule.name
+            chosen.append(
+                Candidate(ranked.channel, ranked.effective_price, ranked.discount_active, rule.name)
+            )
+
+    rest = sorted(
+        (entry for name, entry in pool.items() if name not in placed_by), key=_price_order
+    )
+    chosen.extend(candidate for _, _, candidate in rest)
+    return RouteDecision(
+        candidates=tuple(chosen),
+        matched_rule=next((t.rule for t in traces if t.matched), None),
+        excluded=tuple(excluded),
+        rules=tuple(traces),
+    )
+
+
+def _rule_priority(rule: CompiledRule) -> int:
+    return rule.priority
+
+
+def _price_order(entry: tuple[int, ChannelState, Candidate]) -> tuple[bool, float, int, int]:
+    index, _, candidate = entry
+    price = candidate.effective_price
+    return price > 0, price, candidate.channel.priority, index

@@ -1,0 +1,176 @@
+"""The gateway's long-lived parts (``Gateway``) and the frozen view of one config (``Snapshot``).
+
+A request reads ``gateway.snapshot`` once and uses only that. A reload builds and validates a whole
+new ``Snapshot`` and swaps one reference; breakers, rate buckets and usage counters live in the
+``Gateway``, keyed by channel / key name, so they survive reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import aiohttp
+from aiohttp import web
+
+from . import __version__
+from .config import ChannelConfig, Config, load_config
+from .errors import ConfigError
+from .metrics import Metrics
+from .providers.base import Provider
+from .routing.router import ChannelState
+from .routing.rules import CompiledRule, compile_rules
+from .security.apikeys import KeyRing, Principal
+from .security.jwt import JwtVerifier, generate_secret
+from .security.ratelimit import FailurePenalty, RateLimiter
+from .storage.base import UsageStore
+from .upstream.breaker import HealthBook
+
+log = logging.getLogger("smartproxy")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    config: Config
+    rules: tuple[CompiledRule, ...]
+    keyring: KeyRing
+    channels: dict[str, ChannelConfig]
+    tz: ZoneInfo
+    loaded_at: float
+
+    @classmethod
+    def build(cls, config: Config) -> Snapshot:
+        """Everything derived from a config, built once; raises ConfigError like the loader."""
+        from .routing.rules import RuleError
+
+        try:
+            rules = compile_rules(config.rules)
+        except RuleError as exc:
+            raise ConfigError([f"rules: {exc}"]) from exc
+        return cls(
+            config=config,
+            rules=rules,
+            keyring=KeyRing(config.security.api_keys),
+            channels={c.name: c for c in config.channels},
+            tz=config.server.tz,
+            loaded_at=time.time(),
+        )
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(eq=False)
+class Gateway:
+    """Long-lived state behind the app's one ``GATEWAY`` key."""
+
+    snapshot: Snapshot
+    store: UsageStore
+    metrics: Metrics
+    config_path: str | None = None
+    clock: Callable[[], datetime] = utc_now
+    health: HealthBook = field(default_factory=HealthBook)
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    penalty: FailurePenalty = field(default_factory=FailurePenalty)
+    providers: dict[str, Provider] = field(default_factory=dict)
+    session: aiohttp.ClientSession | None = None
+    jwt_secret: str | None = None  # generated when the config has none
+    draining: bool = False
+    started_at: float = field(default_factory=time.time)
+    last_reload_error: str | None = None
+    last_reload_at: float | None = None
+    version: str = __version__
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if not self.snapshot.config.security.jwt.secret and not self.jwt_secret:
+            self.jwt_secret = generate_secret()
+        self._verifier = self._make_verifier(self.snapshot)
+
+    # -- config
+    @property
+    def config(self) -> Config:
+        return self.snapshot.config
+
+    def verifier(self) -> JwtVerifier:
+        return self._verifier
+
+    def _make_verifier(self, snap: Snapshot) -> JwtVerifier:
+        jwt_cfg = snap.config.security.jwt
+        return JwtVerifier(jwt_cfg, secret=None if jwt_cfg.secret else self.jwt_secret)
+
+    def install(self, snap: Snapshot) -> None:
+        """Swap in a validated snapshot (one reference; requests in flight keep theirs)."""
+        verifier = self._make_verifier(snap)
+        removed = set(self.snapshot.channels) - set(snap.channels)
+        self.snapshot = snap
+        self._verifier = verifier
+        self.health.forget(set(snap.channels))
+        for name in removed:
+            self.metrics.forget_channel(name)
+
+    async def reload_from_file(self, *, reason: str) -> Snapshot:
+        """Re-read the config file; on any problem keep the running snapshot and raise ConfigError."""
+        async with self.write_lock:
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+                snap = Snapshot.build(config)
+                self.install(snap)
+            except ConfigError as exc:
+                self.last_reload_error = str(exc)
+                self.last_reload_at = time.time()
+                self.metrics.config_reload(False)
+                log.error("config reload (%s) refused, the running config stays: %s", reason,
+                          "; ".join(exc.problems))
+                raise
+            self.last_reload_error = None
+            self.last_reload_at = time.time()
+            self.metrics.config_reload(True)
+            log.info("config reloaded (%s): %d channels, %d rules", reason,
+                     len(snap.config.channels), len(snap.rules))
+            return snap
+
+    async def channel_states(self, snap: Snapshot, now: datetime) -> dict[str, ChannelState]:
+        """Live numbers the router needs: usage with in-flight reservations, breaker/cool-down."""
+        names = [c.name for c in snap.config.channels]
+        usage = await self.store.usage(names, now)
+        out = {}
+        for ch in snap.config.channels:
+            u = usage[ch.name]
+            out[ch.name] = ChannelState(
+                day_tokens_used=u.day_tokens_with_reserved,
+                hour_tokens_used=u.hour_tokens_with_reserved,
+                day_requests_used=u.day_requests,
+                circuit=self.health.peek(ch.name),
+            )
+        return out
+
+    # -- background work that must outlive a cancelled request (usage settlement)
+    def spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self.background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def drain_background(self) -> None:
+        while self.background:
+            await asyncio.gather(*list(self.background), return_exceptions=True)
+
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+
+# Per-request values set by the proxy layer (typed keys: aiohttp warns on plain string keys).
+PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)
+RATELIMIT_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("ratelimit_headers", dict)

@@ -1,0 +1,337 @@
+"""The ``UsageStore`` protocol, its value objects, and ``CounterBook``, shared by every backend.
+
+Windows. A request's tokens are counted in three windows per channel: the local day ("YYYY-MM-DD"),
+the local hour ("YYYY-MM-DDTHH") and the running total. "Local" is the server timezone handed to the
+backend, so a day starts at local midnight (16:00 UTC for Asia/Shanghai). Keys are local wall-clock
+text: in a timezone with DST the repeated autumn hour shares one hour key.
+
+Reservations. ``try_reserve`` checks and reserves in one step with no ``await`` in between, which is
+what stops N concurrent requests from overrunning a quota. Settled tokens are counted in the windows
+of the moment the request *ends* (``settle``'s ``now``); a reservation therefore holds capacity in
+whatever window is current until it is settled or released. Concretely, every in-flight reservation
+of a channel counts against that channel's current day and hour: one made at 23:59:59 still holds
+its tokens at 00:00:01 (it will be counted in the new day), and releasing it takes them from the
+in-flight pool it was added to, never from a window's settled count. ``Reservation.day_key`` and
+``hour_key`` record where it was made, for logs and for backends that expire keys.
+
+A record's ``ts`` is the request's start, so near a boundary the request log grouped by ``ts`` and
+the day counters may place one request on different sides of midnight; totals always agree.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from typing import Protocol, runtime_checkable
+
+from ..errors import SmartProxyError
+
+Clock = Callable[[], datetime]  # returns an aware datetime; injected so tests never read the wall
+
+DAY, HOUR, TOTAL = "day", "hour", "total"
+TOTAL_KEY = "total"
+GROUP_COLUMNS = {"channel": "channel", "api_key": "api_key_name", "model": "model"}
+
+
+class StorageError(SmartProxyError):
+    """The usage store cannot open or read its storage (the message names the path)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A channel's quotas; 0 means unlimited."""
+
+    day_tokens: int = 0
+    hour_tokens: int = 0
+    day_requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One channel's counters at an instant. Settled numbers exclude in-flight reservations."""
+
+    day_tokens: int
+    hour_tokens: int
+    day_requests: int
+    day_reserved_tokens: int
+    hour_reserved_tokens: int
+    total_tokens: int
+    total_requests: int
+    total_prompt_tokens: int
+    total_completion_tokens: int
+    total_cost: float
+    day_cost: float
+    reserved_requests: int = 0
+
+    @property
+    def day_tokens_with_reserved(self) -> int:
+        return self.day_tokens + self.day_reserved_tokens
+
+    @property
+    def hour_tokens_with_reserved(self) -> int:
+        return self.hour_tokens + self.hour_reserved_tokens
+
+
+@dataclass(slots=True)
+class Reservation:
+    id: int
+    channel: str
+    tokens: int
+    day_key: str
+    hour_key: str
+    requests: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One finished request, as the request log keeps it. ``ts``: epoch seconds of its start."""
+
+    ts: float
+    request_id: str
+    api_key_name: str
+    channel: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    status: int
+    latency_ms: float
+    stream: bool = False
+    usage_source: str = "upstream"  # upstream | estimated | none
+    error: str | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@runtime_checkable
+class UsageStore(Protocol):
+    """Where counters, reservations and the request log live. Every method takes ``now``."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None:
+        """Flush everything still pending."""
+
+    async def try_reserve(
+        self, channel: str, tokens: int, limits: Limits, now: datetime
+    ) -> Reservation | None:
+        """Reserve ``tokens`` and one request if every limit > 0 still has room, else None."""
+
+    async def settle(
+        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+    ) -> None:
+        """Release ``reservation`` (once) and count the record in the windows of ``now``."""
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give a reservation back without counting anything (upstream was never reached)."""
+
+    async def usage(self, channels: Sequence[str], now: datetime) -> dict[str, Usage]: ...
+
+    async def query(
+        self, start: datetime | None, end: datetime | None, group_by: str
+    ) -> list[dict[str, object]]:
+        """Sum the request log over ``start <= ts < end``, grouped by channel|api_key|model."""
+
+    def status(self) -> dict[str, object]: ...
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def window_keys(now: datetime, tz: tzinfo) -> tuple[str, str]:
+    """The (day, hour) keys of ``now`` in ``tz``; ``now`` must be timezone-aware."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"now must be timezone-aware, got {now!r}")
+    t = now.astimezone(tz)
+    day = f"{t.year:04d}-{t.month:02d}-{t.day:02d}"
+    return day, f"{day}T{t.hour:02d}"
+
+
+def epoch(dt: datetime | None, tz: tzinfo) -> float | None:
+    """Epoch seconds of a query bound; a naive bound is read in the server timezone."""
+    if dt is None:
+        return None
+    return (dt if dt.tzinfo is not None else dt.replace(tzinfo=tz)).timestamp()
+
+
+def group_column(group_by: str) -> str:
+    try:
+        return GROUP_COLUMNS[group_by]
+    except KeyError:
+        raise ValueError(
+            f"group_by must be one of {', '.join(GROUP_COLUMNS)}, got {group_by!r}"
+        ) from None
+
+
+def aggregate(records: Iterable[RequestRecord], group_by: str) -> list[dict[str, object]]:
+    """Rows of ``query`` computed in Python (the memory backend; sqlite does it in SQL)."""
+    column = group_column(group_by)
+    sums: dict[str, list[float]] = {}
+    for r in records:
+        s = sums.setdefault(str(getattr(r, column)), [0, 0, 0, 0.0, 0])
+        s[0] += 1
+        s[1] += r.prompt_tokens
+        s[2] += r.completion_tokens
+        s[3] += r.cost
+        s[4] += r.status >= 400
+    return [
+        {
+            group_by: key,
+            "requests": int(n),
+            "prompt_tokens": int(p),
+            "completion_tokens": int(c),
+            "total_tokens": int(p + c),
+            "cost": cost,
+            "errors": int(errors),
+        }
+        for key, (n, p, c, cost, errors) in sorted(sums.items())
+    ]
+
+
+@dataclass(slots=True)
+class Counter:
+    tokens: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+    cost: float = 0.0
+
+    def add(self, prompt: int, completion: int, requests: int, cost: float) -> None:
+        self.tokens += prompt + completion
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.requests += requests
+        self.cost += cost
+
+
+_EMPTY = Counter()
+
+
+class CounterBook:
+    """In-process counters and reservations; every backend keeps one and persists around it.
+
+    Methods are synchronous on purpose: a check and its update can never be interleaved with
+    another coroutine. Only the ``keep`` newest day and hour keys of each channel are kept.
+    """
+
+    def __init__(self, tz: tzinfo, *, keep: int = 2) -> None:
+        self.tz = tz
+        self._keep = keep
+        self._counters: dict[tuple[str, str], dict[str, Counter]] = {}
+        self._inflight: dict[str, list[int]] = {}  # channel -> [tokens, requests]
+        self._live: dict[int, Reservation] = {}
+        # channel -> (day key, hour key, Usage): the router asks for every channel per request,
+        # and building a Usage costs microseconds; any change to a channel drops its entry.
+        self._cache: dict[str, tuple[str, str, Usage]] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def reservations(self) -> int:
+        return len(self._live)
+
+    def counter(self, channel: str, window: str, key: str) -> Counter:
+        """The counter of one window key, created (and old keys trimmed) if missing."""
+        keys = self._counters.setdefault((channel, window), {})
+        self._cache.pop(channel, None)  # callers get it to change it
+        c = keys.get(key)
+        if c is None:
+            c = keys[key] = Counter()
+            if len(keys) > self._keep:
+                del keys[min(keys)]  # keys sort by time: "YYYY-MM-DD[THH]"
+        return c
+
+    def load(self, channel: str, window: str, key: str, saved: Counter) -> None:
+        """Put back a counter a backend persisted (replacing what is in memory for that key)."""
+        c = self.counter(channel, window, key)
+        c.tokens = saved.tokens
+        c.prompt_tokens = saved.prompt_tokens
+        c.completion_tokens = saved.completion_tokens
+        c.requests = saved.requests
+        c.cost = saved.cost
+
+    def _peek(self, channel: str, window: str, key: str) -> Counter:
+        return self._counters.get((channel, window), {}).get(key, _EMPTY)
+
+    def try_reserve(
+        self, channel: str, tokens: int, limits: Limits, now: datetime
+    ) -> Reservation | None:
+        if tokens < 0:
+            raise ValueError(f"cannot reserve a negative number of tokens ({tokens})")
+        day, hour = window_keys(now, self.tz)
+        held_tokens, held_requests = self._inflight.get(channel, (0, 0))
+        if limits.day_tokens > 0:
+            if self._peek(channel, DAY, day).tokens + held_tokens + tokens > limits.day_tokens:
+                return None
+        if limits.hour_tokens > 0:
+            if self._peek(channel, HOUR, hour).tokens + held_tokens + tokens > limits.hour_tokens:
+                return None
+        if limits.day_requests > 0:
+            if self._peek(channel, DAY, day).requests + held_requests + 1 > limits.day_requests:
+                return None
+        res = Reservation(next(self._ids), channel, tokens, day, hour)
+        self._cache.pop(channel, None)
+        pool = self._inflight.setdefault(channel, [0, 0])
+        pool[0] += tokens
+        pool[1] += res.requests
+        self._live[res.id] = res
+        return res
+
+    def release(self, reservation: Reservation) -> bool:
+        """Give back a reservation; False (and nothing changes) if it was already given back."""
+        res = self._live.pop(reservation.id, None)
+        if res is None:
+            return False
+        self._cache.pop(res.channel, None)
+        pool = self._inflight[res.channel]
+        pool[0] -= res.tokens
+        pool[1] -= res.requests
+        if pool == [0, 0]:
+            del self._inflight[res.channel]
+        return True
+
+    def settle(
+        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+    ) -> tuple[str, str] | None:
+        """Count ``record`` in the windows of ``now``; the (day, hour) keys used, or None if the
+        reservation was already settled or released (then nothing is counted twice)."""
+        if reservation is not None and not self.release(reservation):
+            return None
+        day, hour = window_keys(now, self.tz)
+        self.count(record.channel, day, hour, record)
+        return day, hour
+
+    def count(self, channel: str, day: str, hour: str, record: RequestRecord) -> None:
+        p, c, cost = record.prompt_tokens, record.completion_tokens, record.cost
+        for window, key in ((DAY, day), (HOUR, hour), (TOTAL, TOTAL_KEY)):
+            self.counter(channel, window, key).add(p, c, 1, cost)
+
+    def usages(self, channels: Iterable[str], now: datetime) -> dict[str, Usage]:
+        day_key, hour_key = window_keys(now, self.tz)  # once per call: the router asks per request
+        return {ch: self._usage(ch, day_key, hour_key) for ch in channels}
+
+    def _usage(self, channel: str, day_key: str, hour_key: str) -> Usage:
+        hit = self._cache.get(channel)
+        if hit is not None and hit[0] == day_key and hit[1] == hour_key:
+            return hit[2]
+        day = self._peek(channel, DAY, day_key)
+        hour = self._peek(channel, HOUR, hour_key)
+        total = self._peek(channel, TOTAL, TOTAL_KEY)
+        held_tokens, held_requests = self._inflight.get(channel, (0, 0))
+        usage = Usage(
+            day_tokens=day.tokens,
+            hour_tokens=hour.tokens,
+            day_requests=day.requests,
+            day_reserved_tokens=held_tokens,
+            hour_reserved_tokens=held_tokens,
+            total_tokens=total.tokens,
+            total_requests=total.requests,
+            total_prompt_tokens=total.prompt_tokens,
+            total_completion_tokens=total.completion_tokens,
+            total_cost=total.cost,
+            day_cost=day.cost,
+            reserved_requests=held_requests,
+        )
+        self._cache[channel] = (day_key, hour_key, usage)
+        return usage

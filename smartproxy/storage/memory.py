@@ -1,0 +1,81 @@
+"""``memory`` backend: counters, reservations and a bounded request log in this process only.
+
+Nothing survives a restart. Useful for tests, demos and throw-away gateways; the counting itself is
+``CounterBook``'s, identical to the sqlite backend's.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from datetime import datetime, tzinfo
+
+from .base import (
+    CounterBook,
+    Limits,
+    RequestRecord,
+    Reservation,
+    Usage,
+    aggregate,
+    epoch,
+    group_column,
+)
+
+DEFAULT_LOG_LIMIT = 100_000
+
+
+class MemoryStore:
+    """A ``UsageStore`` that keeps everything in memory; the request log keeps the last
+    ``log_limit`` records (older ones fall off, the counters keep counting them)."""
+
+    backend = "memory"
+
+    def __init__(self, tz: tzinfo, *, log_limit: int = DEFAULT_LOG_LIMIT) -> None:
+        if log_limit < 1:
+            raise ValueError(f"log_limit must be at least 1, got {log_limit}")
+        self.tz = tz
+        self._book = CounterBook(tz)
+        self._log: deque[RequestRecord] = deque(maxlen=log_limit)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def try_reserve(
+        self, channel: str, tokens: int, limits: Limits, now: datetime
+    ) -> Reservation | None:
+        return self._book.try_reserve(channel, tokens, limits, now)
+
+    async def settle(
+        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+    ) -> None:
+        if self._book.settle(reservation, record, now) is not None:
+            self._log.append(record)
+
+    async def release(self, reservation: Reservation) -> None:
+        self._book.release(reservation)
+
+    async def usage(self, channels: Sequence[str], now: datetime) -> dict[str, Usage]:
+        return self._book.usages(channels, now)
+
+    async def query(
+        self, start: datetime | None, end: datetime | None, group_by: str
+    ) -> list[dict[str, object]]:
+        group_column(group_by)  # a bad group_by fails even on an empty log
+        lo, hi = epoch(start, self.tz), epoch(end, self.tz)
+        records = (r for r in self._log if (lo is None or r.ts >= lo) and (hi is None or r.ts < hi))
+        return aggregate(records, group_by)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "backend": self.backend,
+            "ok": True,
+            "path": None,
+            "pending_writes": 0,
+            "last_error": None,
+            "reservations": self._book.reservations,
+            "log_records": len(self._log),
+            "log_limit": self._log.maxlen,
+        }

@@ -1,0 +1,326 @@
+"""``sqlite`` backend (the default): counters and the request log in one WAL-mode file.
+
+The event loop never waits for SQLite on the request path. ``try_reserve``, ``settle`` and ``usage``
+work on an in-memory ``CounterBook`` (the same counting as the memory backend); ``settle`` also
+appends the record to a pending list. A flush task hands that list to a worker thread every
+``flush_interval`` seconds, which writes it in one transaction: counter deltas as UPSERTs (summed
+per window key first) and one request-log row per record. A crashed process loses at most the last
+interval's records; ``close`` flushes the rest.
+
+If a write fails (disk full, database locked for too long, file removed...), the batch is put back
+in front of the pending list and retried at the next interval on a fresh connection; the error is
+logged and shown by ``status()``, and the gateway keeps serving from memory meanwhile.
+
+On ``start`` the current and previous day/hour counters and the totals are loaded back. Reservations
+live in memory only: they belong to in-flight requests, which die with the process that made them.
+Counters are exact within one process; processes sharing the file add to the same rows but each
+checks quotas against its own view (the redis backend is the one for several processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import TypeVar
+
+from .base import (
+    DAY,
+    HOUR,
+    TOTAL,
+    TOTAL_KEY,
+    Clock,
+    Counter,
+    CounterBook,
+    Limits,
+    RequestRecord,
+    Reservation,
+    StorageError,
+    Usage,
+    epoch,
+    group_column,
+    window_keys,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FLUSH_INTERVAL = 0.5
+MAX_PENDING = 200_000  # while the file is unwritable; beyond this the oldest writes are dropped
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (
+    channel TEXT NOT NULL, "window" TEXT NOT NULL, key TEXT NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0, requests INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (channel, "window", key)
+);
+CREATE TABLE IF NOT EXISTS request_log (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT, api_key_name TEXT, channel TEXT,
+    model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost REAL, status INTEGER,
+    latency_ms REAL, stream INTEGER, usage_source TEXT, error TEXT
+);
+CREATE INDEX IF NOT EXISTS request_log_ts ON request_log (ts);
+"""
+_UPSERT = """
+INSERT INTO counters
+    (channel, "window", key, tokens, prompt_tokens, completion_tokens, requests, cost)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (channel, "window", key) DO UPDATE SET
+    tokens = tokens + excluded.tokens, prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = completion_tokens + excluded.completion_tokens,
+    requests = requests + excluded.requests, cost = cost + excluded.cost
+"""
+_INSERT_LOG = """
+INSERT INTO request_log (ts, request_id, api_key_name, channel, model, prompt_tokens,
+    completion_tokens, cost, status, latency_ms, stream, usage_source, error)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_LOAD = """
+SELECT channel, "window", key, tokens, prompt_tokens, completion_tokens, requests, cost
+FROM counters WHERE "window" = ? OR ("window" = ? AND key >= ?) OR ("window" = ? AND key >= ?)
+"""
+
+T = TypeVar("T")
+Pending = tuple[RequestRecord, str, str]  # the record and the day/hour keys it was counted in
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqliteStore:
+    """A ``UsageStore`` persisted to the SQLite file at ``path`` (its folder is created)."""
+
+    backend = "sqlite"
+
+    def __init__(
+        self,
+        path: str | Path,
+        tz: tzinfo,
+        *,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        clock: Clock | None = None,
+    ) -> None:
+        if flush_interval <= 0:
+            raise ValueError(f"flush_interval must be > 0, got {flush_interval}")
+        self.path = Path(path)
+        self.tz = tz
+        self._interval = flush_interval
+        self._clock = clock or _utcnow
+        self._book = CounterBook(tz)
+        self._pending: list[Pending] = []
+        self._writing = 0  # records of the batch a worker thread is writing now
+        self._conn: sqlite3.Connection | None = None
+        self._conn_lock = threading.Lock()  # one thread at a time on the connection
+        self._flush_lock = asyncio.Lock()  # batches are written in the order they were taken
+        self._closing = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_error: str | None = None
+        self._last_error_at: str | None = None
+        self._write_errors = 0
+        self._dropped = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        # The previous day/hour too: a store started just after midnight can still be asked about
+        # the day that just ended, and a clock slightly behind must not start from zero.
+        now = self._clock()
+        since_day = window_keys(now - timedelta(days=1), self.tz)[0]
+        since_hour = window_keys(now - timedelta(hours=1), self.tz)[1]
+        try:
+            rows = await asyncio.to_thread(
+                self._run,
+                lambda c: c.execute(_LOAD, (TOTAL, DAY, since_day, HOUR, since_hour)).fetchall(),
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot open usage database {self.path}: {exc}") from exc
+        for channel, window, key, *values in rows:
+            self._book.load(channel, window, key, Counter(*values))
+        self._closing.clear()
+        self._task = asyncio.create_task(self._flush_loop(), name="usage-store-flush")
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self.flush()
+        if self._pending:
+            log.error("usage store closed with %d unwritten records", len(self._pending))
+        await asyncio.to_thread(self._disconnect)
+
+    async def _flush_loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                await asyncio.wait_for(self._closing.wait(), self._interval)
+            except TimeoutError:
+                pass
+            try:
+                await self.flush()
+            except Exception as exc:  # a bug must not stop later flushes; the batch is logged lost
+                log.exception("usage store: flush failed")
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._last_error_at = self._clock().isoformat()
+
+    # ------------------------------------------------------------------ the UsageStore protocol
+    async def try_reserve(
+        self, channel: str, tokens: int, limits: Limits, now: datetime
+    ) -> Reservation | None:
+        return self._book.try_reserve(channel, tokens, limits, now)
+
+    async def settle(
+        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+    ) -> None:
+        keys = self._book.settle(reservation, record, now)
+        if keys is not None:
+            self._pending.append((record, *keys))
+            if len(self._pending) > MAX_PENDING:
+                drop = len(self._pending) - MAX_PENDING
+                del self._pending[:drop]
+                self._dropped += drop
+
+    async def release(self, reservation: Reservation) -> None:
+        self._book.release(reservation)
+
+    async def usage(self, channels: Sequence[str], now: datetime) -> dict[str, Usage]:
+        return self._book.usages(channels, now)
+
+    async def query(
+        self, start: datetime | None, end: datetime | None, group_by: str
+    ) -> list[dict[str, object]]:
+        column = group_column(group_by)
+        lo, hi = epoch(start, self.tz), epoch(end, self.tz)
+        await self.flush()
+        try:
+            rows = await asyncio.to_thread(
+                self._run, lambda c: c.execute(_select_sql(column), (lo, lo, hi, hi)).fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read usage database {self.path}: {exc}") from exc
+        return [
+            {
+                group_by: key,
+                "requests": n,
+                "prompt_tokens": p,
+                "completion_tokens": c,
+                "total_tokens": p + c,
+                "cost": cost,
+                "errors": errors,
+            }
+            for key, n, p, c, cost, errors in rows
+        ]
+
+    def status(self) -> dict[str, object]:
+        return {
+            "backend": self.backend,
+            "ok": self._last_error is None,
+            "path": str(self.path),
+            "pending_writes": len(self._pending) + self._writing,
+            "last_error": self._last_error,
+            "last_error_at": self._last_error_at,
+            "write_errors": self._write_errors,
+            "dropped_writes": self._dropped,
+            "reservations": self._book.reservations,
+            "flushing": self._task is not None and not self._task.done(),
+        }
+
+    # ------------------------------------------------------------------ writing
+    async def flush(self) -> bool:
+        """Write everything pending now; False (the batch kept for a retry) if the write failed."""
+        async with self._flush_lock:
+            if not self._pending:
+                return True
+            batch, self._pending = self._pending, []
+            self._writing = len(batch)
+            try:
+                await asyncio.to_thread(self._write, batch)
+            except (sqlite3.Error, OSError) as exc:
+                self._pending[:0] = batch
+                self._write_errors += 1
+                if self._last_error is None:  # log a failure once, not every interval
+                    log.error("usage store: cannot write to %s: %s (will retry)", self.path, exc)
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._last_error_at = self._clock().isoformat()
+                return False
+            finally:
+                self._writing = 0
+            if self._last_error is not None:
+                log.warning("usage store: writing to %s works again", self.path)
+                self._last_error = None
+            return True
+
+    def _write(self, batch: list[Pending]) -> None:
+        deltas: dict[tuple[str, str, str], list[float]] = {}
+        for record, day, hour in batch:
+            for window, key in ((DAY, day), (HOUR, hour), (TOTAL, TOTAL_KEY)):
+                d = deltas.setdefault((record.channel, window, key), [0, 0, 0, 0, 0.0])
+                d[0] += record.total_tokens
+                d[1] += record.prompt_tokens
+                d[2] += record.completion_tokens
+                d[3] += 1
+                d[4] += record.cost
+        log_rows = [
+            (r.ts, r.request_id, r.api_key_name, r.channel, r.model, r.prompt_tokens,
+             r.completion_tokens, r.cost, r.status, r.latency_ms, int(r.stream),
+             r.usage_source, r.error)
+            for r, _, _ in batch
+        ]  # fmt: skip
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:  # one transaction: all of the batch or none of it
+                conn.executemany(_UPSERT, [(*k, *d) for k, d in deltas.items()])
+                conn.executemany(_INSERT_LOG, log_rows)
+
+        self._run(write)
+
+    # ------------------------------------------------------------------ worker-thread helpers
+    def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on the connection (opened on first use) in the calling worker thread."""
+        with self._conn_lock:
+            try:
+                return work(self._connection())
+            except sqlite3.Error:
+                self._drop_connection()  # the next round starts from a fresh connection
+                raise
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
+                conn.executescript(_SCHEMA)
+            except sqlite3.Error:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+    def _disconnect(self) -> None:
+        with self._conn_lock:
+            self._drop_connection()
+
+
+def _select_sql(column: str) -> str:
+    # ``column`` comes from GROUP_COLUMNS, never from the caller's text.
+    return (
+        f"SELECT {column}, COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
+        " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost), 0.0),"
+        " COALESCE(SUM(status >= 400), 0) FROM request_log"
+        " WHERE (? IS NULL OR ts >= ?) AND (? IS NULL OR ts < ?)"
+        f" GROUP BY {column} ORDER BY {column}"
+    )

@@ -1,0 +1,400 @@
+"""Per-channel health: an aiobreaker circuit breaker plus a 429 cool-down.
+
+Why subclass ``aiobreaker.CircuitBreaker``: aiobreaker 1.2.0 stamps ``opened_at`` with naive-UTC
+``datetime.utcnow()`` (deprecated in 3.12) but compares it with naive-local ``datetime.now()`` in
+``opens_at`` and ``CircuitBreakerError.time_remaining``: away from UTC the open timeout is off by
+the UTC offset (in Asia/Shanghai a breaker is due the moment it opens), and its half-open state
+lets every concurrent call through. ``ChannelBreaker`` keeps aiobreaker's storage, state objects
+and listeners, reads one injectable clock (aware UTC) everywhere, and lets exactly one trial
+through in half-open; the others are refused as if open until the trial ends.
+
+Use: ``permit = health.begin_attempt()`` (None: open, trial in flight, or cooling down), then
+one of ``health.success(permit)`` (2xx, or a 4xx the client caused: the channel answered),
+``failure(permit, exc)`` (5xx, timeout, connection error) or ``rate_limited(retry_after, default,
+permit)`` (429), and ``release(permit)`` in a ``finally`` (a no-op once an outcome was reported).
+The permit tells the trial from stale attempts: in half-open only the trial's outcome counts.
+A 429 is neither failure nor success (the run of consecutive failures neither grows nor resets); a
+trial that gets one ends undecided, and the first attempt after the cool-down is the next trial.
+Open -> half-open is taken by the first attempt after ``reset_timeout``; ``status()`` says
+"half_open" as soon as it is due, so that the router offers the channel for its trial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterator, Set
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal, TypeVar
+
+import aiobreaker
+from aiobreaker import state as _st
+
+from smartproxy.upstream.retry import MAX_RETRY_AFTER
+from smartproxy.upstream.retry import parse_retry_after as parse_retry_after  # re-exported
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+StateName = Literal["closed", "half_open", "open"]
+HealthStatus = Literal["healthy", "half_open", "open", "cooldown"]
+StateListener = Callable[[str, str, str], None]  # (channel name, old state, new state)
+T = TypeVar("T")
+
+_S = _st.CircuitBreakerState
+_CLOSED, _HALF_OPEN, _OPEN = (_S.CLOSED, _S.HALF_OPEN, _S.OPEN)
+_NAMES: Final[dict[Any, StateName]] = {_CLOSED: "closed", _HALF_OPEN: "half_open", _OPEN: "open"}
+_NUMERIC: Final[dict[StateName, int]] = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ChannelOpenError(_st.CircuitBreakerError):  # type: ignore[misc]
+    """Raised by ``call``/``call_async`` when the breaker refuses; reads the breaker's clock."""
+
+    def __init__(self, message: str, reopen_time: datetime | None, clock: Clock) -> None:
+        super().__init__(message, reopen_time)
+        self._clock = clock
+
+    @property
+    def time_remaining(self) -> timedelta:
+        remaining: timedelta = (self.reopen_time or self._clock()) - self._clock()
+        return max(remaining, timedelta(0))
+
+
+# aiobreaker's state classes, with the clock fixed and without raising from on_failure: our
+# record_failure() reports an outcome, it does not stand in for a call.
+class _ClosedState(_st.CircuitClosedState):  # type: ignore[misc]
+    def on_failure(self, exception: BaseException | None) -> None:
+        if self._breaker._state_storage.counter >= self._breaker.fail_max:
+            self._breaker.open()
+
+
+class _OpenState(_st.CircuitOpenState):  # type: ignore[misc]
+    def before_call(self, func: object, *args: object, **kwargs: object) -> None:
+        if self._breaker.opens_at is not None:
+            raise ChannelOpenError("circuit open", self._breaker.opens_at, self._breaker._now)
+
+
+class _HalfOpenState(_st.CircuitHalfOpenState):  # type: ignore[misc]
+    def on_failure(self, exception: BaseException | None) -> None:
+        self._breaker.open()
+
+
+_STATE_CLASSES: Final = {_CLOSED: _ClosedState, _OPEN: _OpenState, _HALF_OPEN: _HalfOpenState}
+
+
+class _StateChangeAdapter(aiobreaker.CircuitBreakerListener):  # type: ignore[misc]
+    """Turns aiobreaker's state_change(breaker, old_obj, new_obj) into (name, old, new) strings."""
+
+    def __init__(self, callback: StateListener) -> None:
+        self._callback = callback
+
+    def state_change(self, breaker: Any, old: Any, new: Any) -> None:
+        old_name = _NAMES[old.state] if old is not None else "closed"
+        new_name = _NAMES[new.state]
+        if old_name != new_name:
+            self._callback(breaker.name or "", old_name, new_name)
+
+
+@dataclass(slots=True, eq=False)
+class Permit:
+    """Leave to make one attempt; ``trial`` marks the single half-open trial. Settles once."""
+
+    trial: bool
+    done: bool = False
+
+
+class ChannelBreaker(aiobreaker.CircuitBreaker):  # type: ignore[misc]
+    """aiobreaker's breaker on one clock, with exactly one half-open trial."""
+
+    _state: Any  # aiobreaker's cached state object
+
+    def __init__(
+        self,
+        fail_max: int = 5,
+        reset_timeout: float = 30.0,
+        *,
+        clock: Clock = utc_now,
+        name: str | None = None,
+        on_state_change: StateListener | None = None,
+    ) -> None:
+        self._clock = clock
+        self._trial: Permit | None = None
+        super().__init__(name=name)
+        self.configure(fail_max, reset_timeout)
+        if on_state_change is not None:
+            self.add_listener(_StateChangeAdapter(on_state_change))
+
+    def _now(self) -> datetime:
+        if (now := self._clock()).tzinfo is None:
+            raise TypeError("breaker clock must return an aware datetime (UTC)")
+        return now
+
+    def _create_new_state(self, new_state: Any, **kwargs: Any) -> Any:  # prev_state, notify
+        return _STATE_CLASSES[new_state](self, **kwargs)
+
+    @property
+    def reset_timeout(self) -> float:
+        return float(self.timeout_duration.total_seconds())
+
+    def configure(self, fail_max: int, reset_timeout: float) -> None:
+        """New limits from a config reload; state, count and opened_at are kept."""
+        if fail_max < 1:
+            raise ValueError(f"fail_max must be at least 1, got {fail_max}")
+        if not reset_timeout > 0 or not math.isfinite(reset_timeout):
+            raise ValueError(f"reset_timeout must be a positive number of seconds: {reset_timeout}")
+        self.fail_max = fail_max
+        self.timeout_duration = timedelta(seconds=reset_timeout)
+
+    def _due(self, now: datetime) -> datetime | None:
+        """When an open circuit lets its trial through, or None if it is already due/not open."""
+        opened_at = self._state_storage.opened_at
+        if self.current_state is not _OPEN or opened_at is None:
+            return None
+        due: datetime = opened_at + self.timeout_duration
+        return due if now < due else None
+
+    @property
+    def opens_at(self) -> datetime | None:
+        return self._due(self._now())
+
+    @property
+    def time_until_open(self) -> timedelta | None:
+        now = self._now()
+        return None if (due := self._due(now)) is None else due - now
+
+    async def sleep_until_open(self) -> None:
+        await asyncio.sleep((self.time_until_open or timedelta(0)).total_seconds())
+
+    def effective_state(self, now: datetime | None = None) -> StateName:
+        """The state as callers see it: an open circuit past its timeout reads as half-open."""
+        state = self.current_state
+        if state is _OPEN and self._due(now or self._now()) is None:
+            return "half_open"
+        return _NAMES[state]
+
+    @property
+    def state_name(self) -> StateName:
+        return self.effective_state()
+
+    def available(self, now: datetime | None = None) -> bool:
+        """Would acquire() grant a permit now? Pure: changes no state."""
+        state = self.effective_state(now)  # open and due reads half_open, with no trial yet
+        return state == "closed" or (state == "half_open" and self._trial is None)
+
+    def acquire(self) -> Permit | None:
+        """A permit for one attempt, or None (open, or the half-open trial is taken)."""
+        state = self.current_state
+        if state is _CLOSED:
+            return Permit(trial=False)
+        if state is _OPEN:
+            if self.opens_at is not None:
+                return None
+            self.half_open()
+        elif self._trial is not None:
+            return None
+        self._trial = Permit(trial=True)
+        return self._trial
+
+    def _settle(self, permit: Permit | None) -> bool:
+        """Settle ``permit``; say whether its outcome may move the breaker."""
+        if permit is not None:
+            if permit.done:
+                return False
+            permit.done = True
+        if self.current_state is not _HALF_OPEN:
+            return True
+        if permit is None or permit is self._trial:  # no permit given: taken to be the trial
+            self._trial = None
+            return True
+        return False  # begun before the circuit opened: in half-open only the trial decides
+
+    def record_success(self, permit: Permit | None = None) -> None:
+        if self._settle(permit):
+            self.state._handle_success()  # resets the count, closes a half-open, tells listeners
+
+    def record_failure(self, permit: Permit | None = None, exc: Exception | None = None) -> None:
+        if self._settle(permit):
+            self._inc_counter()
+            for listener in self.listeners:
+                listener.failure(self, exc)
+            self.state.on_failure(exc)
+
+    def release(self, permit: Permit | None = None) -> None:
+        """End an attempt without a verdict (429, cancellation); frees the trial slot."""
+        self._settle(permit)  # settles the permit and frees the trial slot; moves nothing
+
+    # Memory storage: the cached state object is never stale. aiobreaker's getter re-syncs from
+    # storage, which mid-move (storage first, so listeners read the new state) notifies twice.
+    @property
+    def state(self) -> Any:
+        return self._state
+
+    @state.setter
+    def state(self, new: Any) -> None:
+        self._state = self._create_new_state(new, prev_state=self._state, notify=True)
+
+    def _move(self, new: Any) -> None:
+        if self._state_storage.state is new and self._state.state is new:
+            return
+        self._state_storage.state = new
+        self.state = new
+
+    def open(self) -> None:
+        self._trial = None
+        self._state_storage.opened_at = self._now()
+        self._move(_OPEN)
+
+    def half_open(self) -> None:
+        self._trial = None
+        self._move(_HALF_OPEN)
+
+    def close(self) -> None:
+        self._trial = None
+        self._move(_CLOSED)
+
+    @contextmanager
+    def _guard(self, func: Callable[..., Any], args: Any, kwargs: Any) -> Iterator[None]:
+        """aiobreaker's call semantics around one call, holding a permit (maybe the trial)."""
+        permit = self.acquire()
+        if permit is None:
+            why = "circuit open" if self._trial is None else "trial in flight"
+            raise ChannelOpenError(why, self.opens_at, self._now)
+        try:
+            for listener in self.listeners:
+                listener.before_call(self, func, *args, **kwargs)
+            yield
+        except Exception as exc:
+            if self.is_system_error(exc):
+                self.record_failure(permit, exc)
+            else:  # aiobreaker's "excluded" exceptions are business errors: the service answered
+                self.record_success(permit)
+            raise
+        else:
+            self.record_success(permit)
+        finally:
+            self.release(permit)
+
+    def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._guard(func, args, kwargs):
+            return func(*args, **kwargs)
+
+    async def call_async(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        with self._guard(func, args, kwargs):
+            return await func(*args, **kwargs)
+
+
+class ChannelHealth:
+    """One channel's breaker and 429 cool-down; ``permit=None`` reports without a ticket."""
+
+    __slots__ = ("name", "breaker", "cooldown_until", "_clock")
+
+    def __init__(
+        self,
+        name: str,
+        fail_max: int = 5,
+        reset_timeout: float = 30.0,
+        *,
+        clock: Clock = utc_now,
+        on_state_change: StateListener | None = None,
+    ) -> None:
+        self.name = name
+        self._clock = clock
+        self.breaker = ChannelBreaker(
+            fail_max, reset_timeout, clock=clock, name=name, on_state_change=on_state_change
+        )
+        self.cooldown_until: datetime | None = None
+
+    def cooling_down(self, now: datetime | None = None) -> bool:
+        return self.cooldown_until is not None and (now or self._clock()) < self.cooldown_until
+
+    def status(self, now: datetime | None = None) -> HealthStatus:
+        """healthy | half_open | open | cooldown (an open circuit outranks a cool-down)."""
+        now = now or self._clock()
+        state = self.breaker.effective_state(now)
+        if state == "open":
+            return "open"
+        if self.cooling_down(now):
+            return "cooldown"
+        return "healthy" if state == "closed" else "half_open"
+
+    def available(self, now: datetime | None = None) -> bool:
+        """Would begin_attempt() succeed now? For the router's candidate filter; changes nothing."""
+        now = now or self._clock()
+        return not self.cooling_down(now) and self.breaker.available(now)
+
+    def begin_attempt(self) -> Permit | None:
+        return None if self.cooling_down() else self.breaker.acquire()
+
+    def cool_down(self, seconds: float) -> None:
+        """Bench the channel for ``seconds`` (bounded); never shortens a running cool-down."""
+        seconds = min(max(seconds, 0.0), MAX_RETRY_AFTER) if math.isfinite(seconds) else 0.0
+        until = self._clock() + timedelta(seconds=seconds)
+        if self.cooldown_until is None or until > self.cooldown_until:
+            self.cooldown_until = until
+
+    def success(self, permit: Permit | None = None) -> None:
+        self.breaker.record_success(permit)
+
+    def failure(self, permit: Permit | None = None, exc: Exception | None = None) -> None:
+        self.breaker.record_failure(permit, exc)
+
+    def release(self, permit: Permit | None = None) -> None:
+        self.breaker.release(permit)
+
+    abandon = release  # the failover loop's name for it
+
+    def rate_limited(
+        self, retry_after: float | None, default: float, permit: Permit | None = None
+    ) -> None:
+        """429: cool down for Retry-After or ``default``; not a breaker failure; trial undecided."""
+        self.cool_down(default if retry_after is None else retry_after)
+        self.breaker.release(permit)
+
+
+class HealthBook:
+    """Every channel's health by name; outlives config snapshots so reloads keep breaker state."""
+
+    def __init__(self, *, clock: Clock = utc_now, on_state_change: StateListener | None = None):
+        self._clock = clock
+        self._listener = on_state_change
+        self._entries: dict[str, ChannelHealth] = {}
+
+    def get(self, name: str, fail_max: int, reset_timeout: float) -> ChannelHealth:
+        health = self._entries.get(name)
+        if health is None:
+            health = self._entries[name] = ChannelHealth(
+                name, fail_max, reset_timeout, clock=self._clock, on_state_change=self._changed
+            )
+        elif (fail_max, reset_timeout) != (health.breaker.fail_max, health.breaker.reset_timeout):
+            health.breaker.configure(fail_max, reset_timeout)
+        return health
+
+    def find(self, name: str) -> ChannelHealth | None:
+        return self._entries.get(name)
+
+    def forget(self, names_not_in: Set[str]) -> None:
+        """Drop channels that left the config (a channel that comes back starts closed)."""
+        for name in [n for n in self._entries if n not in names_not_in]:
+            del self._entries[name]
+
+    def states(self, now: datetime | None = None) -> dict[str, HealthStatus]:
+        now = now or self._clock()
+        return {name: health.status(now) for name, health in self._entries.items()}
+
+    def numeric(self, name: str) -> int:
+        """smartproxy_circuit_state: 0 closed, 1 half-open, 2 open (unknown channel: 0)."""
+        health = self._entries.get(name)
+        return 0 if health is None else _NUMERIC[health.breaker.effective_state()]
+
+    def _changed(self, name: str, old: str, new: str) -> None:
+        level = logging.WARNING if new == "open" else logging.INFO
+        log.log(level, "circuit breaker %s: %s -> %s", name, old, new)
+        if self._listener is not None:
+            self._listener(name, old, new)

@@ -1,0 +1,466 @@
+"""Send one client request upstream: attempt -> retry -> failover, then relay and settle usage.
+
+Each attempt: the channel's breaker says yes, a quota reservation succeeds, the provider sends.
+Retryable answers (429, 5xx, 401/403) and connection errors/timeouts move down the candidate
+list with backoff between attempts; other 4xx come back at once. A stream is failed over only
+before its first byte reaches the client; later it ends with an SSE ``error`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..config import ChannelConfig
+from ..errors import NoChannelAvailable, UpstreamFailed, UpstreamTimeout
+from ..providers.base import OutgoingRequest, Timeouts, UpstreamReply
+from ..routing.pricing import cost as price_cost
+from ..routing.router import Candidate, RequestFacts
+from ..state import PRINCIPAL, RATELIMIT_HEADERS, Gateway, Snapshot
+from ..storage.base import Limits, RequestRecord, Reservation
+from .breaker import parse_retry_after
+from .errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
+from .retry import RetryPolicy, is_retryable_status
+from .sse import EventSplitter, StreamTally, error_event, inspect_event, usage_of_body
+
+log = logging.getLogger("smartproxy.upstream")
+
+# Upstream response headers never relayed (hop-by-hop, or recomputed by our server).
+_DROP_RESPONSE = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Content-Length",
+        "Content-Encoding",
+        "Date",
+        "Server",
+    )
+)
+
+
+@dataclass(slots=True)
+class AttemptLog:
+    channel: str
+    status: int | None
+    error: str | None
+    seconds: float
+
+    def short(self) -> str:
+        return f"{self.channel}:{self.status if self.status is not None else self.error}"
+
+    def describe(self) -> str:
+        outcome = f"HTTP {self.status}" if self.status is not None else self.error
+        return f"{self.channel}: {outcome} after {self.seconds * 1000:.0f} ms"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Everything one client request carries through the upstream layer."""
+
+    request: web.Request
+    snap: Snapshot
+    facts: RequestFacts
+    path: str  # below /v1
+    body: dict[str, Any] | None  # parsed JSON (None for GET)
+    raw_body: bytes
+    headers: CIMultiDict[str]
+    request_id: str
+    started: datetime
+    started_mono: float
+    reserve_tokens: int
+    client_wants_usage: bool
+    attempts: list[AttemptLog] = field(default_factory=list)
+
+
+class Dispatcher:
+    def __init__(self, gateway: Gateway, retry: RetryPolicy | None = None) -> None:
+        self.gw = gateway
+        self._retry = retry
+
+    def retry_policy(self, snap: Snapshot) -> RetryPolicy:
+        if self._retry is not None:
+            return self._retry
+        return RetryPolicy(snap.config.retry)
+
+    async def dispatch(self, ex: Exchange, candidates: tuple[Candidate, ...]) -> web.StreamResponse:
+        gw, snap = self.gw, ex.snap
+        if not candidates:
+            raise NoChannelAvailable(
+                f"no channel is available for model {ex.facts.model!r}", param="model"
+            )
+        policy = self.retry_policy(snap)
+        max_attempts = snap.config.retry.max_attempts
+        queue = list(candidates)
+        last_reply: tuple[AttemptLog, int, CIMultiDict[str], bytes] | None = None
+        skipped: list[str] = []
+        tried = 0
+        while queue and tried < max_attempts:
+            cand = queue[0]
+            ch = cand.channel
+            health = gw.health.get(ch.name, *self._breaker_params(ch))
+            if not health.begin_attempt():
+                queue.pop(0)
+                skipped.append(f"{ch.name}: circuit {health.status()}")
+                continue
+            reservation = await gw.store.try_reserve(
+                ch.name, ex.reserve_tokens, _limits(ch), gw.clock()
+            )
+            if reservation is None:
+                health.abandon()
+                queue.pop(0)
+                skipped.append(f"{ch.name}: quota used")
+                continue
+            if tried:
+                gw.metrics.retry(ex.attempts[-1].channel)
+                await policy.wait(tried - 1)
+            tried += 1
+            outcome = await self._attempt(ex, ch, health, reservation)
+            if isinstance(outcome, web.StreamResponse):
+                return outcome
+            if outcome is not None:
+                last_reply = outcome
+            # Fall back down the list; with one candidate left, retry that one.
+            if len(queue) > 1:
+                queue.pop(0)
+        return self._all_failed(ex, last_reply, skipped)
+
+    def _breaker_params(self, ch: ChannelConfig) -> tuple[int, float]:
+        cb = self.gw.config.circuit_breaker
+        return (ch.fail_max or cb.fail_max, ch.reset_timeout or cb.reset_timeout)
+
+    def _timeouts(self, ch: ChannelConfig) -> Timeouts:
+        server = self.gw.config.server
+        total = ch.timeout or server.timeout
+        return Timeouts(
+            total=total,
+            connect=ch.connect_timeout or min(server.connect_timeout, total),
+            first_byte=ch.first_byte_timeout or total,
+        )
+
+    async def _attempt(
+        self, ex: Exchange, ch: ChannelConfig, health: Any, reservation: Reservation
+    ) -> web.StreamResponse | tuple[AttemptLog, int, CIMultiDict[str], bytes] | None:
+        """One try at one channel: a response sent to the client, a failed HTTP answer, or None."""
+        gw = self.gw
+        provider = gw.providers[ch.provider]
+        outgoing = self._outgoing(ex, ch)
+        t0 = time.monotonic()
+        reply: UpstreamReply | None = None
+        try:
+            reply = await provider.send(ch, outgoing, self._timeouts(ch))
+            status = reply.status
+            if is_retryable_status(status):
+                body = await reply.read()
+                reply.close()
+                self._failed_http(ex, ch, health, status, reply.headers, t0)
+                await gw.store.release(reservation)
+                return ex.attempts[-1], status, CIMultiDict(reply.headers), body
+            if outgoing.stream and status == 200 and _is_sse(reply.headers):
+                return await self._relay_stream(ex, ch, health, reservation, reply, t0)
+            body = await reply.read()
+        except AttemptError as exc:
+            if reply is not None:
+                reply.close()
+            self._failed_attempt(ex, ch, health, exc, t0)
+            await gw.store.release(reservation)
+            return None
+        except BaseException:
+            if reply is not None:
+                reply.close()
+            health.abandon()
+            await gw.store.release(reservation)
+            raise
+        seconds = time.monotonic() - t0
+        ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
+        gw.metrics.observe_upstream(ch.name, status, seconds)
+        health.success() if status < 500 else health.failure()
+        usage = usage_of_body(body) if status < 400 else None
+        self._settle(ex, ch, reservation, status, usage, content_events=0 if usage is None else -1)
+        headers = self._response_headers(ex, ch, reply.headers)
+        return web.Response(status=status, body=body, headers=headers)
+
+    def _outgoing(self, ex: Exchange, ch: ChannelConfig) -> OutgoingRequest:
+        body = ex.raw_body
+        if ex.body is not None:
+            mapped = ch.upstream_model(ex.facts.model)
+            changes: dict[str, Any] = {}
+            if mapped != ex.facts.model:
+                changes["model"] = mapped
+            if ex.facts.stream and not ex.client_wants_usage and ex.path != "/embeddings":
+                opts = dict(ex.body.get("stream_options") or {})
+                opts["include_usage"] = True
+                changes["stream_options"] = opts
+            if changes:
+                body = json.dumps({**ex.body, **changes}, ensure_ascii=False).encode()
+        return OutgoingRequest(
+            method=ex.request.method,
+            path=ex.path,
+            query_string=ex.request.query_string,
+            headers=ex.headers,
+            body=body,
+            stream=ex.facts.stream,
+        )
+
+    async def _relay_stream(
+        self,
+        ex: Exchange,
+        ch: ChannelConfig,
+        health: Any,
+        reservation: Reservation,
+        reply: UpstreamReply,
+        t0: float,
+    ) -> web.StreamResponse:
+        """Relay SSE event by event; fail over only while nothing has reached the client."""
+        gw = self.gw
+        chunks = reply.iter_chunks()
+        splitter = EventSplitter()
+        tally = StreamTally()
+        strip_usage = not ex.client_wants_usage
+        # The first chunk decides: before it, a failure is invisible to the client.
+        try:
+            first = await chunks.__anext__()  # AttemptError propagates to the failover loop
+        except StopAsyncIteration:
+            raise UpstreamConnectError(
+                "upstream closed the stream before sending anything"
+            ) from None
+        seconds_to_first = time.monotonic() - t0
+        resp = web.StreamResponse(
+            status=reply.status, headers=self._response_headers(ex, ch, reply.headers)
+        )
+        ex.attempts.append(AttemptLog(ch.name, reply.status, None, seconds_to_first))
+        status = reply.status
+        error: str | None = None
+        try:
+            await resp.prepare(ex.request)
+            pending: bytes | None = first
+            while True:
+                if pending is None:
+                    try:
+                        pending = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        break
+                out = []
+                for event in splitter.feed(pending):
+                    if inspect_event(event, tally) and strip_usage:
+                        continue
+                    out.append(event)
+                pending = None
+                if out:
+                    await resp.write(b"".join(out))
+            rest = splitter.rest()
+            if rest:
+                await resp.write(rest)
+            if not tally.done and ex.path != "/embeddings":
+                # The upstream closed cleanly but never said [DONE]: the answer is cut short.
+                error = "upstream closed the stream before [DONE]"
+                await resp.write(error_event(error))
+            await resp.write_eof()
+        except AttemptError as exc:
+            error = exc.message
+            status = 502
+            await _write_quietly(resp, error_event(f"upstream stream broke: {exc.message}"))
+        except (ConnectionError, asyncio.CancelledError) as exc:
+            error = "client disconnected"
+            status = 499
+            reply.close()
+            self._finish_stream(ex, ch, health, reservation, tally, status, error, t0)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return resp
+        finally:
+            reply.close()
+        self._finish_stream(ex, ch, health, reservation, tally, status, error, t0)
+        return resp
+
+    def _finish_stream(
+        self,
+        ex: Exchange,
+        ch: ChannelConfig,
+        health: Any,
+        reservation: Reservation,
+        tally: StreamTally,
+        status: int,
+        error: str | None,
+        t0: float,
+    ) -> None:
+        seconds = time.monotonic() - t0
+        self.gw.metrics.observe_upstream(ch.name, status if status != 499 else 200, seconds)
+        if error and status == 502:
+            health.failure()
+        else:
+            health.success()
+        self._settle(ex, ch, reservation, status, tally.usage, tally.content_events, error)
+
+    def _settle(
+        self,
+        ex: Exchange,
+        ch: ChannelConfig,
+        reservation: Reservation,
+        status: int,
+        usage: dict[str, Any] | None,
+        content_events: int,
+        error: str | None = None,
+    ) -> None:
+        """Record tokens and cost; runs as a task so a cancelled request still gets billed."""
+        gw, snap = self.gw, ex.snap
+        source = "upstream"
+        if usage is not None:
+            prompt = int(usage.get("prompt_tokens") or 0)
+            completion = int(usage.get("completion_tokens") or 0)
+            if not completion and usage.get("total_tokens"):
+                completion = max(0, int(usage["total_tokens"]) - prompt)
+        elif status < 400 or content_events > 0:
+            # Upstream said nothing: estimate (prompt from the request, one token per chunk sent).
+            source = "estimated"
+            prompt = ex.facts.prompt_tokens
+            completion = max(content_events, 0)
+        else:
+            source = "none"
+            prompt = completion = 0
+        if source == "estimated":
+            log.info(
+                "usage estimated",
+                extra={
+                    "request_id": ex.request_id,
+                    "channel": ch.name,
+                    "usage_source": "estimated",
+                },
+            )
+        cost = price_cost(ch, prompt, completion, ex.started, snap.tz)
+        latency_ms = (time.monotonic() - ex.started_mono) * 1000
+        principal = ex.request.get(PRINCIPAL)
+        record = RequestRecord(
+            ts=ex.started.timestamp(),
+            request_id=ex.request_id,
+            api_key_name=principal.name if principal is not None else "",
+            channel=ch.name,
+            model=ex.facts.model,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost=cost,
+            status=status,
+            latency_ms=latency_ms,
+            stream=ex.facts.stream,
+            usage_source=source,
+            error=error,
+        )
+        gw.metrics.add_usage(ch.name, prompt, completion, cost)
+        gw.spawn(gw.store.settle(reservation, record, gw.clock()))
+
+    def _failed_http(
+        self, ex: Exchange, ch: ChannelConfig, health: Any, status: int, headers: Any, t0: float
+    ) -> None:
+        seconds = time.monotonic() - t0
+        ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
+        self.gw.metrics.observe_upstream(ch.name, status, seconds)
+        if status == 429:
+            retry_after = parse_retry_after(headers.get("Retry-After"))
+            health.rate_limited(retry_after, self.gw.config.circuit_breaker.cooldown_seconds)
+        elif status >= 500:
+            health.failure()
+        else:  # 401/403: the channel's key is broken; fail over, but it is not an outage
+            health.abandon()
+        log.warning(
+            "upstream %s answered %d; failing over",
+            ch.name,
+            status,
+            extra={"request_id": ex.request_id},
+        )
+
+    def _failed_attempt(
+        self, ex: Exchange, ch: ChannelConfig, health: Any, exc: AttemptError, t0: float
+    ) -> None:
+        seconds = time.monotonic() - t0
+        ex.attempts.append(
+            AttemptLog(ch.name, None, exc.kind if exc.kind == "timeout" else exc.message, seconds)
+        )
+        if isinstance(exc, UpstreamTimeoutError):
+            ex.attempts[-1].error = f"timeout ({exc.message})"
+        self.gw.metrics.observe_upstream(ch.name, exc.kind, seconds)
+        health.failure()
+        log.warning(
+            "upstream %s failed: %s", ch.name, exc.message, extra={"request_id": ex.request_id}
+        )
+
+    def _all_failed(
+        self,
+        ex: Exchange,
+        last_reply: tuple[AttemptLog, int, CIMultiDict[str], bytes] | None,
+        skipped: list[str],
+    ) -> web.StreamResponse:
+        attempts_header = ", ".join(a.short() for a in ex.attempts)
+        if last_reply is not None and ex.attempts and ex.attempts[-1] is last_reply[0]:
+            _, status, headers, body = last_reply
+            out = self._response_headers(ex, None, headers)
+            out["x-smartproxy-attempts"] = attempts_header
+            return web.Response(status=status, body=body, headers=out)
+        parts = [a.describe() for a in ex.attempts] + skipped
+        detail = "; ".join(parts) if parts else "no attempt could be made"
+        if not ex.attempts:
+            raise NoChannelAvailable(
+                f"no channel could take the request: {detail}",
+                headers={"x-smartproxy-attempts": attempts_header},
+            )
+        if all(a.error and a.error.startswith("timeout") for a in ex.attempts):
+            raise UpstreamTimeout(
+                f"every upstream attempt timed out: {detail}",
+                headers={"x-smartproxy-attempts": attempts_header},
+            )
+        raise UpstreamFailed(
+            f"no upstream could answer: {detail}",
+            headers={"x-smartproxy-attempts": attempts_header},
+        )
+
+    def _response_headers(
+        self, ex: Exchange, ch: ChannelConfig | None, upstream: Any
+    ) -> CIMultiDict[str]:
+        out: CIMultiDict[str] = CIMultiDict()
+        for k, v in upstream.items():
+            if k.lower() not in _DROP_RESPONSE:
+                out.add(k, v)
+        if ch is not None:
+            out["x-smartproxy-channel"] = header_safe(ch.name)
+        out["x-request-id"] = ex.request_id
+        for k, v in ex.request.get(RATELIMIT_HEADERS, {}).items():
+            if k.lower() != "retry-after":
+                out[k] = v
+        return out
+
+
+def header_safe(value: str) -> str:
+    """Channel names may be any Unicode (免费渠道A); header values are percent-encoded UTF-8 then."""
+    return value if value.isascii() and value.isprintable() else quote(value, safe=" -_.~")
+
+
+def _limits(ch: ChannelConfig) -> Limits:
+    return Limits(
+        day_tokens=ch.daily_limit, hour_tokens=ch.hour_limit, day_requests=ch.daily_request_limit
+    )
+
+
+def _is_sse(headers: Any) -> bool:
+    return str(headers.get("Content-Type", "")).startswith("text/event-stream")
+
+
+async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
+    try:
+        await resp.write(data)
+        await resp.write_eof()
+    except (ConnectionError, RuntimeError):
+        pass

@@ -1,0 +1,105 @@
+"""Server-sent events: split a byte stream into whole events and find the usage in them.
+
+The relay works on whole events (``data: ...`` lines up to a blank line) so that it can drop the
+one usage chunk the gateway asked for without touching a byte of the others.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+
+
+class EventSplitter:
+    """Feed raw chunks, get back complete events (each ending with its blank line)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf + chunk if self._buf else chunk
+        events: list[bytes] = []
+        start = 0
+        while True:
+            end = -1
+            sep_len = 0
+            for sep in _SEPARATORS:
+                pos = buf.find(sep, start)
+                if pos != -1 and (end == -1 or pos < end):
+                    end, sep_len = pos, len(sep)
+            if end == -1:
+                break
+            events.append(buf[start : end + sep_len])
+            start = end + sep_len
+        self._buf = buf[start:]
+        return events
+
+    def rest(self) -> bytes:
+        """Bytes after the last complete event (a stream that ended mid-event)."""
+        rest, self._buf = self._buf, b""
+        return rest
+
+
+@dataclass(slots=True)
+class StreamTally:
+    """What a relayed stream carried: upstream usage if any, else enough to estimate."""
+
+    usage: dict[str, Any] | None = None
+    content_events: int = 0
+    done: bool = False
+
+
+def event_data(event: bytes) -> bytes:
+    """The joined ``data:`` payload of one event."""
+    parts = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            parts.append(line[5:].lstrip(b" ") if line[5:6] == b" " else line[5:])
+    return b"\n".join(parts)
+
+
+def inspect_event(event: bytes, tally: StreamTally) -> bool:
+    """Update ``tally`` from one event; True when it is a usage-only chunk (no choices)."""
+    data = event_data(event)
+    if not data:
+        return False
+    if data.strip() == b"[DONE]":
+        tally.done = True
+        return False
+    if b'"usage"' not in data:
+        tally.content_events += 1
+        return False
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        tally.content_events += 1
+        return False
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if isinstance(usage, dict):
+        tally.usage = usage
+        if not obj.get("choices"):
+            return True
+    tally.content_events += 1
+    return False
+
+
+def usage_of_body(body: bytes) -> dict[str, Any] | None:
+    """``usage`` of a JSON response body, or None."""
+    if b'"usage"' not in body:
+        return None
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def error_event(message: str, code: str = "upstream_stream_error") -> bytes:
+    payload = {"error": {"message": message, "type": "upstream_error", "code": code, "param": None}}
+    return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"

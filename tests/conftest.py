@@ -1,0 +1,124 @@
+"""Shared fixtures: fake upstreams (real aiohttp apps) and a gateway built from a config dict."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from fakeupstream import FakeUpstream  # noqa: E402
+
+from smartproxy.app import create_app  # noqa: E402
+from smartproxy.config import parse_config  # noqa: E402
+from smartproxy.state import GATEWAY, Gateway  # noqa: E402
+
+DEV_KEY = "sk-test-dev-key-0001"
+ADMIN_SECRET = "test-admin-secret-0123456789abcdef"
+
+
+class Clock:
+    """An injectable wall clock (aware UTC)."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now or datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        from datetime import timedelta
+
+        self.now = self.now + timedelta(**kwargs)
+
+
+def base_config(**overrides: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "server": {"listen": "127.0.0.1:0", "timeout": 5},
+        "channels": [],
+        "security": {
+            "auth": {"api_keys": {"dev": DEV_KEY},
+                     "jwt": {"secret": ADMIN_SECRET}},
+            "rate_limit": {"requests_per_minute": 100000, "burst": 100000},
+        },
+        "retry": {"max_attempts": 3, "base_delay_ms": 1, "max_delay_ms": 2},
+        "storage": {"backend": "memory"},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture
+async def upstream_factory() -> AsyncIterator[Callable[..., Awaitable[tuple[FakeUpstream, str]]]]:
+    servers: list[TestServer] = []
+
+    async def make(name: str = "up", **kwargs: Any) -> tuple[FakeUpstream, str]:
+        fake = FakeUpstream(name=name, **kwargs)
+        server = TestServer(fake.app())
+        await server.start_server()
+        servers.append(server)
+        return fake, str(server.make_url("/v1"))
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+class GatewayHandle:
+    def __init__(self, client: TestClient, gateway: Gateway, config_path: Path | None) -> None:
+        self.client = client
+        self.gateway = gateway
+        self.config_path = config_path
+
+    @property
+    def url(self) -> str:
+        return str(self.client.make_url("/v1"))
+
+    @property
+    def root(self) -> str:
+        return str(self.client.make_url("")).rstrip("/")
+
+    def openai(self, key: str = DEV_KEY, **kwargs: Any) -> Any:
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, **kwargs)
+
+    def admin_headers(self, sub: str = "tester") -> dict[str, str]:
+        token = self.gateway.verifier().mint(sub, 10)
+        return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def gateway_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[GatewayHandle]]]:
+    clients: list[TestClient] = []
+
+    async def make(config: dict[str, Any], *, write_file: bool = False, clock: Any = None,
+                   **kwargs: Any) -> GatewayHandle:
+        path: Path | None = None
+        if write_file:
+            path = tmp_path / "smartproxy.yaml"
+            path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+        parsed = parse_config(config, source=str(path) if path else None)
+        app = create_app(parsed, config_path=str(path) if path else None,
+                         clock=clock or Clock(), **kwargs)
+        client = TestClient(TestServer(app, handler_cancellation=True))
+        await client.start_server()
+        clients.append(client)
+        return GatewayHandle(client, app[GATEWAY], path)
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def channel(name: str, endpoint: str, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "type": "openai", "endpoint": endpoint, "api_key": f"sk-chan-{name}-secret",
+            **kw}

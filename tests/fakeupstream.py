@@ -1,0 +1,132 @@
+"""A fake OpenAI-compatible provider: a real aiohttp app with one behaviour per model name.
+
+Behaviour is chosen by the request's ``model`` (``ok``, ``sse``, ``fail-500``, ``fail-429``,
+``fail-400``, ``slow``, ``drop``, ``hold``, ...) or scripted per channel with ``script``:
+a list of behaviours consumed one per request (then ``default``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeUpstream:
+    """State of one fake provider; ``app()`` builds its aiohttp application."""
+
+    name: str = "up"
+    seen: list[Seen] = field(default_factory=list)
+    script: list[str] = field(default_factory=list)  # behaviours for the next requests
+    default: str | None = None  # behaviour when the script is empty (None: from the model name)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # "hold" streams wait on it
+    first_sent: asyncio.Event = field(default_factory=asyncio.Event)
+    usage: dict[str, int] = field(
+        default_factory=lambda: {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}
+    )
+    chunks: list[str] = field(default_factory=lambda: list(WORDS))
+    retry_after: str = "2"
+    sent_stream: list[bytes] = field(default_factory=list)  # exact bytes of the last stream
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/v1/{tail:.*}", self.handle)
+        return app
+
+    def behaviour(self, body: dict[str, Any]) -> str:
+        if self.script:
+            return self.script.pop(0)
+        if self.default:
+            return self.default
+        model = str(body.get("model", "ok"))
+        return model if model.startswith(("fail-", "slow", "drop", "hold", "cut-")) else "ok"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        self.seen.append(Seen(request.method, request.path, request.query_string,
+                              dict(request.headers), raw))
+        if request.method == "GET":
+            return web.json_response({"object": "list", "data": [
+                {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": self.name}]})
+        body = json.loads(raw) if raw else {}
+        what = self.behaviour(body)
+        if what.startswith("fail-"):
+            status = int(what[5:8])
+            headers = {"Retry-After": self.retry_after} if status == 429 else {}
+            return web.json_response(
+                {"error": {"message": f"{self.name} says {status}", "type": "upstream_test",
+                           "code": f"e{status}", "param": None}},
+                status=status, headers=headers)
+        if what == "slow":
+            await asyncio.sleep(30)
+        if what == "drop":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        if body.get("stream"):
+            return await self._stream(request, body, what)
+        if request.path.endswith("/embeddings"):
+            return web.json_response({"object": "list", "model": body["model"],
+                                      "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                                      "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+        return web.json_response({
+            "id": "chatcmpl-fake1", "object": "chat.completion", "created": 1, "model": body.get("model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(self.chunks)},
+                         "finish_reason": "stop"}],
+            "usage": self.usage,
+            "served_by": self.name,
+        })
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], what: str) -> web.StreamResponse:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        self.sent_stream = []
+        cut_after = int(what[4:]) if what.startswith("cut-") else None
+        for i, word in enumerate(self.chunks):
+            chunk: dict[str, Any] = {"id": "chatcmpl-fake1", "object": "chat.completion.chunk",
+                                     "created": 1, "model": body.get("model"),
+                                     "choices": [{"index": 0, "delta": {"content": word},
+                                                  "finish_reason": None}]}
+            if include_usage:
+                chunk["usage"] = None
+            data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            await resp.write(data)
+            self.sent_stream.append(data)
+            if i == 0:
+                self.first_sent.set()
+                if what == "hold":
+                    await self.release.wait()
+            if cut_after is not None and i + 1 >= cut_after:
+                assert request.transport is not None
+                request.transport.close()  # broken mid-stream, no [DONE]
+                return resp
+        if include_usage:
+            data = b"data: " + json.dumps({"id": "chatcmpl-fake1", "object": "chat.completion.chunk",
+                                           "created": 1, "model": body.get("model"), "choices": [],
+                                           "usage": self.usage}).encode() + b"\n\n"
+            await resp.write(data)
+            self.sent_stream.append(data)
+        await resp.write(b"data: [DONE]\n\n")
+        self.sent_stream.append(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp

@@ -1,0 +1,102 @@
+"""The command line: check-config exit codes and messages, token, the run process itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from smartproxy.cli import main
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parent.parent
+
+
+def test_check_config_ok_on_samples(capsys):
+    for name in ("go-configs-config.yaml", "dotnet-smartaiproxy.yaml"):
+        assert main(["check-config", str(DATA / name)]) == 0
+    assert main(["check-config", str(ROOT / "etc" / "smartproxy.yaml")]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_check_config_lists_every_problem(tmp_path, capsys):
+    p = tmp_path / "broken.yaml"
+    p.write_text(
+        "channels:\n"
+        "  - {name: a, type: openai, endpoint: 'not a url'}\n"
+        "  - {name: b, type: openai}\n"
+        "rules:\n"
+        "  - {name: r, channel: a, expression: \"open('x')\"}\n"
+        "storage: {backend: mongodb}\n"
+    )
+    assert main(["check-config", str(p)]) == 1
+    err = capsys.readouterr().err
+    assert "4 problem(s)" in err
+    assert "channels[0].endpoint: not a URL" in err
+    assert "channels[1].endpoint: is required" in err
+    assert "rules[0].expression:" in err and "'r'" in err
+    assert "storage.backend:" in err
+
+
+def test_token_command_prints_a_verifiable_jwt(tmp_path, capsys):
+    from smartproxy.config import load_config
+    from smartproxy.security.jwt import JwtVerifier
+
+    p = tmp_path / "c.yaml"
+    p.write_text("security: {auth: {jwt: {secret: 'cli-secret-0123456789abcdef0123'}}}\n")
+    assert main(["token", "--sub", "ops-alice", "--minutes", "5", "--config", str(p)]) == 0
+    token = capsys.readouterr().out.strip()
+    claims = JwtVerifier(load_config(p).security.jwt).verify(token)
+    assert claims["sub"] == "ops-alice"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="signals")
+def test_smartproxy_serves_default_config_and_stops_on_sigterm(tmp_path):
+    """`smartproxy` with the shipped default: curl-like chat with the dev key hits the mock channel."""
+    port = _free_port()
+    env = {**os.environ, "SMARTPROXY_CONFIG": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smartproxy", "--listen", f"127.0.0.1:{port}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/healthz")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}',
+            headers={"Authorization": "Bearer sk-gw-dev-local-only", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200
+            assert resp.headers["x-smartproxy-channel"] == "local-mock"
+            assert b"chat.completion" in resp.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out.decode()
+    assert b"Admin token" in out  # no jwt secret configured: one generated, a ready token logged

@@ -1,0 +1,169 @@
+"""Issue [1] end to end: the openai SDK through the gateway to a fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import openai
+import pytest
+from conftest import DEV_KEY, base_config, channel
+
+
+async def test_chat_non_streaming_identical(upstream_factory, gateway_factory):
+    up, url = await upstream_factory("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    client = gw.openai()
+    resp = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    completion = resp.parse()
+    assert completion.choices[0].message.content == "Hello from the fake upstream."
+    assert completion.usage.total_tokens == 17
+    assert resp.headers["x-smartproxy-channel"] == "a"
+    assert resp.headers["x-request-id"]
+    # byte-identical body
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.url + "/chat/completions", headers={"Authorization": f"Bearer {DEV_KEY}"},
+                          json={"model": "gpt-4o-mini", "messages": []}) as r:
+            via = await r.read()
+            assert r.headers["Content-Type"].startswith("application/json")
+        async with s.post(url + "/chat/completions", json={"model": "gpt-4o-mini", "messages": []}) as r:
+            direct = await r.read()
+    assert json.loads(via) == json.loads(direct) and via == direct
+
+
+async def test_stream_chunks_arrive_before_upstream_finishes(upstream_factory, gateway_factory):
+    up, url = await upstream_factory("a", default="hold")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    client = gw.openai()
+    stream = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+    it = stream.__aiter__()
+    first = await asyncio.wait_for(it.__anext__(), 5)
+    # upstream is still holding the rest of the stream
+    assert not up.release.is_set()
+    assert first.choices[0].delta.content == "Hello"
+    up.release.set()
+    rest = [c async for c in it]
+    text = first.choices[0].delta.content + "".join(
+        c.choices[0].delta.content or "" for c in rest if c.choices)
+    assert text == "Hello from the fake upstream."
+    # the usage chunk the gateway asked for is not shown to a client that did not ask for it
+    assert all(c.choices for c in rest)
+
+
+async def test_forwarding_body_query_headers_and_key(upstream_factory, gateway_factory):
+    up, url = await upstream_factory("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    raw = b'{"model": "gpt-4o-mini",   "messages": [{"role":"user","content":"x"}], "extra_field": 1}'
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.url + "/chat/completions?api-version=2024-01&x=1", data=raw, headers={
+            "Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json",
+            "X-Custom-Trace": "abc123", "OpenAI-Organization": "org-1",
+            "Connection": "keep-alive, X-Hop", "X-Hop": "must-not-pass", "Keep-Alive": "timeout=5",
+            "Proxy-Authorization": "Basic xyz", "TE": "trailers",
+        }) as r:
+            assert r.status == 200
+    seen = up.seen[-1]
+    assert seen.body == raw  # unchanged bytes: no mapping, not streaming
+    assert seen.query == "api-version=2024-01&x=1"
+    assert seen.headers["X-Custom-Trace"] == "abc123"
+    assert seen.headers["OpenAI-Organization"] == "org-1"
+    assert seen.headers["Authorization"] == "Bearer sk-chan-a-secret"
+    assert DEV_KEY not in json.dumps(seen.headers)
+    for hop in ("X-Hop", "Keep-Alive", "Proxy-Authorization", "TE"):
+        assert hop not in seen.headers
+    assert "keep-alive, X-Hop" not in seen.headers.get("Connection", "")
+
+
+async def test_x_api_key_and_model_mapping(upstream_factory, gateway_factory):
+    up, url = await upstream_factory("a")
+    gw = await gateway_factory(base_config(channels=[
+        channel("a", url, models=["llama-3"], model_mapping={"gpt-4o-mini": "llama-3"})]))
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.url + "/chat/completions", headers={"x-api-key": DEV_KEY},
+                          json={"model": "gpt-4o-mini", "messages": []}) as r:
+            assert r.status == 200
+    assert up.seen[-1].json["model"] == "llama-3"
+    assert "x-api-key" not in {k.lower() for k in up.seen[-1].headers}
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+async def test_upstream_client_errors_unchanged(upstream_factory, gateway_factory, status):
+    up, url = await upstream_factory("a", default=f"fail-{status}")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    client = gw.openai()
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=[])
+    assert info.value.status_code == status
+    assert info.value.body["message"] == f"a says {status}"
+    assert len(up.seen) == 1  # not retried
+
+
+async def test_upstream_5xx_unchanged_when_it_is_the_last_answer(upstream_factory, gateway_factory):
+    up, url = await upstream_factory("a", default="fail-503")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.url + "/chat/completions", headers={"Authorization": f"Bearer {DEV_KEY}"},
+                          json={"model": "gpt-4o-mini", "messages": []}) as r:
+            assert r.status == 503
+            body = await r.json()
+            assert body["error"]["message"] == "a says 503"
+            assert r.headers["x-smartproxy-attempts"] == "a:503, a:503, a:503"
+
+
+@pytest.mark.parametrize("raw,code", [
+    (b"{not json", "invalid_json"), (b"", "invalid_json"), (b"[1,2]", "invalid_json"),
+    (b'{"messages": []}', "missing_model"),
+])
+async def test_bad_request_body_is_openai_shaped_400(upstream_factory, gateway_factory, raw, code):
+    up, url = await upstream_factory("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.url + "/chat/completions", data=raw, headers={
+                "Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json"}) as r:
+            assert r.status == 400
+            body = await r.json()
+    assert set(body["error"]) == {"message", "type", "code", "param"}
+    assert body["error"]["code"] == code
+    assert up.seen == []
+
+
+async def test_completions_embeddings_models(upstream_factory, gateway_factory):
+    up, url = await upstream_factory("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url, models=["gpt-4o-mini", "emb"])]))
+    client = gw.openai()
+    emb = await client.embeddings.create(model="emb", input="hello")
+    assert emb.data[0].embedding == [0.1, 0.2]
+    assert up.seen[-1].path == "/v1/embeddings"
+    comp = await client.completions.with_raw_response.create(model="gpt-4o-mini", prompt="x")
+    assert comp.http_response.status_code == 200 and up.seen[-1].path == "/v1/completions"
+    models = await client.models.list()
+    assert sorted(m.id for m in models.data) == ["emb", "gpt-4o-mini"]
+
+
+async def test_mock_channel_answers_locally(gateway_factory):
+    gw = await gateway_factory(base_config(channels=[{"name": "local", "type": "mock"}]))
+    client = gw.openai()
+    out = await client.chat.completions.create(model="anything", messages=[{"role": "user", "content": "hi"}])
+    assert "mock" in out.choices[0].message.content
+    chunks = [c async for c in await client.chat.completions.create(
+        model="anything", messages=[{"role": "user", "content": "hi"}], stream=True)]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("Hello")
+
+
+async def test_client_disconnect_cancels_upstream(upstream_factory, gateway_factory):
+    up, url = await upstream_factory("a", default="hold")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(gw.url + "/chat/completions", headers={"Authorization": f"Bearer {DEV_KEY}"},
+                            json={"model": "gpt-4o-mini", "messages": [], "stream": True})
+        await resp.content.readany()
+        resp.close()  # client goes away mid-stream
+    for _ in range(200):
+        if gw.gateway.metrics.in_flight._value.get() == 0:
+            break
+        await asyncio.sleep(0.01)
+    up.release.set()
+    assert gw.gateway.metrics.in_flight._value.get() == 0
