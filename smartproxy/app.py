@@ -1,9 +1,9 @@
 """``create_app()``: one aiohttp app, three sub-apps (proxy ``/v1``, admin ``/api``, ops at the root).
 
-aiohttp cannot mount a sub-app at the root path, so the ops app is attached with
-``add_domain("*")`` after the prefixed ones: it matches every host and only sees requests no other
-sub-app took. Every long-lived resource (client session, usage store, background flush) is a
-``cleanup_ctx`` generator.
+aiohttp mounts sub-apps under a path prefix, or by a matching rule (what ``add_domain`` uses). The
+ops endpoints live at the root (``/healthz``, ``/metrics``, ``/swagger``), so the ops app is mounted
+with a rule that matches exactly its own paths (``OwnPaths``). Every long-lived resource (client
+session, usage store, background flush) is a ``cleanup_ctx`` generator.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource
 
 from . import __version__
 from .api.admin import create_admin_app
@@ -27,7 +29,9 @@ from .config import Config
 from .metrics import Metrics
 from .providers import make_providers
 from .state import GATEWAY, Gateway, Snapshot, utc_now
+from .security.ratelimit import FailurePenalty, RateLimiter
 from .storage import create_store
+from .upstream.breaker import HealthBook
 from .storage.base import UsageStore
 
 log = logging.getLogger("smartproxy")
@@ -65,6 +69,7 @@ def create_app(
     store: UsageStore | None = None,
     clock: Callable[[], datetime] = utc_now,
     session: aiohttp.ClientSession | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     snap = Snapshot.build(config)
     gateway = Gateway(
@@ -73,6 +78,9 @@ def create_app(
         metrics=Metrics(),
         config_path=config_path,
         clock=clock,
+        health=HealthBook(clock=clock),
+        limiter=RateLimiter(clock=monotonic),
+        penalty=FailurePenalty(clock=monotonic),
     )
     app = web.Application(middlewares=[observe])
     app[GATEWAY] = gateway
@@ -89,8 +97,40 @@ def create_app(
         description="Self-hosted AI gateway: OpenAI-compatible proxy, admin API and ops endpoints.",
         root=app,
     )
-    app.add_domain("*", ops)
+    mount_at_root(app, ops)
     return app
+
+
+class OwnPaths(AbstractRuleMatching):
+    """Matches the requests whose path one of ``app``'s routes serves (exact or below a prefix)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._exact: set[str] = set()
+        prefixes: set[str] = set()
+        for resource in app.router.resources():
+            canonical = resource.canonical
+            if "{" in canonical:
+                prefixes.add(canonical.split("{", 1)[0])
+            else:
+                self._exact.add(canonical)
+        self._prefixes = tuple(sorted(prefixes))
+
+    async def match(self, request: web.Request) -> bool:
+        path = request.rel_url.path
+        return path in self._exact or (bool(self._prefixes) and path.startswith(self._prefixes))
+
+    def get_info(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"paths": sorted(self._exact), "prefixes": list(self._prefixes)}
+
+    @property
+    def canonical(self) -> str:
+        return "/"
+
+
+def mount_at_root(app: web.Application, sub: web.Application) -> None:
+    """``add_subapp`` refuses an empty prefix; mount by a rule instead, as ``add_domain`` does."""
+    rule = OwnPaths(sub)
+    app._add_subapp(partial(MatchedSubAppResource, rule, sub), sub)  # noqa: SLF001
 
 
 def _client_session(

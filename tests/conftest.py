@@ -77,6 +77,7 @@ class GatewayHandle:
         self.client = client
         self.gateway = gateway
         self.config_path = config_path
+        self.sdk_clients: list[Any] = []
 
     @property
     def url(self) -> str:
@@ -89,7 +90,9 @@ class GatewayHandle:
     def openai(self, key: str = DEV_KEY, **kwargs: Any) -> Any:
         import openai
 
-        return openai.AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, **kwargs)
+        sdk = openai.AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, **kwargs)
+        self.sdk_clients.append(sdk)
+        return sdk
 
     def admin_headers(self, sub: str = "tester") -> dict[str, str]:
         token = self.gateway.verifier().mint(sub, 10)
@@ -99,6 +102,7 @@ class GatewayHandle:
 @pytest.fixture
 async def gateway_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[GatewayHandle]]]:
     clients: list[TestClient] = []
+    handles: list[GatewayHandle] = []
 
     async def make(config: dict[str, Any], *, write_file: bool = False, clock: Any = None,
                    **kwargs: Any) -> GatewayHandle:
@@ -112,9 +116,14 @@ async def gateway_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitab
         client = TestClient(TestServer(app, handler_cancellation=True))
         await client.start_server()
         clients.append(client)
-        return GatewayHandle(client, app[GATEWAY], path)
+        handle = GatewayHandle(client, app[GATEWAY], path)
+        handles.append(handle)
+        return handle
 
     yield make
+    for handle in handles:
+        for sdk in handle.sdk_clients:
+            await sdk.close()
     for client in clients:
         await client.close()
 

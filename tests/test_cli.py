@@ -79,7 +79,11 @@ def _wait_http(url: str, timeout: float = 15.0) -> None:
 def test_smartproxy_serves_default_config_and_stops_on_sigterm(tmp_path):
     """`smartproxy` with the shipped default: curl-like chat with the dev key hits the mock channel."""
     port = _free_port()
-    env = {**os.environ, "SMARTPROXY_CONFIG": ""}
+    import smartproxy
+
+    pkg_parent = str(Path(smartproxy.__file__).resolve().parent.parent)
+    env = {**os.environ, "SMARTPROXY_CONFIG": "",
+           "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "smartproxy", "--listen", f"127.0.0.1:{port}"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

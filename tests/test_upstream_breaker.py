@@ -422,6 +422,7 @@ def test_health_book_keeps_state_across_reloads(clock: FakeClock) -> None:
     assert book.states() == {"a": "open", "b": "healthy"}  # the new 60 s timeout applies
     clock.advance(30)
     assert book.states()["a"] == "half_open" and book.numeric("a") == 1
+    assert book.peek("a") == "half_open" and book.peek("never-used") == "healthy"
     book.forget({"b"})
-    assert book.find("a") is None and book.find("b") is not None
-    assert book.get("a", 2, 30).status() == "healthy"  # a channel that comes back starts closed
+    assert book.states() == {"b": "healthy"} and book.peek("a") == "healthy"
+    assert book.get("a", 2, 30) is not first  # a channel that comes back starts closed

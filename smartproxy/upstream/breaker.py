@@ -317,8 +317,7 @@ class ChannelHealth:
     def status(self, now: datetime | None = None) -> HealthStatus:
         """healthy | half_open | open | cooldown (an open circuit outranks a cool-down)."""
         now = now or self._clock()
-        state = self.breaker.effective_state(now)
-        if state == "open":
+        if (state := self.breaker.effective_state(now)) == "open":
             return "open"
         if self.cooling_down(now):
             return "cooldown"
@@ -326,7 +325,6 @@ class ChannelHealth:
 
     def available(self, now: datetime | None = None) -> bool:
         """Would begin_attempt() succeed now? For the router's candidate filter; changes nothing."""
-        now = now or self._clock()
         return not self.cooling_down(now) and self.breaker.available(now)
 
     def begin_attempt(self) -> Permit | None:
@@ -376,8 +374,10 @@ class HealthBook:
             health.breaker.configure(fail_max, reset_timeout)
         return health
 
-    def find(self, name: str) -> ChannelHealth | None:
-        return self._entries.get(name)
+    def peek(self, name: str, now: datetime | None = None) -> HealthStatus:
+        """A channel's status; one never used yet is "healthy". Creates nothing."""
+        health = self._entries.get(name)
+        return "healthy" if health is None else health.status(now)
 
     def forget(self, names_not_in: Set[str]) -> None:
         """Drop channels that left the config (a channel that comes back starts closed)."""
@@ -391,7 +391,7 @@ class HealthBook:
     def numeric(self, name: str) -> int:
         """smartproxy_circuit_state: 0 closed, 1 half-open, 2 open (unknown channel: 0)."""
         health = self._entries.get(name)
-        return 0 if health is None else _NUMERIC[health.breaker.effective_state()]
+        return _NUMERIC[health.breaker.effective_state()] if health else 0
 
     def _changed(self, name: str, old: str, new: str) -> None:
         level = logging.WARNING if new == "open" else logging.INFO

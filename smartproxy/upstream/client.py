@@ -27,9 +27,9 @@ from ..routing.pricing import cost as price_cost
 from ..routing.router import Candidate, RequestFacts
 from ..state import PRINCIPAL, RATELIMIT_HEADERS, Gateway, Snapshot
 from ..storage.base import Limits, RequestRecord, Reservation
-from .breaker import parse_retry_after
+from .breaker import ChannelHealth, Permit
 from .errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
-from .retry import RetryPolicy, is_retryable_status
+from .retry import RetryPolicy, is_breaker_failure_status, is_retryable_status, parse_retry_after
 from .sse import EventSplitter, StreamTally, error_event, inspect_event, usage_of_body
 
 log = logging.getLogger("smartproxy.upstream")
@@ -52,6 +52,29 @@ _DROP_RESPONSE = frozenset(
         "Server",
     )
 )
+
+
+@dataclass(slots=True)
+class Verdict:
+    """One attempt's breaker permit and where its outcome goes (exactly one verdict is given)."""
+
+    health: ChannelHealth
+    permit: Permit
+
+    def success(self) -> None:
+        self.health.success(self.permit)
+
+    def failure(self) -> None:
+        self.health.failure(self.permit)
+
+    def release(self) -> None:
+        self.health.release(self.permit)
+
+    def rate_limited(self, retry_after: float | None, default: float) -> None:
+        self.health.rate_limited(retry_after, default, self.permit)
+
+    def status(self) -> str:
+        return self.health.status()
 
 
 @dataclass(slots=True)
@@ -86,6 +109,7 @@ class Exchange:
     reserve_tokens: int
     client_wants_usage: bool
     attempts: list[AttemptLog] = field(default_factory=list)
+    settled: bool = False  # usage recorded (and the breaker told) for this request
 
 
 class Dispatcher:
@@ -114,7 +138,8 @@ class Dispatcher:
             cand = queue[0]
             ch = cand.channel
             health = gw.health.get(ch.name, *self._breaker_params(ch))
-            if not health.begin_attempt():
+            permit = health.begin_attempt()
+            if permit is None:
                 queue.pop(0)
                 skipped.append(f"{ch.name}: circuit {health.status()}")
                 continue
@@ -122,7 +147,7 @@ class Dispatcher:
                 ch.name, ex.reserve_tokens, _limits(ch), gw.clock()
             )
             if reservation is None:
-                health.abandon()
+                health.release(permit)
                 queue.pop(0)
                 skipped.append(f"{ch.name}: quota used")
                 continue
@@ -130,7 +155,7 @@ class Dispatcher:
                 gw.metrics.retry(ex.attempts[-1].channel)
                 await policy.wait(tried - 1)
             tried += 1
-            outcome = await self._attempt(ex, ch, health, reservation)
+            outcome = await self._attempt(ex, ch, Verdict(health, permit), reservation)
             if isinstance(outcome, web.StreamResponse):
                 return outcome
             if outcome is not None:
@@ -154,7 +179,7 @@ class Dispatcher:
         )
 
     async def _attempt(
-        self, ex: Exchange, ch: ChannelConfig, health: Any, reservation: Reservation
+        self, ex: Exchange, ch: ChannelConfig, health: Verdict, reservation: Reservation
     ) -> web.StreamResponse | tuple[AttemptLog, int, CIMultiDict[str], bytes] | None:
         """One try at one channel: a response sent to the client, a failed HTTP answer, or None."""
         gw = self.gw
@@ -183,13 +208,14 @@ class Dispatcher:
         except BaseException:
             if reply is not None:
                 reply.close()
-            health.abandon()
-            await gw.store.release(reservation)
+            if not ex.settled:  # cancelled before any verdict: give everything back
+                health.release()
+                gw.spawn(gw.store.release(reservation))
             raise
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
         gw.metrics.observe_upstream(ch.name, status, seconds)
-        health.success() if status < 500 else health.failure()
+        health.failure() if is_breaker_failure_status(status) else health.success()
         usage = usage_of_body(body) if status < 400 else None
         self._settle(ex, ch, reservation, status, usage, content_events=0 if usage is None else -1)
         headers = self._response_headers(ex, ch, reply.headers)
@@ -221,7 +247,7 @@ class Dispatcher:
         self,
         ex: Exchange,
         ch: ChannelConfig,
-        health: Any,
+        health: Verdict,
         reservation: Reservation,
         reply: UpstreamReply,
         t0: float,
@@ -292,7 +318,7 @@ class Dispatcher:
         self,
         ex: Exchange,
         ch: ChannelConfig,
-        health: Any,
+        health: Verdict,
         reservation: Reservation,
         tally: StreamTally,
         status: int,
@@ -319,6 +345,7 @@ class Dispatcher:
     ) -> None:
         """Record tokens and cost; runs as a task so a cancelled request still gets billed."""
         gw, snap = self.gw, ex.snap
+        ex.settled = True
         source = "upstream"
         if usage is not None:
             prompt = int(usage.get("prompt_tokens") or 0)
@@ -364,7 +391,7 @@ class Dispatcher:
         gw.spawn(gw.store.settle(reservation, record, gw.clock()))
 
     def _failed_http(
-        self, ex: Exchange, ch: ChannelConfig, health: Any, status: int, headers: Any, t0: float
+        self, ex: Exchange, ch: ChannelConfig, health: Verdict, status: int, headers: Any, t0: float
     ) -> None:
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
@@ -375,7 +402,7 @@ class Dispatcher:
         elif status >= 500:
             health.failure()
         else:  # 401/403: the channel's key is broken; fail over, but it is not an outage
-            health.abandon()
+            health.release()
         log.warning(
             "upstream %s answered %d; failing over",
             ch.name,
@@ -384,7 +411,7 @@ class Dispatcher:
         )
 
     def _failed_attempt(
-        self, ex: Exchange, ch: ChannelConfig, health: Any, exc: AttemptError, t0: float
+        self, ex: Exchange, ch: ChannelConfig, health: Verdict, exc: AttemptError, t0: float
     ) -> None:
         seconds = time.monotonic() - t0
         ex.attempts.append(
