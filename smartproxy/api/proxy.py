@@ -269,7 +269,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
         description: The upstream answer, unchanged.
         content:
           application/json:
-            schema: {type: object}
+            schema: {$ref: '#/components/schemas/CompletionResponse'}
+            example: {id: cmpl-1, object: text_completion, created: 1732600000, model: gpt-3.5-turbo-instruct,
+                      choices: [{index: 0, text: Hello!, finish_reason: stop}],
+                      usage: {prompt_tokens: 3, completion_tokens: 2, total_tokens: 5}}
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/Unauthorized'}
       '429': {$ref: '#/components/responses/RateLimited'}
@@ -296,7 +299,10 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         description: The upstream answer, unchanged.
         content:
           application/json:
-            schema: {type: object}
+            schema: {$ref: '#/components/schemas/EmbeddingResponse'}
+            example: {object: list, model: text-embedding-3-small,
+                      data: [{object: embedding, index: 0, embedding: [0.0023, -0.0091]}],
+                      usage: {prompt_tokens: 2, total_tokens: 2}}
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/Unauthorized'}
       '429': {$ref: '#/components/responses/RateLimited'}

@@ -1,0 +1,122 @@
+"""Ops surface of the real app: /healthz, /health, /metrics (parsed), /swagger.json (validated), /swagger."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import tempfile
+
+import pytest
+from aiohttp.test_utils import TestServer
+from conftest import DEV_KEY, base_config, channel
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_metrics_count_requests_by_endpoint_and_status(upstream_factory, gateway_factory):
+    up, url = await upstream_factory("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    sdk = gw.openai()
+    for _ in range(3):
+        await sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    bad = await gw.client.post("/v1/chat/completions", data=b"{", headers={"Authorization": f"Bearer {DEV_KEY}"})
+    assert bad.status == 400
+    unauth = await gw.client.post("/v1/chat/completions", json={"model": "m"})
+    assert unauth.status == 401
+    resp = await gw.client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    m = samples(await resp.text())
+    ep = "/v1/chat/completions"
+    assert m[("smartproxy_requests_total", (("endpoint", ep), ("status", "200")))] == 3
+    assert m[("smartproxy_requests_total", (("endpoint", ep), ("status", "400")))] == 1
+    assert m[("smartproxy_requests_total", (("endpoint", ep), ("status", "401")))] == 1
+    assert m[("smartproxy_upstream_requests_total", (("channel", "a"), ("status", "200")))] == 3
+    assert m[("smartproxy_tokens_total", (("channel", "a"), ("kind", "prompt")))] == 33
+    assert m[("smartproxy_tokens_total", (("channel", "a"), ("kind", "completion")))] == 18
+    assert m[("smartproxy_request_duration_seconds_count", (("endpoint", ep),))] == 5
+    assert m[("smartproxy_auth_failures_total", (("reason", "missing"),))] == 1
+    assert ("smartproxy_circuit_state", (("channel", "a"),)) in m
+    # raw paths never become labels (bounded cardinality)
+    await gw.client.get("/v1/nope/123")
+    text = await (await gw.client.get("/metrics")).text()
+    assert "/v1/nope/123" not in text
+
+
+async def test_healthz_and_health(gateway_factory):
+    gw = await gateway_factory(base_config(channels=[{"name": "m", "type": "mock", "daily_limit": 500}]))
+    r = await gw.client.get("/healthz")
+    assert r.status == 200 and await r.text() == "ok"
+    health = await (await gw.client.get("/health")).json()
+    assert health["status"] == "ok"
+    assert health["version"]
+    assert health["channels"][0]["name"] == "m"
+    assert health["channels"][0]["circuit"] == "healthy"
+    assert health["channels"][0]["day_quota_left"] == 500
+    assert "sk-" not in str(health)
+    gw.gateway.draining = True
+    r = await gw.client.get("/healthz")
+    assert r.status == 503
+
+
+async def test_swagger_json_is_valid_and_complete(gateway_factory):
+    gw = await gateway_factory(base_config(channels=[{"name": "m", "type": "mock"}]))
+    spec = await (await gw.client.get("/swagger.json")).json()
+    validate(spec)
+    assert spec["openapi"].startswith("3.")
+    paths = spec["paths"]
+    for path, method in [("/v1/chat/completions", "post"), ("/v1/completions", "post"),
+                         ("/v1/embeddings", "post"), ("/v1/models", "get"), ("/healthz", "get"),
+                         ("/health", "get"), ("/metrics", "get"), ("/api/usage", "get"),
+                         ("/api/route", "post"), ("/api/reload", "post")]:
+        assert method in paths[path], path
+    assert {"apiKey", "adminJWT"} <= set(spec["components"]["securitySchemes"])
+    from smartproxy.api.docs import operations_without_examples
+
+    assert operations_without_examples(spec) == []
+
+
+async def test_swagger_ui_is_local(gateway_factory):
+    gw = await gateway_factory(base_config(channels=[{"name": "m", "type": "mock"}]))
+    html = await (await gw.client.get("/swagger")).text()
+    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert refs
+    for ref in refs:
+        assert not ref.startswith(("http:", "https:", "//")), ref
+        assert (await gw.client.get(ref if ref.startswith("/") else "/swagger/" + ref)).status == 200
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not _chromium() and os.environ.get("CI") != "true",
+                    reason="headless Chromium not installed (.ci/run installs it)")
+async def test_swagger_renders_in_headless_chromium(gateway_factory):
+    browser = _chromium()
+    assert browser, "CI must have chromium (apt-get install -y chromium)"
+    gw = await gateway_factory(base_config(channels=[{"name": "m", "type": "mock"}]))
+    # a real listening server on a fixed host:port for the browser
+    server: TestServer = gw.client.server
+    url = f"http://127.0.0.1:{server.port}/swagger"
+    with tempfile.TemporaryDirectory() as profile:
+        proc = await asyncio.create_subprocess_exec(
+            browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
+    dom = out.decode(errors="replace")
+    # Swagger UI fetched /swagger.json and rendered the operations
+    assert "/v1/chat/completions" in dom, err.decode(errors="replace")[-2000:]
+    assert "opblock" in dom
