@@ -19,6 +19,7 @@ from aiohttp import web
 from . import __version__
 from .config import Config, find_config, load_config, parse_listen
 from .errors import ConfigError
+from .logs import setup_logging
 
 log = logging.getLogger("smartproxy")
 
@@ -84,21 +85,6 @@ def print_token(path: str | None, sub: str, minutes: int | None) -> int:
         print(f"smartproxy token: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def setup_logging(config: Config) -> None:
-    level = {"warn": "WARNING"}.get(config.log.level, config.log.level.upper())
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if config.log.file:
-        os.makedirs(os.path.dirname(os.path.abspath(config.log.file)), exist_ok=True)
-        handlers.append(logging.FileHandler(config.log.file, encoding="utf-8"))
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-        handlers=handlers,
-        force=True,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def run(path: str | None, listen: str | None, workers: int) -> int:
