@@ -104,3 +104,66 @@ def test_smartproxy_serves_default_config_and_stops_on_sigterm(tmp_path):
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out.decode()
     assert b"Admin token" in out  # no jwt secret configured: one generated, a ready token logged
+
+
+def _spawn(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    import smartproxy
+
+    pkg_parent = str(Path(smartproxy.__file__).resolve().parent.parent)
+    env = {**os.environ, "SMARTPROXY_CONFIG": "", **(env_extra or {}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-m", "smartproxy", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+async def test_sigterm_lets_an_inflight_stream_finish(tmp_path, upstream_factory):
+    import asyncio
+
+    import aiohttp
+    import yaml
+
+    up, url = await upstream_factory("a", default="hold")
+    port = _free_port()
+    cfg = {
+        "server": {"listen": f"127.0.0.1:{port}", "shutdown_timeout": 20},
+        "channels": [{"name": "a", "type": "openai", "endpoint": url, "api_key": "sk-up"}],
+        "security": {"auth": {"api_keys": {"dev": "sk-dev-test-1"}, "jwt": {"secret": "x" * 32}}},
+        "storage": {"backend": "sqlite", "path": str(tmp_path / "usage.db")},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = _spawn(["run", "--config", str(path)], tmp_path)
+    try:
+        deadline = time.monotonic() + 15
+        async with aiohttp.ClientSession() as s:
+            while True:
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, "gateway did not start"
+                await asyncio.sleep(0.05)
+            resp = await s.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                headers={"Authorization": "Bearer sk-dev-test-1"},
+                                json={"model": "m", "messages": [], "stream": True})
+            first = await resp.content.readany()
+            assert first.startswith(b"data: ")
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)  # the gateway is draining; the stream is still open
+            assert proc.poll() is None
+            up.release.set()
+            rest = await resp.read()
+            assert rest.endswith(b"data: [DONE]\n\n")
+        out, _ = await asyncio.get_running_loop().run_in_executor(None, lambda: proc.communicate(timeout=20))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    # usage was flushed to storage before exit
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "usage.db") as db:
+        assert db.execute("select count(*) from request_log").fetchone()[0] == 1
