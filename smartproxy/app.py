@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 import aiohttp
+import backoff
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource
 
@@ -28,11 +29,12 @@ from .api.proxy import create_proxy_app
 from .config import Config
 from .metrics import Metrics
 from .providers import make_providers
-from .state import GATEWAY, Gateway, Snapshot, utc_now
 from .security.ratelimit import FailurePenalty, RateLimiter
+from .state import GATEWAY, Gateway, Snapshot, utc_now
 from .storage import create_store
-from .upstream.breaker import HealthBook
 from .storage.base import UsageStore
+from .upstream.breaker import HealthBook
+from .upstream.retry import Jitter, Sleep
 
 log = logging.getLogger("smartproxy")
 
@@ -70,6 +72,8 @@ def create_app(
     clock: Callable[[], datetime] = utc_now,
     session: aiohttp.ClientSession | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    retry_sleep: Sleep = asyncio.sleep,
+    retry_jitter: Jitter = backoff.full_jitter,
 ) -> web.Application:
     snap = Snapshot.build(config)
     gateway = Gateway(
@@ -81,6 +85,8 @@ def create_app(
         health=HealthBook(clock=clock),
         limiter=RateLimiter(clock=monotonic),
         penalty=FailurePenalty(clock=monotonic),
+        retry_sleep=retry_sleep,
+        retry_jitter=retry_jitter,
     )
     app = web.Application(middlewares=[observe])
     app[GATEWAY] = gateway
@@ -141,7 +147,9 @@ def _client_session(
         server = gw.config.server
         session = given or aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=server.max_connections, limit_per_host=0, ttl_dns_cache=300,
+                limit=server.max_connections,
+                limit_per_host=0,
+                ttl_dns_cache=300,
                 enable_cleanup_closed=True,
             ),
             auto_decompress=False,

@@ -291,7 +291,9 @@ class _Section:
             self.error(key, str(exc))
             return default
 
-    def finish(self, ignored: dict[str, tuple[str, ...]] | None = None, out: list[str] | None = None) -> None:
+    def finish(
+        self, ignored: dict[str, tuple[str, ...]] | None = None, out: list[str] | None = None
+    ) -> None:
         """Reject unknown keys; keys listed in ``ignored`` are SmartAIProxy's, accepted with a warning."""
         for key in self.data:
             if key in self.seen:
@@ -683,7 +685,9 @@ def parse_config(doc: Any, *, source: str | None = None) -> Config:
         if ch is None:
             continue
         if ch.name in seen:
-            problems.append(f"channels[{i}].name: duplicate of channels[{seen[ch.name]}] {ch.name!r}")
+            problems.append(
+                f"channels[{i}].name: duplicate of channels[{seen[ch.name]}] {ch.name!r}"
+            )
             continue
         seen[ch.name] = i
         channels.append(ch)
@@ -790,7 +794,9 @@ def read_yaml(text: str, source: str = "<config>") -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from exc
+        raise ConfigError(
+            [f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]
+        ) from exc
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

@@ -12,13 +12,24 @@ import sys
 
 from .config import Config
 
-FIELDS = ("request_id", "api_key_name", "channel", "model", "status", "usage_source", "attempts", "sub")
+FIELDS = (
+    "request_id",
+    "api_key_name",
+    "channel",
+    "model",
+    "status",
+    "usage_source",
+    "attempts",
+    "sub",
+)
 
 
 class FieldsFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = [f"{k}={getattr(record, k)}" for k in FIELDS if getattr(record, k, None) is not None]
+        extras = [
+            f"{k}={getattr(record, k)}" for k in FIELDS if getattr(record, k, None) is not None
+        ]
         return f"{line} {' '.join(extras)}" if extras else line
 
 

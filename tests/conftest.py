@@ -45,8 +45,7 @@ def base_config(**overrides: Any) -> dict[str, Any]:
         "server": {"listen": "127.0.0.1:0", "timeout": 5},
         "channels": [],
         "security": {
-            "auth": {"api_keys": {"dev": DEV_KEY},
-                     "jwt": {"secret": ADMIN_SECRET}},
+            "auth": {"api_keys": {"dev": DEV_KEY}, "jwt": {"secret": ADMIN_SECRET}},
             "rate_limit": {"requests_per_minute": 100000, "burst": 100000},
         },
         "retry": {"max_attempts": 3, "base_delay_ms": 1, "max_delay_ms": 2},
@@ -104,15 +103,17 @@ async def gateway_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitab
     clients: list[TestClient] = []
     handles: list[GatewayHandle] = []
 
-    async def make(config: dict[str, Any], *, write_file: bool = False, clock: Any = None,
-                   **kwargs: Any) -> GatewayHandle:
+    async def make(
+        config: dict[str, Any], *, write_file: bool = False, clock: Any = None, **kwargs: Any
+    ) -> GatewayHandle:
         path: Path | None = None
         if write_file:
             path = tmp_path / "smartproxy.yaml"
             path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
         parsed = parse_config(config, source=str(path) if path else None)
-        app = create_app(parsed, config_path=str(path) if path else None,
-                         clock=clock or Clock(), **kwargs)
+        app = create_app(
+            parsed, config_path=str(path) if path else None, clock=clock or Clock(), **kwargs
+        )
         client = TestClient(TestServer(app, handler_cancellation=True))
         await client.start_server()
         clients.append(client)
@@ -129,5 +130,10 @@ async def gateway_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitab
 
 
 def channel(name: str, endpoint: str, **kw: Any) -> dict[str, Any]:
-    return {"name": name, "type": "openai", "endpoint": endpoint, "api_key": f"sk-chan-{name}-secret",
-            **kw}
+    return {
+        "name": name,
+        "type": "openai",
+        "endpoint": endpoint,
+        "api_key": f"sk-chan-{name}-secret",
+        **kw,
+    }

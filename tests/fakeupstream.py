@@ -62,20 +62,40 @@ class FakeUpstream:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
-        self.seen.append(Seen(request.method, request.path, request.query_string,
-                              dict(request.headers), raw))
+        self.seen.append(
+            Seen(request.method, request.path, request.query_string, dict(request.headers), raw)
+        )
         if request.method == "GET":
-            return web.json_response({"object": "list", "data": [
-                {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": self.name}]})
+            return web.json_response(
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": "gpt-4o-mini",
+                            "object": "model",
+                            "created": 0,
+                            "owned_by": self.name,
+                        }
+                    ],
+                }
+            )
         body = json.loads(raw) if raw else {}
         what = self.behaviour(body)
         if what.startswith("fail-"):
             status = int(what[5:8])
             headers = {"Retry-After": self.retry_after} if status == 429 else {}
             return web.json_response(
-                {"error": {"message": f"{self.name} says {status}", "type": "upstream_test",
-                           "code": f"e{status}", "param": None}},
-                status=status, headers=headers)
+                {
+                    "error": {
+                        "message": f"{self.name} says {status}",
+                        "type": "upstream_test",
+                        "code": f"e{status}",
+                        "param": None,
+                    }
+                },
+                status=status,
+                headers=headers,
+            )
         if what == "slow":
             await asyncio.sleep(30)
         if what == "drop":
@@ -85,28 +105,48 @@ class FakeUpstream:
         if body.get("stream"):
             return await self._stream(request, body, what)
         if request.path.endswith("/embeddings"):
-            return web.json_response({"object": "list", "model": body["model"],
-                                      "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
-                                      "usage": {"prompt_tokens": 3, "total_tokens": 3}})
-        return web.json_response({
-            "id": "chatcmpl-fake1", "object": "chat.completion", "created": 1, "model": body.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(self.chunks)},
-                         "finish_reason": "stop"}],
-            "usage": self.usage,
-            "served_by": self.name,
-        })
+            return web.json_response(
+                {
+                    "object": "list",
+                    "model": body["model"],
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                    "usage": {"prompt_tokens": 3, "total_tokens": 3},
+                }
+            )
+        return web.json_response(
+            {
+                "id": "chatcmpl-fake1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(self.chunks)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": self.usage,
+                "served_by": self.name,
+            }
+        )
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], what: str) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], what: str
+    ) -> web.StreamResponse:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         self.sent_stream = []
         cut_after = int(what[4:]) if what.startswith("cut-") else None
         for i, word in enumerate(self.chunks):
-            chunk: dict[str, Any] = {"id": "chatcmpl-fake1", "object": "chat.completion.chunk",
-                                     "created": 1, "model": body.get("model"),
-                                     "choices": [{"index": 0, "delta": {"content": word},
-                                                  "finish_reason": None}]}
+            chunk: dict[str, Any] = {
+                "id": "chatcmpl-fake1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": body.get("model"),
+                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+            }
             if include_usage:
                 chunk["usage"] = None
             data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
@@ -121,9 +161,20 @@ class FakeUpstream:
                 request.transport.close()  # broken mid-stream, no [DONE]
                 return resp
         if include_usage:
-            data = b"data: " + json.dumps({"id": "chatcmpl-fake1", "object": "chat.completion.chunk",
-                                           "created": 1, "model": body.get("model"), "choices": [],
-                                           "usage": self.usage}).encode() + b"\n\n"
+            data = (
+                b"data: "
+                + json.dumps(
+                    {
+                        "id": "chatcmpl-fake1",
+                        "object": "chat.completion.chunk",
+                        "created": 1,
+                        "model": body.get("model"),
+                        "choices": [],
+                        "usage": self.usage,
+                    }
+                ).encode()
+                + b"\n\n"
+            )
             await resp.write(data)
             self.sent_stream.append(data)
         await resp.write(b"data: [DONE]\n\n")

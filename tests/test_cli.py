@@ -82,18 +82,27 @@ def test_smartproxy_serves_default_config_and_stops_on_sigterm(tmp_path):
     import smartproxy
 
     pkg_parent = str(Path(smartproxy.__file__).resolve().parent.parent)
-    env = {**os.environ, "SMARTPROXY_CONFIG": "",
-           "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "SMARTPROXY_CONFIG": "",
+        "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")])),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "smartproxy", "--listen", f"127.0.0.1:{port}"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz")
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             data=b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}',
-            headers={"Authorization": "Bearer sk-gw-dev-local-only", "Content-Type": "application/json"},
+            headers={
+                "Authorization": "Bearer sk-gw-dev-local-only",
+                "Content-Type": "application/json",
+            },
         )
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 200
@@ -106,14 +115,25 @@ def test_smartproxy_serves_default_config_and_stops_on_sigterm(tmp_path):
     assert b"Admin token" in out  # no jwt secret configured: one generated, a ready token logged
 
 
-def _spawn(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], cwd: Path, env_extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     import smartproxy
 
     pkg_parent = str(Path(smartproxy.__file__).resolve().parent.parent)
-    env = {**os.environ, "SMARTPROXY_CONFIG": "", **(env_extra or {}),
-           "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-m", "smartproxy", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "SMARTPROXY_CONFIG": "",
+        **(env_extra or {}),
+        "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "smartproxy", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def test_sigterm_lets_an_inflight_stream_finish(tmp_path, upstream_factory):
@@ -145,9 +165,11 @@ async def test_sigterm_lets_an_inflight_stream_finish(tmp_path, upstream_factory
                     pass
                 assert time.monotonic() < deadline, "gateway did not start"
                 await asyncio.sleep(0.05)
-            resp = await s.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                headers={"Authorization": "Bearer sk-dev-test-1"},
-                                json={"model": "m", "messages": [], "stream": True})
+            resp = await s.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                headers={"Authorization": "Bearer sk-dev-test-1"},
+                json={"model": "m", "messages": [], "stream": True},
+            )
             first = await resp.content.readany()
             assert first.startswith(b"data: ")
             proc.send_signal(signal.SIGTERM)
@@ -156,7 +178,9 @@ async def test_sigterm_lets_an_inflight_stream_finish(tmp_path, upstream_factory
             up.release.set()
             rest = await resp.read()
             assert rest.endswith(b"data: [DONE]\n\n")
-        out, _ = await asyncio.get_running_loop().run_in_executor(None, lambda: proc.communicate(timeout=20))
+        out, _ = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: proc.communicate(timeout=20)
+        )
     finally:
         if proc.poll() is None:
             proc.kill()

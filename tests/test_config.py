@@ -38,7 +38,9 @@ def test_smartaiproxy_samples_load_unchanged(name):
     if name.startswith("go"):
         assert "admin" in cfg.ignored_keys and "error_handling" in cfg.ignored_keys
         assert cfg.channels[1].type == "claude" and cfg.channels[1].provider == "anthropic"
-        assert cfg.channels[1].discount_time == (TimeWindow(parse_hhmm("00:00"), parse_hhmm("06:00")),)
+        assert cfg.channels[1].discount_time == (
+            TimeWindow(parse_hhmm("00:00"), parse_hhmm("06:00")),
+        )
         assert cfg.log.file == "./logs/server.log"
     else:
         assert cfg.security.jwt.expiry_minutes == 60
@@ -47,15 +49,22 @@ def test_smartaiproxy_samples_load_unchanged(name):
 
 def test_env_expansion():
     env = {"KEY": "sk-1", "EMPTY": ""}
-    doc = {"a": "${KEY}", "b": "x-${MISSING:-fallback}-y", "c": ["${EMPTY:-d}"], "d": {"e": "${MISSING}"}}
+    doc = {
+        "a": "${KEY}",
+        "b": "x-${MISSING:-fallback}-y",
+        "c": ["${EMPTY:-d}"],
+        "d": {"e": "${MISSING}"},
+    }
     assert expand_env(doc, env) == {"a": "sk-1", "b": "x-fallback-y", "c": ["d"], "d": {"e": ""}}
 
 
 def test_env_expansion_in_file(tmp_path, monkeypatch):
     monkeypatch.setenv("UP_KEY", "sk-from-env")
     p = tmp_path / "c.yaml"
-    p.write_text('channels: [{name: a, type: openai, endpoint: "${UP_URL:-http://127.0.0.1:9}/v1", '
-                 'api_key: "${UP_KEY}"}]\n')
+    p.write_text(
+        'channels: [{name: a, type: openai, endpoint: "${UP_URL:-http://127.0.0.1:9}/v1", '
+        'api_key: "${UP_KEY}"}]\n'
+    )
     cfg = load_config(p)
     assert cfg.channels[0].api_key == "sk-from-env"
     assert cfg.channels[0].endpoint == "http://127.0.0.1:9/v1"
@@ -67,12 +76,19 @@ def test_every_problem_named_by_path():
         "channels": [
             {"name": "ok", "type": "openai", "endpoint": "https://x.example/v1"},
             {"name": "bad", "type": "openai", "endpoint": "ftp:/x"},
-            {"name": "bad2", "type": "nosuch", "endpoint": "https://y/v1", "price_per_token": "cheap"},
+            {
+                "name": "bad2",
+                "type": "nosuch",
+                "endpoint": "https://y/v1",
+                "price_per_token": "cheap",
+            },
             {"name": "ok", "type": "mock"},
             {"type": "openai"},
         ],
-        "rules": [{"name": "r", "channel": "missing", "expression": "day_tokens_used < daily_limit"},
-                  {"name": "r2", "channel": "ok", "expression": "__import__('os')"}],
+        "rules": [
+            {"name": "r", "channel": "missing", "expression": "day_tokens_used < daily_limit"},
+            {"name": "r2", "channel": "ok", "expression": "__import__('os')"},
+        ],
         "retry": {"max_attempts": 0},
         "storage": {"backend": "postgres"},
         "typo_section": {},
@@ -81,32 +97,76 @@ def test_every_problem_named_by_path():
         parse_config(doc)
     text = str(info.value)
     for needle in [
-        "server.listen:", "server.timezone:", "server.tiemout: unknown key",
+        "server.listen:",
+        "server.timezone:",
+        "server.tiemout: unknown key",
         "channels[1].endpoint: not a URL",
-        "channels[2].type: must be one of", "channels[2].price_per_token: must be a number",
-        "channels[3].name: duplicate", "channels[4].name: is required", "channels[4].endpoint: is required",
-        "rules[0].channel: no channel named 'missing'", "rules[1].expression:",
-        "retry.max_attempts:", "storage.backend:", "typo_section: unknown key",
+        "channels[2].type: must be one of",
+        "channels[2].price_per_token: must be a number",
+        "channels[3].name: duplicate",
+        "channels[4].name: is required",
+        "channels[4].endpoint: is required",
+        "rules[0].channel: no channel named 'missing'",
+        "rules[1].expression:",
+        "retry.max_attempts:",
+        "storage.backend:",
+        "typo_section: unknown key",
     ]:
         assert needle in text, needle
 
 
 def test_windows_and_numbers():
-    cfg = parse_config({"channels": [{"name": "n", "type": "mock", "discount_time": ["22:00-02:00", "12:00-13:00"],
-                                      "discount_price": 0.1, "daily_limit": 1000}]})
+    cfg = parse_config(
+        {
+            "channels": [
+                {
+                    "name": "n",
+                    "type": "mock",
+                    "discount_time": ["22:00-02:00", "12:00-13:00"],
+                    "discount_price": 0.1,
+                    "daily_limit": 1000,
+                }
+            ]
+        }
+    )
     ch = cfg.channels[0]
     assert [str(w) for w in ch.discount_time] == ["22:00-02:00", "12:00-13:00"]
     with pytest.raises(ConfigError, match=r"channels\[0\].discount_time"):
-        parse_config({"channels": [{"name": "n", "type": "mock", "discount_time": ["25:00-02:00"],
-                                    "discount_price": 0.1}]})
+        parse_config(
+            {
+                "channels": [
+                    {
+                        "name": "n",
+                        "type": "mock",
+                        "discount_time": ["25:00-02:00"],
+                        "discount_price": 0.1,
+                    }
+                ]
+            }
+        )
     with pytest.raises(ConfigError, match=r"channels\[0\].daily_limit: must not be negative"):
         parse_config({"channels": [{"name": "n", "type": "mock", "daily_limit": -1}]})
 
 
 def test_api_keys_forms():
-    cfg = parse_config({"security": {"auth": {"api_keys": {
-        "a": "sk-plain", "b": "sha256:" + "ab" * 32,
-        "c": {"key": "sk-c", "requests_per_minute": 60, "burst": 5, "models": ["gpt-4o-mini"]}}}}})
+    cfg = parse_config(
+        {
+            "security": {
+                "auth": {
+                    "api_keys": {
+                        "a": "sk-plain",
+                        "b": "sha256:" + "ab" * 32,
+                        "c": {
+                            "key": "sk-c",
+                            "requests_per_minute": 60,
+                            "burst": 5,
+                            "models": ["gpt-4o-mini"],
+                        },
+                    }
+                }
+            }
+        }
+    )
     keys = {k.name: k for k in cfg.security.api_keys}
     assert keys["b"].sha256 == "ab" * 32
     assert keys["c"].burst == 5 and keys["c"].models == ("gpt-4o-mini",)

@@ -28,8 +28,12 @@ async def test_metrics_count_requests_by_endpoint_and_status(upstream_factory, g
     gw = await gateway_factory(base_config(channels=[channel("a", url)]))
     sdk = gw.openai()
     for _ in range(3):
-        await sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
-    bad = await gw.client.post("/v1/chat/completions", data=b"{", headers={"Authorization": f"Bearer {DEV_KEY}"})
+        await sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+    bad = await gw.client.post(
+        "/v1/chat/completions", data=b"{", headers={"Authorization": f"Bearer {DEV_KEY}"}
+    )
     assert bad.status == 400
     unauth = await gw.client.post("/v1/chat/completions", json={"model": "m"})
     assert unauth.status == 401
@@ -54,7 +58,9 @@ async def test_metrics_count_requests_by_endpoint_and_status(upstream_factory, g
 
 
 async def test_healthz_and_health(gateway_factory):
-    gw = await gateway_factory(base_config(channels=[{"name": "m", "type": "mock", "daily_limit": 500}]))
+    gw = await gateway_factory(
+        base_config(channels=[{"name": "m", "type": "mock", "daily_limit": 500}])
+    )
     r = await gw.client.get("/healthz")
     assert r.status == 200 and await r.text() == "ok"
     health = await (await gw.client.get("/health")).json()
@@ -75,10 +81,18 @@ async def test_swagger_json_is_valid_and_complete(gateway_factory):
     validate(spec)
     assert spec["openapi"].startswith("3.")
     paths = spec["paths"]
-    for path, method in [("/v1/chat/completions", "post"), ("/v1/completions", "post"),
-                         ("/v1/embeddings", "post"), ("/v1/models", "get"), ("/healthz", "get"),
-                         ("/health", "get"), ("/metrics", "get"), ("/api/usage", "get"),
-                         ("/api/route", "post"), ("/api/reload", "post")]:
+    for path, method in [
+        ("/v1/chat/completions", "post"),
+        ("/v1/completions", "post"),
+        ("/v1/embeddings", "post"),
+        ("/v1/models", "get"),
+        ("/healthz", "get"),
+        ("/health", "get"),
+        ("/metrics", "get"),
+        ("/api/usage", "get"),
+        ("/api/route", "post"),
+        ("/api/reload", "post"),
+    ]:
         assert method in paths[path], path
     assert {"apiKey", "adminJWT"} <= set(spec["components"]["securitySchemes"])
     from smartproxy.api.docs import operations_without_examples
@@ -93,15 +107,19 @@ async def test_swagger_ui_is_local(gateway_factory):
     assert refs
     for ref in refs:
         assert not ref.startswith(("http:", "https:", "//")), ref
-        assert (await gw.client.get(ref if ref.startswith("/") else "/swagger/" + ref)).status == 200
+        assert (
+            await gw.client.get(ref if ref.startswith("/") else "/swagger/" + ref)
+        ).status == 200
 
 
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(not _chromium() and os.environ.get("CI") != "true",
-                    reason="headless Chromium not installed (.ci/run installs it)")
+@pytest.mark.skipif(
+    not _chromium() and os.environ.get("CI") != "true",
+    reason="headless Chromium not installed (.ci/run installs it)",
+)
 async def test_swagger_renders_in_headless_chromium(gateway_factory):
     browser = _chromium()
     assert browser, "CI must have chromium (apt-get install -y chromium)"
@@ -111,10 +129,22 @@ async def test_swagger_renders_in_headless_chromium(gateway_factory):
     url = f"http://127.0.0.1:{server.port}/swagger"
     with tempfile.TemporaryDirectory() as profile:
         proc = await asyncio.create_subprocess_exec(
-            browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", url,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=8000",
+            "--dump-dom",
+            url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 90)
     dom = out.decode(errors="replace")
     # Swagger UI fetched /swagger.json and rendered the operations

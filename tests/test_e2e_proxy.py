@@ -16,7 +16,8 @@ async def test_chat_non_streaming_identical(upstream_factory, gateway_factory):
     gw = await gateway_factory(base_config(channels=[channel("a", url)]))
     client = gw.openai()
     resp = await client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
     completion = resp.parse()
     assert completion.choices[0].message.content == "Hello from the fake upstream."
     assert completion.usage.total_tokens == 17
@@ -24,11 +25,16 @@ async def test_chat_non_streaming_identical(upstream_factory, gateway_factory):
     assert resp.headers["x-request-id"]
     # byte-identical body
     async with aiohttp.ClientSession() as s:
-        async with s.post(gw.url + "/chat/completions", headers={"Authorization": f"Bearer {DEV_KEY}"},
-                          json={"model": "gpt-4o-mini", "messages": []}) as r:
+        async with s.post(
+            gw.url + "/chat/completions",
+            headers={"Authorization": f"Bearer {DEV_KEY}"},
+            json={"model": "gpt-4o-mini", "messages": []},
+        ) as r:
             via = await r.read()
             assert r.headers["Content-Type"].startswith("application/json")
-        async with s.post(url + "/chat/completions", json={"model": "gpt-4o-mini", "messages": []}) as r:
+        async with s.post(
+            url + "/chat/completions", json={"model": "gpt-4o-mini", "messages": []}
+        ) as r:
             direct = await r.read()
     assert json.loads(via) == json.loads(direct) and via == direct
 
@@ -38,7 +44,8 @@ async def test_stream_chunks_arrive_before_upstream_finishes(upstream_factory, g
     gw = await gateway_factory(base_config(channels=[channel("a", url)]))
     client = gw.openai()
     stream = await client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     it = stream.__aiter__()
     first = await asyncio.wait_for(it.__anext__(), 5)
     # upstream is still holding the rest of the stream
@@ -47,7 +54,8 @@ async def test_stream_chunks_arrive_before_upstream_finishes(upstream_factory, g
     up.release.set()
     rest = [c async for c in it]
     text = first.choices[0].delta.content + "".join(
-        c.choices[0].delta.content or "" for c in rest if c.choices)
+        c.choices[0].delta.content or "" for c in rest if c.choices
+    )
     assert text == "Hello from the fake upstream."
     # the usage chunk the gateway asked for is not shown to a client that did not ask for it
     assert all(c.choices for c in rest)
@@ -56,14 +64,25 @@ async def test_stream_chunks_arrive_before_upstream_finishes(upstream_factory, g
 async def test_forwarding_body_query_headers_and_key(upstream_factory, gateway_factory):
     up, url = await upstream_factory("a")
     gw = await gateway_factory(base_config(channels=[channel("a", url)]))
-    raw = b'{"model": "gpt-4o-mini",   "messages": [{"role":"user","content":"x"}], "extra_field": 1}'
+    raw = (
+        b'{"model": "gpt-4o-mini",   "messages": [{"role":"user","content":"x"}], "extra_field": 1}'
+    )
     async with aiohttp.ClientSession() as s:
-        async with s.post(gw.url + "/chat/completions?api-version=2024-01&x=1", data=raw, headers={
-            "Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json",
-            "X-Custom-Trace": "abc123", "OpenAI-Organization": "org-1",
-            "Connection": "keep-alive, X-Hop", "X-Hop": "must-not-pass", "Keep-Alive": "timeout=5",
-            "Proxy-Authorization": "Basic xyz", "TE": "trailers",
-        }) as r:
+        async with s.post(
+            gw.url + "/chat/completions?api-version=2024-01&x=1",
+            data=raw,
+            headers={
+                "Authorization": f"Bearer {DEV_KEY}",
+                "Content-Type": "application/json",
+                "X-Custom-Trace": "abc123",
+                "OpenAI-Organization": "org-1",
+                "Connection": "keep-alive, X-Hop",
+                "X-Hop": "must-not-pass",
+                "Keep-Alive": "timeout=5",
+                "Proxy-Authorization": "Basic xyz",
+                "TE": "trailers",
+            },
+        ) as r:
             assert r.status == 200
     seen = up.seen[-1]
     assert seen.body == raw  # unchanged bytes: no mapping, not streaming
@@ -79,11 +98,19 @@ async def test_forwarding_body_query_headers_and_key(upstream_factory, gateway_f
 
 async def test_x_api_key_and_model_mapping(upstream_factory, gateway_factory):
     up, url = await upstream_factory("a")
-    gw = await gateway_factory(base_config(channels=[
-        channel("a", url, models=["llama-3"], model_mapping={"gpt-4o-mini": "llama-3"})]))
+    gw = await gateway_factory(
+        base_config(
+            channels=[
+                channel("a", url, models=["llama-3"], model_mapping={"gpt-4o-mini": "llama-3"})
+            ]
+        )
+    )
     async with aiohttp.ClientSession() as s:
-        async with s.post(gw.url + "/chat/completions", headers={"x-api-key": DEV_KEY},
-                          json={"model": "gpt-4o-mini", "messages": []}) as r:
+        async with s.post(
+            gw.url + "/chat/completions",
+            headers={"x-api-key": DEV_KEY},
+            json={"model": "gpt-4o-mini", "messages": []},
+        ) as r:
             assert r.status == 200
     assert up.seen[-1].json["model"] == "llama-3"
     assert "x-api-key" not in {k.lower() for k in up.seen[-1].headers}
@@ -105,24 +132,35 @@ async def test_upstream_5xx_unchanged_when_it_is_the_last_answer(upstream_factor
     up, url = await upstream_factory("a", default="fail-503")
     gw = await gateway_factory(base_config(channels=[channel("a", url)]))
     async with aiohttp.ClientSession() as s:
-        async with s.post(gw.url + "/chat/completions", headers={"Authorization": f"Bearer {DEV_KEY}"},
-                          json={"model": "gpt-4o-mini", "messages": []}) as r:
+        async with s.post(
+            gw.url + "/chat/completions",
+            headers={"Authorization": f"Bearer {DEV_KEY}"},
+            json={"model": "gpt-4o-mini", "messages": []},
+        ) as r:
             assert r.status == 503
             body = await r.json()
             assert body["error"]["message"] == "a says 503"
             assert r.headers["x-smartproxy-attempts"] == "a:503, a:503, a:503"
 
 
-@pytest.mark.parametrize("raw,code", [
-    (b"{not json", "invalid_json"), (b"", "invalid_json"), (b"[1,2]", "invalid_json"),
-    (b'{"messages": []}', "missing_model"),
-])
+@pytest.mark.parametrize(
+    "raw,code",
+    [
+        (b"{not json", "invalid_json"),
+        (b"", "invalid_json"),
+        (b"[1,2]", "invalid_json"),
+        (b'{"messages": []}', "missing_model"),
+    ],
+)
 async def test_bad_request_body_is_openai_shaped_400(upstream_factory, gateway_factory, raw, code):
     up, url = await upstream_factory("a")
     gw = await gateway_factory(base_config(channels=[channel("a", url)]))
     async with aiohttp.ClientSession() as s:
-        async with s.post(gw.url + "/chat/completions", data=raw, headers={
-                "Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json"}) as r:
+        async with s.post(
+            gw.url + "/chat/completions",
+            data=raw,
+            headers={"Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json"},
+        ) as r:
             assert r.status == 400
             body = await r.json()
     assert set(body["error"]) == {"message", "type", "code", "param"}
@@ -132,7 +170,9 @@ async def test_bad_request_body_is_openai_shaped_400(upstream_factory, gateway_f
 
 async def test_completions_embeddings_models(upstream_factory, gateway_factory):
     up, url = await upstream_factory("a")
-    gw = await gateway_factory(base_config(channels=[channel("a", url, models=["gpt-4o-mini", "emb"])]))
+    gw = await gateway_factory(
+        base_config(channels=[channel("a", url, models=["gpt-4o-mini", "emb"])])
+    )
     client = gw.openai()
     emb = await client.embeddings.create(model="emb", input="hello")
     assert emb.data[0].embedding == [0.1, 0.2]
@@ -146,19 +186,30 @@ async def test_completions_embeddings_models(upstream_factory, gateway_factory):
 async def test_mock_channel_answers_locally(gateway_factory):
     gw = await gateway_factory(base_config(channels=[{"name": "local", "type": "mock"}]))
     client = gw.openai()
-    out = await client.chat.completions.create(model="anything", messages=[{"role": "user", "content": "hi"}])
+    out = await client.chat.completions.create(
+        model="anything", messages=[{"role": "user", "content": "hi"}]
+    )
     assert "mock" in out.choices[0].message.content
-    chunks = [c async for c in await client.chat.completions.create(
-        model="anything", messages=[{"role": "user", "content": "hi"}], stream=True)]
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("Hello")
+    chunks = [
+        c
+        async for c in await client.chat.completions.create(
+            model="anything", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    ]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith(
+        "Hello"
+    )
 
 
 async def test_client_disconnect_cancels_upstream(upstream_factory, gateway_factory):
     up, url = await upstream_factory("a", default="hold")
     gw = await gateway_factory(base_config(channels=[channel("a", url)]))
     async with aiohttp.ClientSession() as s:
-        resp = await s.post(gw.url + "/chat/completions", headers={"Authorization": f"Bearer {DEV_KEY}"},
-                            json={"model": "gpt-4o-mini", "messages": [], "stream": True})
+        resp = await s.post(
+            gw.url + "/chat/completions",
+            headers={"Authorization": f"Bearer {DEV_KEY}"},
+            json={"model": "gpt-4o-mini", "messages": [], "stream": True},
+        )
         await resp.content.readany()
         resp.close()  # client goes away mid-stream
     for _ in range(200):
