@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import backoff
 from aiohttp import web
 
 from . import __version__
+from .audit import SIGNAL, Actor, AuditLog, audit_path, config_diff, config_secrets, scrub
 from .config import ChannelConfig, Config, load_config
+from .configfile import ConfigFile
 from .errors import ConfigError
 from .metrics import Metrics
 from .providers.base import Provider
@@ -30,6 +33,7 @@ from .security.jwt import JwtVerifier, generate_secret
 from .security.ratelimit import FailurePenalty, RateLimiter
 from .storage.base import UsageStore
 from .upstream.breaker import HealthBook
+from .upstream.retry import Jitter, Sleep
 
 log = logging.getLogger("smartproxy")
 
@@ -80,6 +84,9 @@ class Gateway:
     penalty: FailurePenalty = field(default_factory=FailurePenalty)
     providers: dict[str, Provider] = field(default_factory=dict)
     session: aiohttp.ClientSession | None = None
+    # How the failover loop waits between attempts; tests inject a recording sleep and no jitter.
+    retry_sleep: Sleep = asyncio.sleep
+    retry_jitter: Jitter = backoff.full_jitter
     jwt_secret: str | None = None  # generated when the config has none
     draining: bool = False
     started_at: float = field(default_factory=time.time)
@@ -88,11 +95,16 @@ class Gateway:
     version: str = __version__
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # The config text admin writes edit (the file, or the built-in default kept in memory).
+    config_file: ConfigFile = field(init=False)
+    audit: AuditLog = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.snapshot.config.security.jwt.secret and not self.jwt_secret:
             self.jwt_secret = generate_secret()
-        self._verifier = self._make_verifier(self.snapshot)
+        self._verifier = self.make_verifier(self.snapshot)
+        self.config_file = ConfigFile(self.config_path)
+        self.audit = AuditLog(audit_path(self.snapshot.config, self.config_path))
 
     # -- config
     @property
@@ -102,39 +114,59 @@ class Gateway:
     def verifier(self) -> JwtVerifier:
         return self._verifier
 
-    def _make_verifier(self, snap: Snapshot) -> JwtVerifier:
+    def make_verifier(self, snap: Snapshot) -> JwtVerifier:
+        """The admin JWT verifier for ``snap`` (reads key files); raises ConfigError."""
         jwt_cfg = snap.config.security.jwt
         return JwtVerifier(jwt_cfg, secret=None if jwt_cfg.secret else self.jwt_secret)
 
-    def install(self, snap: Snapshot) -> None:
-        """Swap in a validated snapshot (one reference; requests in flight keep theirs)."""
-        verifier = self._make_verifier(snap)
+    def install(self, snap: Snapshot, verifier: JwtVerifier | None = None) -> None:
+        """Swap in a validated snapshot (one reference; requests in flight keep theirs).
+
+        Only what is keyed by a name that left the config is dropped (breakers, metric series);
+        usage counters, reservations and rate buckets are keyed by name and simply carry on.
+        """
+        verifier = verifier or self.make_verifier(snap)
+        old = self.snapshot.config
         removed = set(self.snapshot.channels) - set(snap.channels)
         self.snapshot = snap
         self._verifier = verifier
         self.health.forget(set(snap.channels))
         for name in removed:
             self.metrics.forget_channel(name)
+        self.audit.path = audit_path(snap.config, self.config_path)
+        _warn_restart_only(old, snap.config)
 
-    async def reload_from_file(self, *, reason: str) -> Snapshot:
-        """Re-read the config file; on any problem keep the running snapshot and raise ConfigError."""
+    async def reload_from_file(self, *, reason: str, actor: Actor = SIGNAL) -> Snapshot:
+        """Re-read the config file; on any problem keep the running snapshot and raise ConfigError.
+
+        Holds ``write_lock`` while reading, so an admin write (which re-reads the file under the
+        same lock) is either fully before or fully after it: neither change is lost.
+        """
         async with self.write_lock:
+            old = self.snapshot.config
             try:
-                config = await asyncio.to_thread(load_config, self.config_path)
+                config = keep_listener(old, await asyncio.to_thread(load_config, self.config_path))
                 snap = Snapshot.build(config)
                 self.install(snap)
             except ConfigError as exc:
-                self.last_reload_error = str(exc)
+                # A loader message may quote a value: never let a known secret through.
+                problems = [scrub(p, config_secrets(old)) for p in exc.problems]
+                self.last_reload_error = "\n".join(problems)
                 self.last_reload_at = time.time()
                 self.metrics.config_reload(False)
                 log.error("config reload (%s) refused, the running config stays: %s", reason,
-                          "; ".join(exc.problems))
-                raise
+                          "; ".join(problems))
+                self.audit.record(actor, "reload", self.config_path, ok=False,
+                                  reason="; ".join(problems))
+                raise ConfigError(problems) from None
+            self.config_file.reset()  # without a file: back to the built-in default
             self.last_reload_error = None
             self.last_reload_at = time.time()
             self.metrics.config_reload(True)
             log.info("config reloaded (%s): %d channels, %d rules", reason,
                      len(snap.config.channels), len(snap.rules))
+            self.audit.record(actor, "reload", self.config_path, ok=True,
+                              diff=config_diff(old, snap.config))
             return snap
 
     async def channel_states(self, snap: Snapshot, now: datetime) -> dict[str, ChannelState]:
@@ -153,8 +185,8 @@ class Gateway:
         return out
 
     # -- background work that must outlive a cancelled request (usage settlement)
-    def spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self.background.add(task)
         task.add_done_callback(self._done)
 
@@ -166,6 +198,35 @@ class Gateway:
     async def drain_background(self) -> None:
         while self.background:
             await asyncio.gather(*list(self.background), return_exceptions=True)
+
+
+def keep_listener(running: Config, new: Config, *, note: bool = True) -> Config:
+    """The socket is bound: a reload keeps the running address (``--listen`` may have set it)."""
+    if note and new.server.listen != running.server.listen:
+        log.info("server.listen %s in the file differs from the running listener %s: a restart "
+                 "applies it", new.server.listen, running.server.listen)
+    server = replace(new.server, listen=running.server.listen, host=running.server.host,
+                     port=running.server.port)
+    return replace(new, server=server)
+
+
+def _warn_restart_only(old: Config, new: Config) -> None:
+    """Say so when a reload changes what only a restart applies (sockets, pool, storage, logs)."""
+    changed = [
+        name
+        for name, a, b in (
+            ("server.max_connections", old.server.max_connections, new.server.max_connections),
+            ("server TLS", (old.server.enable_https, old.server.cert_file, old.server.key_file),
+             (new.server.enable_https, new.server.cert_file, new.server.key_file)),
+            ("storage", old.storage, new.storage),
+            ("log", old.log, new.log),
+            ("monitor", old.monitor, new.monitor),
+        )
+        if a != b
+    ]
+    if changed:
+        log.warning("config reload: changes to %s take effect only after a restart",
+                    ", ".join(changed))
 
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)

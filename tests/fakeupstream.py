@@ -1,8 +1,14 @@
 """A fake OpenAI-compatible provider: a real aiohttp app with one behaviour per model name.
 
 Behaviour is chosen by the request's ``model`` (``ok``, ``sse``, ``fail-500``, ``fail-429``,
-``fail-400``, ``slow``, ``drop``, ``hold``, ...) or scripted per channel with ``script``:
-a list of behaviours consumed one per request (then ``default``).
+``fail-400``, ``slow``, ``drop``, ``hold``, ``late``, ``cut-N``, ``gate-<behaviour>``, ...) or
+scripted per channel with ``script``: a list of behaviours consumed one per request (then
+``default``).
+
+``slow``: no answer for 30 s. ``late``: stream headers at once, the first chunk after 30 s.
+``drop``: socket closed without an answer. ``hold``: stream waits on ``release`` after chunk 1.
+``cut-N``: socket closed after N stream chunks. ``gate-X``: waits on ``gate``, then behaves as X.
+(The test server cancels a handler whose client went away, so the 30 s are never waited out.)
 """
 
 from __future__ import annotations
@@ -40,12 +46,14 @@ class FakeUpstream:
     default: str | None = None  # behaviour when the script is empty (None: from the model name)
     release: asyncio.Event = field(default_factory=asyncio.Event)  # "hold" streams wait on it
     first_sent: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)  # "gate-X" requests wait on it
     usage: dict[str, int] = field(
         default_factory=lambda: {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}
     )
     chunks: list[str] = field(default_factory=lambda: list(WORDS))
     retry_after: str = "2"
     sent_stream: list[bytes] = field(default_factory=list)  # exact bytes of the last stream
+    stream_usage: bool = True  # False: ignore stream_options.include_usage (as some providers do)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -58,7 +66,8 @@ class FakeUpstream:
         if self.default:
             return self.default
         model = str(body.get("model", "ok"))
-        return model if model.startswith(("fail-", "slow", "drop", "hold", "cut-")) else "ok"
+        prefixes = ("fail-", "slow", "drop", "hold", "cut-", "late", "gate-")
+        return model if model.startswith(prefixes) else "ok"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -81,6 +90,9 @@ class FakeUpstream:
             )
         body = json.loads(raw) if raw else {}
         what = self.behaviour(body)
+        if what.startswith("gate-"):
+            await self.gate.wait()
+            what = what[5:]
         if what.startswith("fail-"):
             status = int(what[5:8])
             headers = {"Retry-After": self.retry_after} if status == 429 else {}
@@ -134,11 +146,15 @@ class FakeUpstream:
     async def _stream(
         self, request: web.Request, body: dict[str, Any], what: str
     ) -> web.StreamResponse:
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = self.stream_usage and bool(
+            (body.get("stream_options") or {}).get("include_usage")
+        )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         self.sent_stream = []
         cut_after = int(what[4:]) if what.startswith("cut-") else None
+        if what == "late":
+            await asyncio.sleep(30)
         for i, word in enumerate(self.chunks):
             chunk: dict[str, Any] = {
                 "id": "chatcmpl-fake1",

@@ -2,8 +2,12 @@
 
 A provider turns (channel, endpoint path, query, headers, body) into an ``UpstreamReply``: status,
 headers and a body that can be read whole or iterated chunk by chunk as it arrives. The OpenAI
-provider sends over the shared ``aiohttp.ClientSession``; the mock provider answers in-process. Later
-providers (azure, anthropic) add URL/auth rules or translate bodies in their own module.
+provider sends over the shared ``aiohttp.ClientSession``; the mock provider answers in-process.
+Later providers (azure, anthropic) add URL/auth rules or translate bodies in their own module.
+
+Failures are translated where they enter: a provider raises only ``upstream.errors.AttemptError``
+(``UpstreamConnectError`` / ``UpstreamTimeoutError``) from ``send``, ``read`` and
+``iter_chunks``; an HTTP error status is an answer, not an exception.
 """
 
 from __future__ import annotations
@@ -30,8 +34,13 @@ class OutgoingRequest:
 
 
 class UpstreamReply(Protocol):
-    status: int
-    headers: CIMultiDictProxy[str] | CIMultiDict[str]
+    # Read-only members, so that a reply may keep either multidict flavour (protocols are
+    # invariant in mutable attributes).
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str] | CIMultiDict[str]: ...
 
     def iter_chunks(self) -> AsyncIterator[bytes]:
         """Body chunks as they arrive from the provider."""

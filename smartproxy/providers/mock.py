@@ -55,13 +55,17 @@ class MockProvider:
         model = str(body.get("model") or "mock")
         if request.path == "/embeddings":
             return _json(200, _embeddings(body, model))
-        prompt_tokens = max(1, len(json.dumps(body.get("messages") or body.get("prompt") or "")) // 4)
+        prompt_tokens = max(
+            1, len(json.dumps(body.get("messages") or body.get("prompt") or "")) // 4
+        )
         words = _ANSWER[: max(1, min(len(_ANSWER), int(body.get("max_tokens") or len(_ANSWER))))]
         chat = request.path == "/chat/completions"
         if not body.get("stream"):
             return _json(200, _completion(chat, model, words, prompt_tokens))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return MockReply(200, "text/event-stream", _stream(chat, model, words, prompt_tokens, include_usage))
+        return MockReply(
+            200, "text/event-stream", _stream(chat, model, words, prompt_tokens, include_usage)
+        )
 
 
 def models_body(channel: ChannelConfig) -> dict[str, Any]:
@@ -82,7 +86,11 @@ def _error(message: str, kind: str) -> dict[str, Any]:
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _completion(chat: bool, model: str, words: list[str], prompt: int) -> dict[str, Any]:
@@ -102,7 +110,9 @@ def _completion(chat: bool, model: str, words: list[str], prompt: int) -> dict[s
     }
 
 
-def _stream(chat: bool, model: str, words: list[str], prompt: int, include_usage: bool) -> list[bytes]:
+def _stream(
+    chat: bool, model: str, words: list[str], prompt: int, include_usage: bool
+) -> list[bytes]:
     ident = f"{'chatcmpl' if chat else 'cmpl'}-mock{uuid.uuid4().hex[:20]}"
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -115,14 +125,27 @@ def _stream(chat: bool, model: str, words: list[str], prompt: int, include_usage
             choice["delta"] = {"content": text} if i else {"role": "assistant", "content": text}
         else:
             choice["text"] = text
-        chunk: dict[str, Any] = {"id": ident, "object": obj, "created": created, "model": model,
-                                 "choices": [choice]}
+        chunk: dict[str, Any] = {
+            "id": ident,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "choices": [choice],
+        }
         if include_usage:
             chunk["usage"] = None
         events.append(chunk)
     if include_usage:
-        events.append({"id": ident, "object": obj, "created": created, "model": model, "choices": [],
-                       "usage": _usage(prompt, len(words))})
+        events.append(
+            {
+                "id": ident,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": _usage(prompt, len(words)),
+            }
+        )
     out = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events]
     out.append(b"data: [DONE]\n\n")
     return out
@@ -135,8 +158,17 @@ def _embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
     data = []
     for i, item in enumerate(items):
         seed = sum(str(item).encode()) or 1
-        data.append({"object": "embedding", "index": i,
-                     "embedding": [((seed * (k + 1)) % 1000) / 1000 for k in range(dims)]})
+        data.append(
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": [((seed * (k + 1)) % 1000) / 1000 for k in range(dims)],
+            }
+        )
     tokens = max(1, sum(len(str(x)) for x in items) // 4)
-    return {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

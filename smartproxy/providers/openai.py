@@ -1,56 +1,68 @@
-"""OpenAI-compatible channels (OpenAI, Groq, DeepSeek, vLLM, Ollama, ...): same path, bearer key."""
+"""OpenAI-compatible channels (OpenAI, Groq, DeepSeek, vLLM, Ollama, ...): same path, bearer key.
+
+aiohttp's exceptions are translated here, once, into the upstream layer's ``AttemptError`` tree:
+every way an attempt can end without a usable answer becomes an ``UpstreamConnectError`` or an
+``UpstreamTimeoutError`` whose message names what happened (the failover loop lists these
+messages in the 502/504 a client gets when every attempt failed).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
 from ..config import ChannelConfig
-from ..upstream.errors import UpstreamConnectError, UpstreamTimeoutError
+from ..upstream.errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
 from .base import OutgoingRequest, Timeouts, channel_headers, join_url
 
 
 class HttpReply:
     """An upstream answer over HTTP; the body is streamed from the pooled connection."""
 
-    __slots__ = ("_resp", "status", "headers", "_first_byte", "_got_first")
+    __slots__ = ("_resp", "status", "headers", "_first_byte", "_deadline", "_read_timeout")
 
-    def __init__(self, resp: aiohttp.ClientResponse, first_byte: float) -> None:
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        first_byte: float,
+        deadline: float,
+        read_timeout: float,
+    ) -> None:
         self._resp = resp
         self.status = resp.status
         self.headers: CIMultiDictProxy[str] = resp.headers
         self._first_byte = first_byte
+        self._deadline = deadline  # loop time by which the first body chunk must be here
+        self._read_timeout = read_timeout
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         content = self._resp.content
-        first = True
         try:
-            while True:
-                if first:
-                    # A stream that answers headers but never a byte is as dead as one that never answers.
-                    async with asyncio.timeout(self._first_byte):
-                        chunk = await content.readany()
-                    first = False
-                else:
+            # Headers without a first chunk are as dead as no answer: the first chunk has the
+            # first-byte deadline too, so a stuck stream still fails over before the client
+            # sees a byte.
+            try:
+                async with asyncio.timeout_at(self._deadline):
                     chunk = await content.readany()
-                if not chunk:
-                    return
+            except TimeoutError as exc:
+                raise UpstreamTimeoutError(f"no first chunk within {self._first_byte:g}s") from exc
+            while chunk:
                 yield chunk
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError("no first byte within %.1fs" % self._first_byte) from exc
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise UpstreamConnectError(f"upstream connection broke: {exc.__class__.__name__}") from exc
+                chunk = await content.readany()
+        except AttemptError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise translate(exc, read_timeout=self._read_timeout) from exc
 
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError("upstream read timed out") from exc
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise UpstreamConnectError(f"upstream connection broke: {exc.__class__.__name__}") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise translate(exc, read_timeout=self._read_timeout) from exc
 
     def close(self) -> None:
         self._resp.close()
@@ -67,12 +79,15 @@ class OpenAIProvider:
     ) -> HttpReply:
         url = join_url(channel.endpoint, request.path, request.query_string)
         timeout = aiohttp.ClientTimeout(
-            total=None if request.stream else timeouts.total,
+            total=None if request.stream else timeouts.total,  # a stream may run long
             connect=timeouts.connect,
-            sock_read=timeouts.total,
+            sock_read=timeouts.total,  # a stream silent for a whole attempt's time is dead
         )
+        # One deadline, from sending to the first chunk of the body: headers then silence
+        # cannot stretch the first-byte wait to twice the configured time.
+        deadline = asyncio.get_running_loop().time() + timeouts.first_byte
         try:
-            async with asyncio.timeout(timeouts.first_byte):
+            async with asyncio.timeout_at(deadline):
                 resp = await self._session.request(
                     request.method,
                     url,
@@ -82,18 +97,41 @@ class OpenAIProvider:
                     allow_redirects=False,
                     auto_decompress=False,
                 )
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError(f"no answer within {timeouts.first_byte:.1f}s") from exc
-        except aiohttp.ServerTimeoutError as exc:
-            raise UpstreamTimeoutError(str(exc) or "timed out") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamConnectError(_describe(exc)) from exc
-        return HttpReply(resp, timeouts.first_byte)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise translate(
+                exc, first_byte=timeouts.first_byte, connect_timeout=timeouts.connect
+            ) from exc
+        return HttpReply(resp, timeouts.first_byte, deadline, timeouts.total)
 
 
-def _describe(exc: BaseException) -> str:
+def translate(
+    exc: BaseException,
+    *,
+    first_byte: float | None = None,
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
+) -> AttemptError:
+    """aiohttp / OS failure -> our AttemptError, with a message a user can act on."""
+    # aiohttp's timeout errors are TimeoutError subclasses: test the specific ones first.
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeoutError(f"connect timed out after {connect_timeout or 0:g}s")
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return UpstreamTimeoutError(f"no data for {read_timeout or 0:g}s")
+    if isinstance(exc, TimeoutError):
+        if first_byte is not None:
+            return UpstreamTimeoutError(f"no answer within {first_byte:g}s")
+        return UpstreamTimeoutError("read timed out")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+        err = exc.os_error
+        # asyncio words a refusal "Connect call failed (...)"; the errno says what happened.
+        why = os.strerror(err.errno) if err.errno else (err.strerror or str(err) or "failed")
+        return UpstreamConnectError(f"cannot connect to {exc.host}:{exc.port}: {why}")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server disconnected"
-    return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+        return UpstreamConnectError("server disconnected without an answer")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamConnectError("connection broke mid-body (payload not completed)")
+    text = str(exc)
+    name = exc.__class__.__name__
+    return UpstreamConnectError(
+        f"connection failed: {name}: {text}" if text else f"connection failed: {name}"
+    )

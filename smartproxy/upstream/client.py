@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..config import ChannelConfig
+from ..config import ChannelConfig, RetryConfig
 from ..errors import NoChannelAvailable, UpstreamFailed, UpstreamTimeout
 from ..providers.base import OutgoingRequest, Timeouts, UpstreamReply
 from ..routing.pricing import cost as price_cost
@@ -28,7 +29,7 @@ from ..routing.router import Candidate, RequestFacts
 from ..state import PRINCIPAL, RATELIMIT_HEADERS, Gateway, Snapshot
 from ..storage.base import Limits, RequestRecord, Reservation
 from .breaker import ChannelHealth, Permit
-from .errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
+from .errors import AttemptError, UpstreamConnectError
 from .retry import RetryPolicy, is_breaker_failure_status, is_retryable_status, parse_retry_after
 from .sse import EventSplitter, StreamTally, error_event, inspect_event, usage_of_body
 
@@ -52,6 +53,13 @@ _DROP_RESPONSE = frozenset(
         "Server",
     )
 )
+
+
+_UNAVAILABLE = {
+    "open": "circuit open",
+    "half_open": "circuit half-open, trial in flight",
+    "cooldown": "cooling down after 429",
+}
 
 
 @dataclass(slots=True)
@@ -79,16 +87,29 @@ class Verdict:
 
 @dataclass(slots=True)
 class AttemptLog:
+    """One attempt: an HTTP status, or an error ``kind`` ("error" | "timeout") and its message."""
+
     channel: str
     status: int | None
     error: str | None
     seconds: float
+    kind: str = "http"
+
+    @property
+    def timed_out(self) -> bool:
+        return self.kind == "timeout"
 
     def short(self) -> str:
-        return f"{self.channel}:{self.status if self.status is not None else self.error}"
+        """``channel:status`` (or ``channel:error|timeout``) for ``x-smartproxy-attempts``."""
+        outcome = self.status if self.status is not None else self.kind
+        return f"{header_safe(self.channel)}:{outcome}"
 
     def describe(self) -> str:
-        outcome = f"HTTP {self.status}" if self.status is not None else self.error
+        """``channel: outcome after N ms`` for the message of a gateway-made 502/503/504."""
+        if self.status is not None:
+            outcome = f"HTTP {self.status}"
+        else:
+            outcome = f"{self.kind} ({self.error})" if self.timed_out else f"{self.error}"
         return f"{self.channel}: {outcome} after {self.seconds * 1000:.0f} ms"
 
 
@@ -110,38 +131,51 @@ class Exchange:
     client_wants_usage: bool
     attempts: list[AttemptLog] = field(default_factory=list)
     settled: bool = False  # usage recorded (and the breaker told) for this request
+    # Told each settled record (the proxy charges the key's token bucket and daily spend).
+    on_settle: Callable[[RequestRecord], None] | None = None
 
 
 class Dispatcher:
     def __init__(self, gateway: Gateway, retry: RetryPolicy | None = None) -> None:
         self.gw = gateway
         self._retry = retry
+        self._cached: tuple[RetryConfig, RetryPolicy] | None = None
 
     def retry_policy(self, snap: Snapshot) -> RetryPolicy:
+        """The policy of ``snap``'s retry section, built once per config (reloads make new ones)."""
         if self._retry is not None:
             return self._retry
-        return RetryPolicy(snap.config.retry)
+        cfg = snap.config.retry
+        if self._cached is None or self._cached[0] is not cfg:
+            policy = RetryPolicy(cfg, sleep=self.gw.retry_sleep, jitter=self.gw.retry_jitter)
+            self._cached = (cfg, policy)
+        return self._cached[1]
 
     async def dispatch(self, ex: Exchange, candidates: tuple[Candidate, ...]) -> web.StreamResponse:
-        gw, snap = self.gw, ex.snap
+        gw = self.gw
         if not candidates:
             raise NoChannelAvailable(
                 f"no channel is available for model {ex.facts.model!r}", param="model"
             )
-        policy = self.retry_policy(snap)
-        max_attempts = snap.config.retry.max_attempts
+        policy = self.retry_policy(ex.snap)
         queue = list(candidates)
         last_reply: tuple[AttemptLog, int, CIMultiDict[str], bytes] | None = None
         skipped: list[str] = []
         tried = 0
-        while queue and tried < max_attempts:
-            cand = queue[0]
-            ch = cand.channel
+        waited = False
+        while queue and tried < policy.max_attempts:
+            ch = queue[0].channel
             health = gw.health.get(ch.name, *self._breaker_params(ch))
+            if tried and not waited and health.available():
+                # Wait before taking a permit or a reservation: a client that goes away during
+                # the backoff then leaves no half-open trial slot or reserved tokens behind.
+                # (A channel known to be unavailable is skipped below without a wait.)
+                await policy.wait(tried - 1)
+                waited = True
             permit = health.begin_attempt()
             if permit is None:
                 queue.pop(0)
-                skipped.append(f"{ch.name}: circuit {health.status()}")
+                skipped.append(f"{ch.name}: {_UNAVAILABLE.get(health.status(), 'unavailable')}")
                 continue
             reservation = await gw.store.try_reserve(
                 ch.name, ex.reserve_tokens, _limits(ch), gw.clock()
@@ -152,9 +186,9 @@ class Dispatcher:
                 skipped.append(f"{ch.name}: quota used")
                 continue
             if tried:
-                gw.metrics.retry(ex.attempts[-1].channel)
-                await policy.wait(tried - 1)
+                gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
             tried += 1
+            waited = False
             outcome = await self._attempt(ex, ch, Verdict(health, permit), reservation)
             if isinstance(outcome, web.StreamResponse):
                 return outcome
@@ -253,7 +287,6 @@ class Dispatcher:
         t0: float,
     ) -> web.StreamResponse:
         """Relay SSE event by event; fail over only while nothing has reached the client."""
-        gw = self.gw
         chunks = reply.iter_chunks()
         splitter = EventSplitter()
         tally = StreamTally()
@@ -389,6 +422,8 @@ class Dispatcher:
         )
         gw.metrics.add_usage(ch.name, prompt, completion, cost)
         gw.spawn(gw.store.settle(reservation, record, gw.clock()))
+        if ex.on_settle is not None:
+            ex.on_settle(record)
 
     def _failed_http(
         self, ex: Exchange, ch: ChannelConfig, health: Verdict, status: int, headers: Any, t0: float
@@ -414,11 +449,7 @@ class Dispatcher:
         self, ex: Exchange, ch: ChannelConfig, health: Verdict, exc: AttemptError, t0: float
     ) -> None:
         seconds = time.monotonic() - t0
-        ex.attempts.append(
-            AttemptLog(ch.name, None, exc.kind if exc.kind == "timeout" else exc.message, seconds)
-        )
-        if isinstance(exc, UpstreamTimeoutError):
-            ex.attempts[-1].error = f"timeout ({exc.message})"
+        ex.attempts.append(AttemptLog(ch.name, None, exc.message, seconds, kind=exc.kind))
         self.gw.metrics.observe_upstream(ch.name, exc.kind, seconds)
         health.failure()
         log.warning(
@@ -444,7 +475,7 @@ class Dispatcher:
                 f"no channel could take the request: {detail}",
                 headers={"x-smartproxy-attempts": attempts_header},
             )
-        if all(a.error and a.error.startswith("timeout") for a in ex.attempts):
+        if all(a.timed_out for a in ex.attempts):
             raise UpstreamTimeout(
                 f"every upstream attempt timed out: {detail}",
                 headers={"x-smartproxy-attempts": attempts_header},
@@ -471,7 +502,7 @@ class Dispatcher:
 
 
 def header_safe(value: str) -> str:
-    """Channel names may be any Unicode (免费渠道A); header values are percent-encoded UTF-8 then."""
+    """Channel names may be any Unicode (免费渠道A); in headers they are percent-encoded UTF-8."""
     return value if value.isascii() and value.isprintable() else quote(value, safe=" -_.~")
 
 
