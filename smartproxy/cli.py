@@ -13,12 +13,16 @@ import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from . import __version__
 from .config import Config, find_config, load_config, parse_listen
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .state import Gateway
 from .logs import setup_logging
 
 log = logging.getLogger("smartproxy")
@@ -190,11 +194,12 @@ async def serve(path: str | None, config: Config, *, reuse_port: bool = False) -
         log.info("stopped")
 
 
-async def _reload(gw: object) -> None:
+async def _reload(gw: Gateway) -> None:
+    """SIGHUP: re-read the config file under the gateway's write lock (see reload_from_file)."""
     try:
-        await gw.reload_from_file(reason="SIGHUP")  # type: ignore[attr-defined]
+        await gw.reload_from_file(reason="SIGHUP")
     except ConfigError:
-        pass  # logged, counted and shown in /health by reload_from_file
+        pass  # logged, counted, audited and shown in /health by reload_from_file
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:

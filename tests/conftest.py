@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from fakeupstream import FakeUpstream  # noqa: E402
 
 from smartproxy.app import create_app  # noqa: E402
-from smartproxy.config import parse_config  # noqa: E402
+from smartproxy.config import load_config, parse_config  # noqa: E402
 from smartproxy.state import GATEWAY, Gateway  # noqa: E402
 
 DEV_KEY = "sk-test-dev-key-0001"
@@ -104,13 +104,21 @@ async def gateway_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitab
     handles: list[GatewayHandle] = []
 
     async def make(
-        config: dict[str, Any], *, write_file: bool = False, clock: Any = None, **kwargs: Any
+        config: dict[str, Any] | Path,
+        *,
+        write_file: bool = False,
+        clock: Any = None,
+        **kwargs: Any,
     ) -> GatewayHandle:
         path: Path | None = None
-        if write_file:
-            path = tmp_path / "smartproxy.yaml"
-            path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
-        parsed = parse_config(config, source=str(path) if path else None)
+        if isinstance(config, Path):  # a (re)start from a config file, ${VAR} expanded
+            path = config
+            parsed = load_config(path)
+        else:
+            if write_file:
+                path = tmp_path / "smartproxy.yaml"
+                path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+            parsed = parse_config(config, source=str(path) if path else None)
         app = create_app(
             parsed, config_path=str(path) if path else None, clock=clock or Clock(), **kwargs
         )

@@ -1,4 +1,8 @@
-"""The admin sub-app (mounted at ``/api``): JWT on every route; usage, dry-run routing, reload."""
+"""The admin sub-app (mounted at ``/api``): JWT on every route; usage, dry-run routing, reload,
+and the config routes of :mod:`smartproxy.api.admin_config` (channels, rules, API keys).
+
+Every change (reload included) and every refused admin token is a line in the audit log.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ..audit import Actor
 from ..errors import BadRequest, ConfigError, GatewayError
 from ..routing.pricing import effective_price
-from ..security.jwt import ADMIN_SUB, admin_auth_middleware
+from ..security.jwt import admin_auth_middleware
 from ..state import GATEWAY, Gateway
+from .admin_config import actor_of, add_config_routes
 from .proxy import decide, parse_body
 
 log = logging.getLogger("smartproxy.admin")
@@ -26,7 +32,8 @@ async def usage(request: web.Request) -> web.Response:
     security: [{adminJWT: []}]
     parameters:
       - {name: from, in: query, required: false, schema: {type: string, format: date-time},
-         description: 'ISO 8601 start (inclusive) of the request-log window', example: '2026-11-26T00:00:00Z'}
+         description: 'ISO 8601 start (inclusive) of the request-log window',
+         example: '2026-11-26T00:00:00Z'}
       - {name: to, in: query, required: false, schema: {type: string, format: date-time},
          description: 'ISO 8601 end (exclusive)', example: '2026-11-27T00:00:00Z'}
       - {name: group_by, in: query, required: false,
@@ -40,8 +47,9 @@ async def usage(request: web.Request) -> web.Response:
             schema: {$ref: '#/components/schemas/Usage'}
             example:
               channels:
-                - {channel: free-groq, requests: 12, day_tokens: 3400, hour_tokens: 800, total_tokens: 9100,
-                   cost_usd: 0.0, day_quota_left: 496600, hour_quota_left: 49200}
+                - {channel: free-groq, requests: 12, day_tokens: 3400, hour_tokens: 800,
+                   total_tokens: 9100, cost_usd: 0.0, day_quota_left: 496600,
+                   hour_quota_left: 49200}
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/AdminUnauthorized'}
     """
@@ -132,7 +140,9 @@ async def route_dry_run(request: web.Request) -> web.Response:
             example:
               model: gpt-4o-mini
               matched_rule: free first while quota lasts
-              candidates: [{channel: free-groq, effective_price: 0.0, discount_active: false, rule: free first while quota lasts}]
+              candidates:
+                - {channel: free-groq, effective_price: 0.0, discount_active: false,
+                   rule: free first while quota lasts}
               excluded: [{channel: paid-b, reason: circuit open}]
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/AdminUnauthorized'}
@@ -193,7 +203,8 @@ async def reload(request: web.Request) -> web.Response:
     """
     gw = request.config_dict[GATEWAY]
     try:
-        snap = await gw.reload_from_file(reason=f"POST /api/reload by {request.get(ADMIN_SUB)}")
+        actor = actor_of(request)
+        snap = await gw.reload_from_file(reason=f"POST /api/reload by {actor.sub}", actor=actor)
     except ConfigError as exc:
         raise BadRequest(
             "config refused, the running config stays: " + "; ".join(exc.problems),
@@ -207,7 +218,8 @@ async def reload(request: web.Request) -> web.Response:
 @web.middleware
 async def admin_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except GatewayError as exc:
         return exc.to_response()
     except web.HTTPException as exc:
@@ -232,6 +244,9 @@ async def admin_errors(request: web.Request, handler: Any) -> web.StreamResponse
 def create_admin_app(gateway: Gateway) -> web.Application:
     def on_auth_failure(request: web.Request, reason: str) -> None:
         gateway.metrics.auth_failure(f"admin_{reason.replace(' ', '_')}")
+        # The reason is a fixed label from the verifier; nothing of the token is kept.
+        gateway.audit.record(Actor(sub=None, address=request.remote), "auth_failed",
+                             f"{request.method} {request.path}", ok=False, reason=reason)
 
     app = web.Application(
         middlewares=[
@@ -242,4 +257,5 @@ def create_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/usage", usage)
     app.router.add_post("/route", route_dry_run)
     app.router.add_post("/reload", reload)
+    add_config_routes(app)
     return app

@@ -262,6 +262,94 @@ SCHEMAS: dict[str, Json] = {
     },
 }  # fmt: skip
 
+# ----------------------------------------------------------------------------- admin config
+# Channel, Rule, ApiKey: the entries of the config file (contract §2), as /api/channels|rules|keys
+# show and take them. The loader rejects unknown keys, so the schemas do too.
+_NUM: Json = {"type": "number", "minimum": 0}
+_COUNT: Json = {"type": "integer", "minimum": 0}
+_STRS: Json = {"type": "array", "items": _STR}
+_STR_MAP: Json = {"type": "object", "additionalProperties": _STR}
+_CLOSED: Json = {"additionalProperties": False}
+
+CHANNEL_EXAMPLE: Json = {
+    "name": "openai-paid", "type": "openai", "endpoint": "https://api.openai.com/v1",
+    "api_key": "sk-...x9Qz", "models": ["gpt-4o-mini", "gpt-4o"],
+    "price_per_token": 0.0000006, "discount_time": ["00:00-06:00"], "discount_price": 0.0000003,
+    "priority": 2,
+}  # fmt: skip
+RULE_EXAMPLE: Json = {
+    "name": "free first while quota lasts", "channel": "free-groq",
+    "expression": "day_tokens_used < daily_limit and hour_tokens_used < hour_limit",
+    "priority": 1,
+}  # fmt: skip
+API_KEY_EXAMPLE: Json = {
+    "name": "team-a", "key": "sk-...7f3e", "requests_per_minute": 60, "burst": 5,
+    "models": ["gpt-4o-mini"],
+}  # fmt: skip
+CONFIG_CHANGE_EXAMPLE: Json = {
+    "created": True, "channel": CHANNEL_EXAMPLE, "saved": True,
+    "config_path": "/etc/smartproxy/smartproxy.yaml",
+}  # fmt: skip
+
+SCHEMAS.update({
+    "Channel": {
+        **_obj("name", "type",
+               name={**_STR, "description": "Unique; the id everywhere."},
+               type={**_STR, "enum": ["openai", "azure", "anthropic", "claude", "mock"]},
+               endpoint={**_STR, "description": "Base URL (http/https); not needed for mock."},
+               api_key={**_STR, "description": "Masked on read. Leave out, or send back masked, "
+                        "to keep the stored key."},
+               models={**_STRS, "description": "Absent or empty: any model."},
+               model_mapping=_STR_MAP, price_per_token=_NUM, price_per_prompt_token=_NUM,
+               price_per_completion_token=_NUM, daily_limit=_COUNT, hour_limit=_COUNT,
+               daily_request_limit=_COUNT,
+               discount_time={**_STRS, "description": "Windows HH:MM-HH:MM (may cross midnight)."},
+               discount_price=_NUM, priority=_INT,
+               status={**_STR, "enum": ["active", "disabled"]},
+               headers={**_STR_MAP, "description": "Extra upstream headers; masked on read."},
+               timeout=_NUM, connect_timeout=_NUM, first_byte_timeout=_NUM, fail_max=_COUNT,
+               reset_timeout=_NUM),
+        **_CLOSED,
+        "example": CHANNEL_EXAMPLE,
+    },
+    "Rule": {
+        **_obj("name", "channel", "expression", name=_STR,
+               channel={**_STR, "description": "Must name an existing channel."},
+               expression={**_STR, "description": "Contract §4 variables; SmartAIProxy syntax ok."},
+               priority={**_INT, "description": "Ascending; ties keep file order."}),
+        **_CLOSED,
+        "example": RULE_EXAMPLE,
+    },
+    "ApiKey": {
+        **_obj("name", name=_STR,
+               key={**_STR, "description": "Plain or sha256:<hex>; masked on read. Leave out for a "
+                    "new name to get a generated key (returned once), or for an existing one to "
+                    "keep it."},
+               requests_per_minute=_NUM, burst=_COUNT, tokens_per_minute=_COUNT, models=_STRS,
+               daily_budget_usd=_NUM),
+        **_CLOSED,
+        "example": API_KEY_EXAMPLE,
+    },
+    "ChannelList": {**_obj(channels=_array(_ref("Channel"))),
+                    "example": {"channels": [CHANNEL_EXAMPLE]}},
+    "RuleList": {**_obj(rules=_array(_ref("Rule"))), "example": {"rules": [RULE_EXAMPLE]}},
+    "ApiKeyList": {**_obj(keys=_array(_ref("ApiKey"))),
+                   "example": {"keys": [API_KEY_EXAMPLE, {"name": "ci", "key": "sha256:...0b1c"}]}},
+    "ConfigChange": {
+        **_obj("saved",
+               created={"type": "boolean", "description": "POST: a new entry (status 201)."},
+               channel=_ref("Channel"), rule=_ref("Rule"), key=_ref("ApiKey"),
+               deleted={**_STR, "description": "DELETE: the name removed."},
+               api_key={**_STR, "description": "POST /api/keys that generated a key: the key, "
+                        "shown this once."},
+               saved={"type": "boolean", "description": "Written to the config file (false: no "
+                      "file, live only until restart)."},
+               config_path=_NULLABLE_STR, warning=_NULLABLE_STR),
+        "description": "The outcome of an admin change; the entry as now live, keys masked.",
+        "example": CONFIG_CHANGE_EXAMPLE,
+    },
+})  # fmt: skip
+
 _SUMMARIES = {
     "ChatCompletionRequest": "A short chat",
     "ChatCompletionResponse": "Upstream's answer",
@@ -273,6 +361,12 @@ _SUMMARIES = {
     "Health": "A healthy gateway",
     "Usage": "Live counters of one channel",
     "RouteDecision": "Free channel first",
+    "Channel": "A paid OpenAI channel",
+    "Rule": "Free first while quota lasts",
+    "ApiKey": "A team's key with its own limits",
+    "ChannelList": "Two channels, keys masked",
+    "RuleList": "One rule",
+    "ApiKeyList": "Two keys, masked",
 }
 # Named examples (``#/components/examples/<schema>``) are the schemas' own examples.
 EXAMPLES: dict[str, Json] = {
@@ -325,6 +419,22 @@ RESPONSES: dict[str, Json] = {
         "invalid_request_error",
         "not_found",
     ),
+    "ConfigChanged": {
+        "description": "Changed: live now and saved (unless saved is false).",
+        "content": {"application/json": {"schema": _ref("ConfigChange"),
+                                         "example": CONFIG_CHANGE_EXAMPLE}},
+    },
+    "ConfigRefused": {
+        "description": "Refused by the config loader; nothing changed. ``problems`` lists each "
+        "one with its path, ``param`` is the first path.",
+        "content": {"application/json": {"schema": _ref("Error"), "example": {"error": {
+            "message": "config refused, nothing changed: channels[3].endpoint: not a URL "
+                       "(http:// or https://), got 'api.example.com'",
+            "type": "invalid_request_error", "code": "invalid_config",
+            "param": "channels[3].endpoint",
+            "problems": ["channels[3].endpoint: not a URL (http:// or https://), got "
+                         "'api.example.com'"]}}}},
+    },
     "Conflict": _error_response(
         "The change would break a reference (a rule names this channel)",
         "channel 'free-groq' is named by rule 'free first'",
