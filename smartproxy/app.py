@@ -74,6 +74,7 @@ def create_app(
     monotonic: Callable[[], float] = time.monotonic,
     retry_sleep: Sleep = asyncio.sleep,
     retry_jitter: Jitter = backoff.full_jitter,
+    jwt_secret: str | None = None,
 ) -> web.Application:
     snap = Snapshot.build(config)
     gateway = Gateway(
@@ -82,6 +83,7 @@ def create_app(
         metrics=Metrics(),
         config_path=config_path,
         clock=clock,
+        jwt_secret=jwt_secret,
         health=HealthBook(clock=clock),
         limiter=RateLimiter(clock=monotonic),
         penalty=FailurePenalty(clock=monotonic),

@@ -24,6 +24,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .state import Gateway
 from .logs import setup_logging
+from .security.jwt import generate_secret
 
 log = logging.getLogger("smartproxy")
 
@@ -113,10 +114,13 @@ def run(path: str | None, listen: str | None, workers: int) -> int:
 def _run_workers(path: str | None, config: Config, workers: int) -> int:
     """Fork N processes that each bind the port with SO_REUSEPORT; the parent forwards signals."""
     children: list[int] = []
-    for _ in range(workers):
+    # One generated admin secret for all workers, so a token is accepted by whichever one answers.
+    secret = None if config.security.jwt.secret else generate_secret()
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:
-            os._exit(_serve_process(path, config, reuse_port=True))
+            os._exit(_serve_process(path, config, reuse_port=True, jwt_secret=secret,
+                                   announce=index == 0))
         children.append(pid)
 
     def forward(signum: int, _frame: object) -> None:
@@ -135,22 +139,37 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     return code
 
 
-def _serve_process(path: str | None, config: Config, *, reuse_port: bool) -> int:
+def _serve_process(
+    path: str | None,
+    config: Config,
+    *,
+    reuse_port: bool,
+    jwt_secret: str | None = None,
+    announce: bool = True,
+) -> int:
+    kwargs = {"reuse_port": reuse_port, "jwt_secret": jwt_secret, "announce": announce}
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
-        asyncio.run(serve(path, config, reuse_port=reuse_port))
+        asyncio.run(serve(path, config, **kwargs))
     else:
-        uvloop.run(serve(path, config, reuse_port=reuse_port))
+        uvloop.run(serve(path, config, **kwargs))
     return 0
 
 
-async def serve(path: str | None, config: Config, *, reuse_port: bool = False) -> None:
+async def serve(
+    path: str | None,
+    config: Config,
+    *,
+    reuse_port: bool = False,
+    jwt_secret: str | None = None,
+    announce: bool = True,
+) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file."""
     from .app import create_app
     from .state import GATEWAY
 
-    app = create_app(config, config_path=path)
+    app = create_app(config, config_path=path, jwt_secret=jwt_secret)
     gw = app[GATEWAY]
     runner = web.AppRunner(
         app,
@@ -172,7 +191,7 @@ async def serve(path: str | None, config: Config, *, reuse_port: bool = False) -
     scheme = "https" if ssl_ctx else "http"
     log.info("SmartProxy %s serving on %s://%s:%d (config: %s)", __version__, scheme,
              config.server.host, config.server.port, path or "built-in default")
-    if gw.jwt_secret and not config.security.jwt.secret:
+    if announce and gw.jwt_secret and not config.security.jwt.secret:
         from .security.jwt import JwtVerifier
 
         token = JwtVerifier(config.security.jwt, secret=gw.jwt_secret).mint("admin", 12 * 60)
