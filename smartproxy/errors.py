@@ -9,6 +9,7 @@
         ├── NotFound                404  unknown model / route / object
         ├── Conflict                409  admin change that would break references
         ├── RateLimited             429  token bucket empty (carries Retry-After)
+        │   └── QuotaExceeded       429  the key's daily budget is spent (``insufficient_quota``)
         ├── NoChannelAvailable      503  no candidate channel could be tried
         ├── UpstreamFailed          502  no upstream answered (connection errors, open circuits)
         └── UpstreamTimeout         504  every attempt timed out
@@ -113,6 +114,11 @@ class RateLimited(GatewayError):
     status = 429
     error_type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(RateLimited):
+    error_type = "insufficient_quota"  # what OpenAI answers when an account's quota is used up
+    code = "insufficient_quota"
 
 
 class NoChannelAvailable(GatewayError):

@@ -1,6 +1,13 @@
 """The OpenAI-compatible proxy sub-app (mounted at ``/v1``).
 
-One request, top to bottom: snapshot -> key -> rate limit -> parse body once -> route -> dispatch.
+One request, top to bottom: snapshot -> key -> rate limit -> daily budget -> parse body once ->
+model allowed -> tokens per minute -> route -> dispatch. The key steps are in ``gate``; when the
+request settles, its tokens and cost are charged to the key (``gate.charge_key``).
+
+Gateway-made refusals: 401 ``invalid_api_key`` (no, unknown or malformed key), 429
+``rate_limit_exceeded`` (requests or tokens per minute; ``Retry-After``), 429 ``insufficient_quota``
+(daily budget), 403 ``model_not_allowed`` (the key's ``models`` list). Every answer to an
+authenticated key carries its ``x-ratelimit-*`` headers.
 """
 
 from __future__ import annotations
@@ -9,23 +16,27 @@ import json
 import logging
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..errors import (
-    AuthenticationFailed,
-    BadRequest,
-    GatewayError,
-    NotFound,
-    PermissionDenied,
-    RateLimited,
-)
+from ..errors import BadRequest, GatewayError, NotFound
 from ..routing.router import RequestFacts, RouteDecision, route
-from ..security.apikeys import Principal, extract_key, key_prefix
-from ..state import GATEWAY, PRINCIPAL, RATELIMIT_HEADERS, REQUEST_ID, Gateway, Snapshot
+from ..security.apikeys import Principal
+from ..state import GATEWAY, RATELIMIT_HEADERS, REQUEST_ID, Gateway, Snapshot
 from ..upstream.client import Dispatcher, Exchange
+from .gate import (
+    SPEND,
+    authenticate,
+    budget,
+    charge_key,
+    check_model_allowed,
+    limit_tokens,
+    rate_limit,
+    setup_gate,
+)
 
 log = logging.getLogger("smartproxy.proxy")
 
@@ -67,63 +78,6 @@ def forward_headers(request: web.Request) -> CIMultiDict[str]:
     return out
 
 
-async def authenticate(request: web.Request, gw: Gateway, snap: Snapshot) -> Principal:
-    address = request.remote or "-"
-    try:
-        presented = extract_key(request.headers)
-    except ValueError as exc:
-        await _auth_failed(gw, address, "malformed", None)
-        raise AuthenticationFailed(f"{exc}; send 'Authorization: Bearer <key>'") from None
-    if not presented:
-        await _auth_failed(gw, address, "missing", None)
-        raise AuthenticationFailed(
-            "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
-        )
-    principal = snap.keyring.authenticate(presented)
-    if principal is None:
-        await _auth_failed(gw, address, "unknown", presented)
-        raise AuthenticationFailed(f"incorrect API key provided: {key_prefix(presented)}")
-    gw.penalty.record_success(address)
-    request[PRINCIPAL] = principal
-    return principal
-
-
-async def _auth_failed(gw: Gateway, address: str, reason: str, presented: str | None) -> None:
-    gw.metrics.auth_failure(reason)
-    log.warning(
-        "API key rejected (%s) from %s%s",
-        reason,
-        address,
-        f" key {key_prefix(presented)}" if presented else "",
-    )
-    delay = gw.penalty.delay(address)
-    gw.penalty.record_failure(address)
-    if delay > 0:  # repeated failures from one address slow down; other clients are unaffected
-        import asyncio
-
-        await asyncio.sleep(delay)
-
-
-def rate_limit(request: web.Request, gw: Gateway, snap: Snapshot, principal: Principal) -> None:
-    default = snap.config.security.rate_limit
-    key = principal.key
-    rpm = (
-        key.requests_per_minute
-        if key.requests_per_minute is not None
-        else default.requests_per_minute
-    )
-    burst = key.burst if key.burst is not None else default.burst
-    decision = gw.limiter.check(principal.name, rpm, burst)
-    request[RATELIMIT_HEADERS] = decision.headers()
-    if not decision.allowed:
-        gw.metrics.rate_limited(principal.name)
-        raise RateLimited(
-            f"rate limit reached for key {principal.name!r}: {rpm:g} requests per minute, "
-            f"burst {burst}; retry after {decision.retry_after:.1f}s",
-            headers=decision.headers(),
-        )
-
-
 def parse_body(
     raw: bytes, snap: Snapshot, principal: Principal | None
 ) -> tuple[dict[str, Any], RequestFacts]:
@@ -158,24 +112,20 @@ def parse_body(
     return body, facts
 
 
-def check_model_allowed(principal: Principal, model: str) -> None:
-    allowed = principal.key.models
-    if allowed and model not in allowed:
-        raise PermissionDenied(f"key {principal.name!r} may not use model {model!r}", param="model")
-
-
 async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     gw = request.config_dict[GATEWAY]
     snap = gw.snapshot  # read once: a reload mid-request changes nothing for this request
     principal = await authenticate(request, gw, snap)
     rate_limit(request, gw, snap, principal)
+    budget(request, gw, snap, principal)
     raw = await request.read()
     body, facts = parse_body(raw, snap, principal)
     check_model_allowed(principal, facts.model)
+    reserve = facts.prompt_tokens + (facts.max_tokens or snap.config.usage.default_max_tokens)
+    limit_tokens(request, gw, principal, reserve)
     decision = await decide(gw, snap, facts)
     if not decision.candidates:
         raise_no_candidate(snap, facts, decision)
-    reserve = facts.prompt_tokens + (facts.max_tokens or snap.config.usage.default_max_tokens)
     stream_options = body.get("stream_options")
     ex = Exchange(
         request=request,
@@ -191,6 +141,7 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
         reserve_tokens=reserve,
         client_wants_usage=isinstance(stream_options, dict)
         and bool(stream_options.get("include_usage")),
+        on_settle=partial(charge_key, gw, request.config_dict[SPEND], principal, snap.tz),
     )
     return await request.config_dict[DISPATCHER].dispatch(ex, decision.candidates)
 
@@ -239,7 +190,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             schema: {$ref: '#/components/schemas/ChatCompletionResponse'}
           text/event-stream:
             schema: {type: string}
-            example: "data: {\\"choices\\":[{\\"delta\\":{\\"content\\":\\"Hi\\"}}]}\\n\\ndata: [DONE]\\n\\n"
+            example: "data: {\\"choices\\":[{\\"delta\\":{\\"content\\":\\"Hi\\"}}]}\\n\\n\\
+              data: [DONE]\\n\\n"
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/Unauthorized'}
       '403': {$ref: '#/components/responses/Forbidden'}
@@ -270,7 +222,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         content:
           application/json:
             schema: {$ref: '#/components/schemas/CompletionResponse'}
-            example: {id: cmpl-1, object: text_completion, created: 1732600000, model: gpt-3.5-turbo-instruct,
+            example: {id: cmpl-1, object: text_completion, created: 1732600000,
+                      model: gpt-3.5-turbo-instruct,
                       choices: [{index: 0, text: Hello!, finish_reason: stop}],
                       usage: {prompt_tokens: 3, completion_tokens: 2, total_tokens: 5}}
       '400': {$ref: '#/components/responses/BadRequest'}
@@ -313,18 +266,20 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.Response:
-    """List the models the active channels serve (their union).
+    """List the models the active channels serve (their union); a key with a ``models`` list
+    sees only those.
     ---
     summary: List models
     tags: [proxy]
     security: [{apiKey: []}, {apiKeyHeader: []}]
     responses:
       '200':
-        description: The models of every active channel.
+        description: The models of every active channel (only the key's own when it has a list).
         content:
           application/json:
             schema: {$ref: '#/components/schemas/ModelList'}
-            example: {object: list, data: [{id: gpt-4o-mini, object: model, created: 0, owned_by: openai}]}
+            example: {object: list,
+                      data: [{id: gpt-4o-mini, object: model, created: 0, owned_by: openai}]}
       '401': {$ref: '#/components/responses/Unauthorized'}
     """
     gw = request.config_dict[GATEWAY]
@@ -356,7 +311,7 @@ async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResp
         request_id = f"req-{uuid.uuid4().hex[:24]}"
     request[REQUEST_ID] = request_id
     try:
-        resp = await handler(request)
+        resp: web.StreamResponse = await handler(request)
     except GatewayError as exc:
         resp = exc.to_response({"x-request-id": request_id})
     except web.HTTPException as exc:
@@ -383,6 +338,7 @@ async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResp
 def create_proxy_app(gateway: Gateway) -> web.Application:
     app = web.Application(middlewares=[proxy_middleware], client_max_size=32 * 1024 * 1024)
     app[DISPATCHER] = Dispatcher(gateway)
+    setup_gate(app, gateway)
     app.router.add_post("/chat/completions", chat_completions)
     app.router.add_post("/completions", completions)
     app.router.add_post("/embeddings", embeddings)

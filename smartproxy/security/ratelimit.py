@@ -12,13 +12,15 @@ counts down from it and ``reset`` is the time until it is full again.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 _SWEEP_EVERY = 1024  # checks between sweeps, at least; scaled with the number of buckets
 
@@ -40,9 +42,16 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-@dataclass(frozen=True, slots=True)
+_HEADER_NAMES = {
+    kind: tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset"))
+    for kind in ("requests", "tokens")
+}
+
+
+@dataclass(slots=True)  # not frozen: built on every check, and a frozen __init__ costs 4x
 class RateDecision:
-    """The outcome of one check; ``limit == 0`` means unlimited (no headers are sent then)."""
+    """The outcome of one check; ``limit == 0`` means unlimited (no headers are sent then).
+    Treat it as read-only (the shared unlimited decisions are module constants)."""
 
     allowed: bool
     limit: int
@@ -54,10 +63,11 @@ class RateDecision:
     def headers(self) -> dict[str, str]:
         if self.limit == 0:
             return {}
+        limit, remaining, reset = _HEADER_NAMES[self.kind]  # built once, not per request
         out = {
-            f"x-ratelimit-limit-{self.kind}": str(self.limit),
-            f"x-ratelimit-remaining-{self.kind}": str(self.remaining),
-            f"x-ratelimit-reset-{self.kind}": format_duration(self.reset_seconds),
+            limit: str(self.limit),
+            remaining: str(self.remaining),
+            reset: format_duration(self.reset_seconds),
         }
         if not self.allowed:
             # Whole seconds, rounded up (minus float noise), never 0 (0 invites a hot retry loop).
@@ -182,11 +192,13 @@ class RateLimiter:
 class FailurePenalty:
     """A small, bounded delay for addresses that keep failing authentication.
 
-    The first ``free_failures`` cost nothing (typos happen); after that each failure doubles the
-    delay from ``base_delay`` up to ``max_delay``. ``quiet_period`` seconds without a failure
+    A failure costs nothing while the address has at most ``free_failures`` earlier ones (typos
+    happen; with the default 3, failures 1-4 are free); after that each failure doubles the delay
+    from ``base_delay`` up to ``max_delay``. ``quiet_period`` seconds without a failure
     forgets the address. At most ``max_addresses`` are remembered (least recently failing evicted),
     so a flood of addresses costs bounded memory; the delay is only ever applied to the failing
-    request itself, so other clients are never slowed.
+    request itself, so other clients are never slowed. ``sleep`` is how ``punish`` waits (tests
+    inject one that records instead of sleeping).
     """
 
     def __init__(
@@ -198,6 +210,7 @@ class FailurePenalty:
         quiet_period: float = 60.0,
         max_addresses: int = 10_000,
         clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         if max_addresses < 1:
             raise ValueError("max_addresses must be at least 1")
@@ -207,6 +220,7 @@ class FailurePenalty:
         self.quiet_period = quiet_period
         self.max_addresses = max_addresses
         self._clock = clock
+        self._sleep = sleep
         self._seen: OrderedDict[str, tuple[int, float]] = OrderedDict()  # addr -> (count, last)
 
     def __len__(self) -> int:
@@ -236,6 +250,14 @@ class FailurePenalty:
         self._seen.move_to_end(address)
         while len(self._seen) > self.max_addresses:
             self._seen.popitem(last=False)
+
+    async def punish(self, address: str) -> float:
+        """Count one more failure for ``address`` and hold this request for its delay (seconds)."""
+        delay = self.delay(address)
+        self.record_failure(address)
+        if delay > 0:
+            await self._sleep(delay)
+        return delay
 
     def record_success(self, address: str) -> None:
         self._seen.pop(address, None)

@@ -1,0 +1,184 @@
+"""The key gate: what the proxy checks about a client's API key before it routes a request.
+
+In request order: ``authenticate`` (401 ``invalid_api_key``; repeated failures from one address
+are slowed by ``Gateway.penalty``), ``rate_limit`` (requests per minute, 429
+``rate_limit_exceeded`` with ``Retry-After``), ``budget`` (``daily_budget_usd``, 429
+``insufficient_quota``), ``check_model_allowed`` (403 ``model_not_allowed``) and ``limit_tokens``
+(``tokens_per_minute``, checked against the request's reservation estimate). When the request
+settles, ``charge_key`` charges the tokens it really used and its cost to the key.
+
+Each step leaves the key's ``x-ratelimit-*`` headers in ``request[RATELIMIT_HEADERS]``; the proxy
+middleware and the upstream relay put them on every answer. Limits and spend are keyed by the key's
+*name* and live outside the config snapshot, so they survive reloads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, tzinfo
+
+from aiohttp import web
+
+from ..errors import AuthenticationFailed, PermissionDenied, QuotaExceeded, RateLimited
+from ..security.apikeys import Principal, extract_key, key_prefix
+from ..security.budget import DailySpend, check_budget, day_start
+from ..state import PRINCIPAL, RATELIMIT_HEADERS, Gateway, Snapshot
+from ..storage.base import RequestRecord, StorageError
+
+log = logging.getLogger("smartproxy.proxy")
+
+# Each key's spend today (daily_budget_usd), on the proxy app: it lives as long as the process.
+SPEND: web.AppKey[DailySpend] = web.AppKey("spend", DailySpend)
+
+
+async def authenticate(request: web.Request, gw: Gateway, snap: Snapshot) -> Principal:
+    """The key's principal, or ``AuthenticationFailed`` (401) after the address's penalty delay."""
+    address = request.remote or "-"
+    try:
+        presented = extract_key(request.headers)
+    except ValueError as exc:
+        await _auth_failed(gw, address, "malformed", None)
+        raise AuthenticationFailed(f"{exc}; send 'Authorization: Bearer <key>'") from None
+    if not presented:
+        await _auth_failed(gw, address, "missing", None)
+        raise AuthenticationFailed(
+            "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+        )
+    principal = snap.keyring.authenticate(presented)
+    if principal is None:
+        await _auth_failed(gw, address, "unknown", presented)
+        raise AuthenticationFailed(f"incorrect API key provided: {key_prefix(presented)}")
+    gw.penalty.record_success(address)
+    request[PRINCIPAL] = principal
+    log.debug("%s %s from %s: key %r", request.method, request.path, address, principal.name)
+    return principal
+
+
+async def _auth_failed(gw: Gateway, address: str, reason: str, presented: str | None) -> None:
+    gw.metrics.auth_failure(reason)
+    # The address and at most a short prefix of what was sent: never a whole key.
+    log.warning(
+        "API key rejected (%s) from %s%s",
+        reason,
+        address,
+        f" key {key_prefix(presented)}" if presented else "",
+    )
+    # Repeated failures from one address slow down (bounded); only this request waits.
+    await gw.penalty.punish(address)
+
+
+def rate_limit(request: web.Request, gw: Gateway, snap: Snapshot, principal: Principal) -> None:
+    """Take one request from the key's bucket; 429 with ``Retry-After`` when it is empty."""
+    default = snap.config.security.rate_limit
+    key = principal.key
+    rpm = (
+        key.requests_per_minute
+        if key.requests_per_minute is not None
+        else default.requests_per_minute
+    )
+    burst = key.burst if key.burst is not None else default.burst
+    decision = gw.limiter.check(principal.name, rpm, burst)
+    headers = request[RATELIMIT_HEADERS] = decision.headers()
+    if not decision.allowed:
+        gw.metrics.rate_limited(principal.name)
+        log.info("rate limited key %r: %g requests/minute, burst %d", principal.name, rpm, burst)
+        raise RateLimited(
+            f"rate limit reached for key {principal.name!r}: {rpm:g} requests per minute, "
+            f"burst {burst}; retry after {decision.retry_after:.1f}s",
+            headers=headers,
+        )
+
+
+def limit_tokens(request: web.Request, gw: Gateway, principal: Principal, tokens: int) -> None:
+    """``tokens_per_minute``: is there room for this request's reservation estimate?
+
+    Nothing is taken here; the tokens the request really used are charged when it settles
+    (``_charge_key``), so a key's estimate errors never accumulate.
+    """
+    tpm = principal.key.tokens_per_minute
+    if not tpm:
+        return
+    decision = gw.limiter.check_tokens(principal.name, tpm, tokens)
+    headers = {**request.get(RATELIMIT_HEADERS, {}), **decision.headers()}
+    request[RATELIMIT_HEADERS] = headers
+    if not decision.allowed:
+        gw.metrics.rate_limited(principal.name)
+        log.info("rate limited key %r: %d tokens per minute", principal.name, tpm)
+        raise RateLimited(
+            f"rate limit reached for key {principal.name!r}: {tpm} tokens per minute "
+            f"(this request may use up to {tokens}); retry after {decision.retry_after:.1f}s",
+            code="rate_limit_exceeded",
+            param="max_tokens",
+            headers=headers,
+        )
+
+
+def budget(request: web.Request, gw: Gateway, snap: Snapshot, principal: Principal) -> None:
+    """``daily_budget_usd``: 429 ``insufficient_quota`` once the key's cost today reaches it."""
+    limit = principal.key.daily_budget_usd
+    if not limit:
+        return
+    try:
+        check_budget(request.config_dict[SPEND], principal.name, limit, gw.clock(), snap.tz)
+    except QuotaExceeded as exc:
+        gw.metrics.rate_limited(principal.name)
+        log.info("key %r refused: daily budget $%g spent", principal.name, limit)
+        exc.headers = {**request.get(RATELIMIT_HEADERS, {}), **exc.headers}
+        raise
+
+
+def charge_key(
+    gw: Gateway, spend: DailySpend, principal: Principal, tz: tzinfo, record: RequestRecord
+) -> None:
+    """At settlement: the tokens really used go to the key's tokens-per-minute bucket and the
+    cost to its spend of the day the request started (the request log's day)."""
+    tpm = principal.key.tokens_per_minute
+    if tpm:
+        gw.limiter.add_tokens(principal.name, tpm, record.total_tokens)
+    if record.cost > 0:
+        spend.add(principal.name, record.cost, datetime.fromtimestamp(record.ts, tz).date())
+
+
+def check_model_allowed(principal: Principal, model: str) -> None:
+    """403 ``model_not_allowed`` for a model outside the key's ``models`` list.
+
+    403, not 404: the key is known and the answer is about its permissions. It is given before
+    routing, whether or not any channel serves the model, so it tells nothing about other models.
+    """
+    allowed = principal.key.models
+    if allowed and model not in allowed:
+        log.info("key %r refused model %r (not in its models list)", principal.name, model)
+        raise PermissionDenied(
+            f"key {principal.name!r} may not use model {model!r}; "
+            f"its models are: {', '.join(allowed)}",
+            param="model",
+        )
+
+
+async def seed_spend(gw: Gateway, spend: DailySpend) -> None:
+    """Today's spend per key from the request log, so a restart does not refill daily budgets."""
+    now = gw.clock()
+    tz = gw.snapshot.tz
+    try:
+        rows = await gw.store.query(day_start(now, tz), None, "api_key")
+    except StorageError as exc:
+        log.error("cannot read today's spend per key; daily budgets start from 0: %s", exc)
+        return
+    spend.seed(rows, now.astimezone(tz).date())
+
+
+def spend_ctx(gateway: Gateway) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        # Runs after the root app's cleanup_ctx has started the store (aiohttp runs the root's
+        # startup callbacks, which include its cleanup_ctx, before the sub-apps' ones).
+        await seed_spend(gateway, app[SPEND])
+        yield
+
+    return ctx
+
+
+def setup_gate(app: web.Application, gateway: Gateway) -> None:
+    """Give the proxy app its spend book, seeded from the request log at start."""
+    app[SPEND] = DailySpend()
+    app.cleanup_ctx.append(spend_ctx(gateway))

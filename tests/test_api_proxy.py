@@ -1,0 +1,84 @@
+"""Unit tests of the proxy sub-app's own steps (smartproxy/api/proxy.py): parsing the body once
+and choosing the headers that go upstream. The key gate is in test_api_gate.py; the whole path
+through HTTP in test_e2e_proxy.py and test_e2e_auth.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+from conftest import base_config
+
+from smartproxy.api.proxy import forward_headers, parse_body
+from smartproxy.app import create_app
+from smartproxy.config import ApiKeyConfig, parse_config
+from smartproxy.errors import BadRequest
+from smartproxy.security.apikeys import Principal
+from smartproxy.state import GATEWAY, Snapshot
+
+
+def snapshot() -> Snapshot:
+    return create_app(parse_config(base_config()))[GATEWAY].snapshot
+
+
+def request(headers: dict[str, str]) -> Any:
+    return make_mocked_request("POST", "/v1/chat/completions", headers=headers)
+
+
+def principal() -> Principal:
+    return Principal("k", ApiKeyConfig(name="k", key="sk-unit-test-key-123"))
+
+
+# ----------------------------------------------------------------------------- body
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"", "invalid_json"),
+        (b"{oops", "invalid_json"),
+        (b"[1]", "invalid_json"),
+        (b'{"messages": []}', "missing_model"),
+        (b'{"model": ""}', "missing_model"),
+        (b'{"model": "m", "stream": "yes"}', "invalid_request"),
+        (b'{"model": "m", "max_tokens": -1}', "invalid_request"),
+        (b'{"model": "m", "max_tokens": true}', "invalid_request"),
+    ],
+)
+def test_parse_body_rejects(raw, code):
+    with pytest.raises(BadRequest) as err:
+        parse_body(raw, snapshot(), None)
+    assert err.value.code == code
+
+
+def test_parse_body_facts_carry_the_key_name():
+    raw = json.dumps(
+        {
+            "model": "m",
+            "stream": True,
+            "max_completion_tokens": 7,
+            "messages": [{"role": "user", "content": "x" * 400}],
+        }
+    ).encode()
+    body, facts = parse_body(raw, snapshot(), principal())
+    assert body["model"] == "m" and facts.stream and facts.max_tokens == 7
+    assert facts.api_key_name == "k" and facts.prompt_tokens == len(raw) // 4
+    assert parse_body(raw, snapshot(), None)[1].api_key_name == ""
+
+
+# ----------------------------------------------------------------------------- headers
+def test_forward_headers_drop_credentials_and_hop_by_hop():
+    req = request(
+        {
+            "Authorization": "Bearer x",
+            "x-api-key": "y",
+            "Connection": "close, X-Hop",
+            "X-Hop": "1",
+            "X-Keep": "2",
+            "Content-Length": "3",
+            "Accept-Encoding": "br",
+        }
+    )
+    out = forward_headers(req)
+    assert dict(out) == {"X-Keep": "2", "Accept-Encoding": "identity"}
