@@ -124,7 +124,7 @@ def test_discount_to_zero_counts_as_free() -> None:
         (ch("x", daily_limit=1000), ChannelState(day_tokens_used=1000), 0,
          "daily token quota used (1000/1000)"),
         (ch("x", daily_limit=1000), ChannelState(day_tokens_used=990), 11,
-         "daily token quota used (990/1000, 11 more needed)"),
+         "daily token quota: 10 of 1000 left, this request reserves 11"),
         (ch("x", hour_limit=50), ChannelState(hour_tokens_used=60), 0,
          "hourly token quota used (60/50)"),
         (ch("x", daily_request_limit=3), ChannelState(day_requests_used=3), 0,
@@ -279,3 +279,24 @@ def test_rule_variables_cover_the_contract() -> None:
     half = rule_variables(facts, channel, ChannelState(circuit="half_open"), at, UTC)
     assert half["channel_status"] == "half_open"
     assert half["discount_active"] is False and half["weekday"] == 6
+
+
+def test_rule_set_and_unsorted_list_route_alike() -> None:
+    from smartproxy.config import RuleConfig
+    from smartproxy.routing.rules import compile_rules
+
+    configs = [RuleConfig(name="late", channel="b", expression="true", priority=9),
+               RuleConfig(name="early", channel="c", expression="hour >= 0", priority=1),
+               RuleConfig(name="tie", channel="a", expression="day_tokens_used < 5", priority=1)]
+    channels = [ch("a", 1e-6), ch("b", 2e-6), ch("c", 3e-6), ch("d", 0.0)]
+    as_set = run(channels, list(compile_rules(configs)))
+    unsorted = run(channels, [rule(c.name, c.channel, c.expression, c.priority) for c in configs])
+    ordered = route(channels, compile_rules(configs), FACTS, {}, NOON, UTC)
+    for decision in (as_set, unsorted, ordered):
+        assert order(decision) == ["c", "a", "b", "d"]
+        assert [t.rule for t in decision.rules] == ["early", "tie", "late"]
+    # the same call again answers from the rules' remembered outcomes: nothing changes
+    assert route(channels, compile_rules(configs), FACTS, {}, NOON, UTC) == ordered
+    busy = {"a": ChannelState(day_tokens_used=7)}
+    assert order(route(channels, compile_rules(configs), FACTS, busy, NOON, UTC)) == [
+        "c", "b", "d", "a"]

@@ -311,3 +311,93 @@ def test_config_loader_reports_rule_problem_with_path() -> None:
         "rules[1].expression: rule 'night': calls to 'open' are not allowed "
         "(only min, max, abs) (column 1)",
     )
+
+
+# ----------------------------------------------------------------------- split variables, memo
+def split_vars(variables: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    request = {k: v for k, v in variables.items() if k in rules_mod.REQUEST_VARIABLES}
+    channel = {k: v for k, v in variables.items() if k in rules_mod.CHANNEL_VARIABLES}
+    return request, channel
+
+
+def test_variable_halves_partition_the_contract() -> None:
+    assert rules_mod.REQUEST_VARIABLES | rules_mod.CHANNEL_VARIABLES == rules_mod.VARIABLES
+    assert not rules_mod.REQUEST_VARIABLES & rules_mod.CHANNEL_VARIABLES
+    rule = CompiledRule("r", "c", 1, "day_tokens_used < daily_limit && model == 'x' || hour > 2")
+    assert rule.request_names == ("hour", "model")
+    assert rule.channel_names == ("daily_limit", "day_tokens_used")
+
+
+@pytest.mark.parametrize(
+    ("expression", "variables"),
+    [
+        ("day_tokens_used + prompt_tokens < daily_limit AND NOT stream", VARS),
+        ("day_tokens_used + prompt_tokens < daily_limit AND NOT stream", with_vars(stream=True)),
+        ("time < 5", VARS),  # runtime error
+        ("max_tokens > 100", with_vars(max_tokens=None)),
+        ("true", VARS),
+        ("min(daily_limit - day_tokens_used, hour_limit) > 50", with_vars(day_tokens_used=990)),
+        ("model == 'gpt-4o-mini' && (hour >= 2 || NOT stream)", VARS),
+        ("effective_price < price_per_token AND discount_active", VARS),
+        ("time_of_day >= '22:00' || time_of_day < '06:00'", VARS),
+        ("time_of_day >= '22:00' || time_of_day < '06:00'", with_vars(time_of_day="12:00")),
+        ("max_tokens * 2 > 'x'", VARS),  # runtime error, remembered
+    ],
+)
+def test_explain_split_agrees_with_explain_first_time_and_remembered(
+    expression: str, variables: dict[str, object]
+) -> None:
+    expected = CompiledRule("r", "c", 1, expression).explain(variables)
+    rule = CompiledRule("r", "c", 1, expression)
+    request, channel = split_vars(variables)
+    assert rule.explain_split(request, channel) == expected  # evaluated
+    assert rule.last_error == expected[1]
+    rule.evaluate(with_vars(hour="x", time=7))  # another outcome in between (last_error moves)
+    assert rule.explain_split(request, channel) == expected  # remembered
+    assert rule.last_error == expected[1]
+
+
+def test_remembered_outcomes_tell_types_apart() -> None:
+    # int 10**16 + 1 > 10**16, but the float 1e16 + 1 == 1e16: equal inputs of another type
+    # must not share an outcome
+    rule = CompiledRule("r", "c", 1, "max_tokens + 1 > 10000000000000000")
+    assert rule._evaluator.memo is not None
+    assert rule.explain_split({"max_tokens": 10**16}, None) == (True, None)
+    assert rule.explain_split({"max_tokens": 1e16}, None) == (False, None)
+    assert rule.explain_split({"max_tokens": 10**16}, None) == (True, None)
+    assert len(rule._evaluator.memo) == 2
+
+
+def test_remembered_outcomes_are_bounded_and_missing_variables_reported() -> None:
+    rule = CompiledRule("r", "c", 1, "max_tokens > 100")
+    assert rule._evaluator.memo is not None
+    for n in range(rules_mod.MEMO_SIZE * 2 + 3):
+        assert rule.explain_split({"max_tokens": n}, None) == (n > 100, None)
+        assert len(rule._evaluator.memo) <= rules_mod.MEMO_SIZE
+    matched, error = rule.explain_split({}, None)
+    assert matched is False and error == "variable 'max_tokens' was not provided"
+    channel_rule = CompiledRule("r", "c", 1, "day_tokens_used > 1")
+    assert channel_rule.explain_split(VARS, None) == (
+        False, "variable 'day_tokens_used' was not provided")
+    rule.forget()
+    assert not rule._evaluator.memo
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["day_tokens_used < daily_limit", "hour_tokens_used < 5", "day_requests_used < 9",
+     "prompt_tokens < 1000 || model == 'x'"],
+)
+def test_rules_reading_per_request_counters_are_not_remembered(expression: str) -> None:
+    rule = CompiledRule("r", "c", 1, expression)
+    assert rule._evaluator.memo is None
+    request, channel = split_vars(VARS)
+    assert rule.explain_split(request, channel) == rule.explain(VARS)
+    rule.forget()  # nothing to forget: no error
+
+
+def test_compile_rules_returns_a_rule_set_the_router_need_not_sort() -> None:
+    compiled = compile_rules([RuleConfig(name="b", channel="x", expression="true", priority=2),
+                              RuleConfig(name="a", channel="y", expression="true", priority=1)])
+    assert isinstance(compiled, rules_mod.RuleSet) and isinstance(compiled, tuple)
+    assert [r.name for r in compiled] == ["a", "b"]

@@ -18,6 +18,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from asteval import Interpreter
@@ -25,14 +26,24 @@ from asteval import Interpreter
 if TYPE_CHECKING:
     from ..config import RuleConfig
 
-# contract §4; the string-typed ones matter for the "* / % on strings" rule
+# contract §4: what a request says (the same for every rule of one request) ...
+REQUEST_VARIABLES = frozenset(
+    """model stream api_key_name prompt_tokens max_tokens time time_of_day hour minute
+    weekday""".split()
+)
+# ... and what the rule's channel says (differs per rule)
+CHANNEL_VARIABLES = frozenset(
+    """channel_name day_tokens_used hour_tokens_used day_requests_used daily_limit hour_limit
+    price_per_token effective_price discount_active priority channel_status""".split()
+)
+VARIABLES = REQUEST_VARIABLES | CHANNEL_VARIABLES
+# new values on almost every request: a rule reading one is evaluated every time, not remembered
+VOLATILE_VARIABLES = frozenset(
+    "day_tokens_used hour_tokens_used day_requests_used prompt_tokens".split()
+)
+# the string-typed ones matter for the "* / % on strings" rule
 STRING_VARIABLES = frozenset(
     "model api_key_name time time_of_day channel_name channel_status".split()
-)
-VARIABLES = STRING_VARIABLES | set(
-    """stream prompt_tokens max_tokens hour minute weekday day_tokens_used hour_tokens_used
-    day_requests_used daily_limit hour_limit price_per_token effective_price discount_active
-    priority""".split()
 )
 FUNCTIONS = {"min": min, "max": max, "abs": abs}
 CONSTANT_NAMES = frozenset({"True", "False", "None", "inf"})
@@ -44,6 +55,7 @@ MAX_POW_BASE = 1e6
 MAX_POW_EXPONENT = 64
 MAX_DEPTH = 100  # keeps the checker's and asteval's recursion far from Python's limit
 MAX_NODES = 400
+MEMO_SIZE = 256  # outcomes a rule remembers, by the values it read (see match_split)
 
 # fmt: off
 _BINOPS: dict[type[ast.AST], str] = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/",
@@ -63,6 +75,9 @@ _NOT_ALLOWED: dict[type[ast.AST], str] = {
 }
 # fmt: on
 _WORDS = {"AND": "and", "OR": "or", "NOT": "not", "true": "True", "false": "False"}
+
+
+_NONE: Mapping[str, object] = MappingProxyType({})
 
 
 class RuleError(ValueError):
@@ -329,6 +344,10 @@ class _Evaluator(Interpreter):  # type: ignore[misc]  # asteval ships no type hi
         super().__init__(symtable=symbols, use_numpy=False, minimal=True, config={"ifexp": True})
         self.symbols, self.tree, self.names = symbols, tree, names
         self.last_error: str | None = None
+        # outcomes by input, for rules whose inputs repeat (see match_split); None: not kept
+        self.memo: dict[tuple[object, ...], tuple[bool, str | None]] | None = (
+            None if VOLATILE_VARIABLES.intersection(names) else {}
+        )
         kinds = (ast.BoolOp, ast.Compare, ast.Constant, ast.BinOp, ast.UnaryOp, ast.IfExp, ast.Call)
         self.dispatch: dict[type[ast.AST], Callable[[Any], object]] = {
             kind: self.node_handlers[kind.__name__.lower()] for kind in kinds
@@ -351,6 +370,53 @@ class _Evaluator(Interpreter):  # type: ignore[misc]  # asteval ships no type hi
         except KeyError as exc:
             self.last_error = f"variable {exc.args[0]!r} was not provided"
             return False, self.last_error
+        return self._run()
+
+    def match_split(
+        self,
+        request_names: tuple[str, ...],
+        request: Mapping[str, object],
+        channel_names: tuple[str, ...],
+        channel: Mapping[str, object] | None,
+    ) -> tuple[bool, str | None]:
+        """``match`` with the two halves of the variables kept apart (no merged dict per rule).
+
+        A rule that reads none of ``VOLATILE_VARIABLES`` remembers its outcomes by the values it
+        read: it is a pure function of them (the checker admits no state and no calls but
+        min/max/abs), and its inputs (model, key, time of day, prices, status...) repeat from
+        request to request. The key holds each value with its type, so ``1``, ``1.0`` and
+        ``True`` never share an entry.
+        """
+        symbols = self.symbols
+        try:
+            for name in request_names:
+                symbols[name] = request[name]
+            if channel_names:
+                source = channel or _NONE
+                for name in channel_names:
+                    symbols[name] = source[name]
+        except KeyError as exc:
+            self.last_error = f"variable {exc.args[0]!r} was not provided"
+            return False, self.last_error
+        memo = self.memo
+        if memo is None:
+            return self._run()
+        values = tuple(map(symbols.__getitem__, self.names))
+        key = (*values, *map(type, values))
+        try:
+            outcome = memo.get(key)
+        except TypeError:  # an unhashable value (never from the router): evaluate, keep nothing
+            return self._run()
+        if outcome is not None:
+            self.last_error = outcome[1]
+            return outcome
+        outcome = self._run()
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()  # bounded; refilling costs one evaluation per distinct input
+        memo[key] = outcome
+        return outcome
+
+    def _run(self) -> tuple[bool, str | None]:
         try:
             result = bool(self.run(self.tree))
         except Exception as exc:  # any runtime failure means "rule does not match"
@@ -371,19 +437,38 @@ class CompiledRule:
     priority: int
     expression: str
     python: str = field(init=False, compare=False)  # the translated text, for display
+    request_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    channel_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _evaluator: _Evaluator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         python, tree, names = _compile(self.expression, self.name)
         object.__setattr__(self, "python", python)  # frozen: set once, here
+        # which variables the rule reads, by half: the router builds only the halves needed
+        object.__setattr__(self, "request_names", tuple(n for n in names if n in REQUEST_VARIABLES))
+        object.__setattr__(self, "channel_names", tuple(n for n in names if n in CHANNEL_VARIABLES))
         object.__setattr__(self, "_evaluator", _Evaluator(tree, names))
 
     def explain(self, variables: Mapping[str, object]) -> tuple[bool, str | None]:
         """(matched, error): a runtime error reads as not matched and is returned."""
         return self._evaluator.match(variables)
 
+    def explain_split(
+        self, request: Mapping[str, object], channel: Mapping[str, object] | None
+    ) -> tuple[bool, str | None]:
+        """``explain`` given the request half and the channel half of the variables separately;
+        ``channel`` may be None when the rule reads no channel variable (``channel_names``)."""
+        return self._evaluator.match_split(
+            self.request_names, request, self.channel_names, channel
+        )
+
     def evaluate(self, variables: Mapping[str, object]) -> bool:
         return self._evaluator.match(variables)[0]
+
+    def forget(self) -> None:
+        """Drop the remembered outcomes (benchmarks measure evaluation with it)."""
+        if self._evaluator.memo is not None:
+            self._evaluator.memo.clear()
 
     @property
     def last_error(self) -> str | None:
@@ -391,7 +476,14 @@ class CompiledRule:
         return self._evaluator.last_error
 
 
-def compile_rules(rules: Sequence[RuleConfig]) -> tuple[CompiledRule, ...]:
+class RuleSet(tuple[CompiledRule, ...]):
+    """Compiled rules already in evaluation order (priority, then file order): ``route`` uses
+    one as it is instead of sorting the rules again on every request."""
+
+    __slots__ = ()
+
+
+def compile_rules(rules: Sequence[RuleConfig]) -> RuleSet:
     """Compile every rule; sorted by ascending priority, ties in file order (sort is stable)."""
     compiled = [CompiledRule(r.name, r.channel, r.priority, r.expression) for r in rules]
-    return tuple(sorted(compiled, key=lambda r: r.priority))
+    return RuleSet(sorted(compiled, key=lambda r: r.priority))

@@ -489,13 +489,16 @@ class Dispatcher:
         self, ex: Exchange, ch: ChannelConfig | None, upstream: Any
     ) -> CIMultiDict[str]:
         out: CIMultiDict[str] = CIMultiDict()
+        # The client's key limits replace the channel account's (which describe our upstream key).
+        ours = ex.request.get(RATELIMIT_HEADERS) or {}
         for k, v in upstream.items():
-            if k.lower() not in _DROP_RESPONSE:
+            lower = k.lower()
+            if lower not in _DROP_RESPONSE and not (ours and lower.startswith("x-ratelimit-")):
                 out.add(k, v)
         if ch is not None:
             out["x-smartproxy-channel"] = header_safe(ch.name)
         out["x-request-id"] = ex.request_id
-        for k, v in ex.request.get(RATELIMIT_HEADERS, {}).items():
+        for k, v in ours.items():
             if k.lower() != "retry-after":
                 out[k] = v
         return out
