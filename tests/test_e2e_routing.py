@@ -137,8 +137,9 @@ async def test_request_without_max_tokens_reserves_the_configured_default(
         await ask(only_free, only_free.openai(), max_tokens=None)
     assert info.value.status_code == 503
     message = str(info.value.body)
-    assert re.search(r"free: daily token quota: 1000 of 1000 left, this request reserves 10\d\d\b",
-                     message), message
+    assert re.search(
+        r"free: daily token quota: 1000 of 1000 left, this request reserves 10\d\d\b", message
+    ), message
     smaller = await gateway_factory(base_config(channels=[free], usage={"default_max_tokens": 256}))
     assert await ask(smaller, smaller.openai(), max_tokens=None) == "free"
 

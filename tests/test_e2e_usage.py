@@ -74,8 +74,12 @@ async def test_200_concurrent_requests_never_overrun_the_free_quota(
     free_up, free_url = await upstream_factory("free")
     paid_up, paid_url = await upstream_factory("paid")
     raw = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 30}).encode()
-    cfg = base_config(channels=[channel("free", free_url, price_per_token=0, daily_limit=1),
-                                channel("paid", paid_url, price_per_token=2e-6)])
+    cfg = base_config(
+        channels=[
+            channel("free", free_url, price_per_token=0, daily_limit=1),
+            channel("paid", paid_url, price_per_token=2e-6),
+        ]
+    )
     # Every request sends these bytes: the reservation (len(raw)/4 + max_tokens) is known exactly.
     reserve = await reserve_of(await gateway_factory(cfg), raw)
     limit = 50 * reserve  # a quota of 50 requests' worth
@@ -84,8 +88,11 @@ async def test_200_concurrent_requests_never_overrun_the_free_quota(
     gw = await gateway_factory(cfg)
 
     async def one(s: aiohttp.ClientSession) -> str:
-        async with s.post(gw.url + "/chat/completions", data=raw,
-                          headers={**AUTH, "Content-Type": "application/json"}) as r:
+        async with s.post(
+            gw.url + "/chat/completions",
+            data=raw,
+            headers={**AUTH, "Content-Type": "application/json"},
+        ) as r:
             assert r.status == 200
             await r.read()
             return r.headers["x-smartproxy-channel"]

@@ -458,9 +458,7 @@ class CompiledRule:
     ) -> tuple[bool, str | None]:
         """``explain`` given the request half and the channel half of the variables separately;
         ``channel`` may be None when the rule reads no channel variable (``channel_names``)."""
-        return self._evaluator.match_split(
-            self.request_names, request, self.channel_names, channel
-        )
+        return self._evaluator.match_split(self.request_names, request, self.channel_names, channel)
 
     def evaluate(self, variables: Mapping[str, object]) -> bool:
         return self._evaluator.match(variables)[0]
