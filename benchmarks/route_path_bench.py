@@ -40,6 +40,7 @@ from smartproxy.storage.base import RequestRecord  # noqa: E402
 AT = datetime(2025, 3, 10, 14, 30, tzinfo=UTC)  # 22:30 in Shanghai: channel ch5's discount is on
 FACTS = RequestFacts(model="gpt-4o-mini", stream=True, api_key_name="team-a", prompt_tokens=350,
                      max_tokens=1024)  # fmt: skip
+RESERVE = FACTS.prompt_tokens + (FACTS.max_tokens or 1024)
 
 
 def config(backend: str, path: str) -> dict[str, Any]:
@@ -135,7 +136,7 @@ async def run(args: argparse.Namespace) -> None:
 
             async def decide_cold() -> object:
                 forget()
-                return await decide(gw, snap, FACTS)
+                return await decide(gw, snap, FACTS, RESERVE)
 
             cases: list[tuple[str, Callable[[], Awaitable[object]]]] = [
                 ("gw.channel_states() (usage + breakers)", lambda: gw.channel_states(snap, AT)),
@@ -144,10 +145,10 @@ async def run(args: argparse.Namespace) -> None:
                 ("route(), 10 rules, usage changing per call", usage_moving),
                 ("route(), 10 rules, same inputs again", same_again),
                 ("decide(), every rule evaluated", decide_cold),
-                ("decide(), same inputs again", lambda: decide(gw, snap, FACTS)),
+                ("decide(), same inputs again", lambda: decide(gw, snap, FACTS, RESERVE)),
             ]
             rows = [(name, await best_us(call, args.number, args.repeat)) for name, call in cases]
-            decision = await decide(gw, snap, FACTS)
+            decision = await decide(gw, snap, FACTS, RESERVE)
         finally:
             await gw.store.close()
 

@@ -179,7 +179,7 @@ class Gateway:
             out[ch.name] = ChannelState(
                 day_tokens_used=u.day_tokens_with_reserved,
                 hour_tokens_used=u.hour_tokens_with_reserved,
-                day_requests_used=u.day_requests,
+                day_requests_used=u.day_requests + u.reserved_requests,
                 circuit=self.health.peek(ch.name),
             )
         return out

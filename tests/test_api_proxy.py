@@ -82,3 +82,20 @@ def test_forward_headers_drop_credentials_and_hop_by_hop():
     )
     out = forward_headers(req)
     assert dict(out) == {"X-Keep": "2", "Accept-Encoding": "identity"}
+
+
+def test_reservation_per_endpoint_and_choices() -> None:
+    from smartproxy.api.proxy import reservation
+    from smartproxy.config import parse_config
+    from smartproxy.routing.router import RequestFacts
+    from smartproxy.state import Snapshot
+
+    snap = Snapshot.build(parse_config({"usage": {"default_max_tokens": 500}}))
+    facts = RequestFacts(model="m", prompt_tokens=10, max_tokens=None)
+    assert reservation(snap, facts, {}, "/chat/completions") == 510
+    assert reservation(snap, facts, {}, "/embeddings") == 10  # no completion tokens
+    with_max = RequestFacts(model="m", prompt_tokens=10, max_tokens=20)
+    assert reservation(snap, with_max, {"n": 3}, "/chat/completions") == 70
+    assert reservation(snap, with_max, {"n": "x"}, "/completions") == 30
+    zero = RequestFacts(model="m", prompt_tokens=10, max_tokens=0)
+    assert reservation(snap, zero, {}, "/chat/completions") == 10

@@ -19,7 +19,7 @@ from ..routing.pricing import effective_price
 from ..security.jwt import admin_auth_middleware
 from ..state import GATEWAY, Gateway
 from .admin_config import actor_of, add_config_routes
-from .proxy import decide, parse_body
+from .proxy import decide, parse_body, reservation
 
 log = logging.getLogger("smartproxy.admin")
 
@@ -125,6 +125,9 @@ async def route_dry_run(request: web.Request) -> web.Response:
     parameters:
       - {name: api_key_name, in: query, required: false, schema: {type: string},
          description: 'evaluate rules as this gateway key name'}
+      - {name: endpoint, in: query, required: false,
+         schema: {type: string, enum: [chat/completions, completions, embeddings]},
+         description: 'the proxy endpoint the body is for (sets the token reservation)'}
     requestBody:
       required: true
       content:
@@ -150,19 +153,20 @@ async def route_dry_run(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     snap = gw.snapshot
     raw = await request.read()
-    _, facts = parse_body(raw, snap, None)
+    body, facts = parse_body(raw, snap, None)
     name = request.query.get("api_key_name", "")
     if name:
         from dataclasses import replace
 
         facts = replace(facts, api_key_name=name)
-    decision = await decide(gw, snap, facts)
+    path = "/" + request.query.get("endpoint", "chat/completions").strip("/")
+    reserve = reservation(snap, facts, body, path)
+    decision = await decide(gw, snap, facts, reserve)
     return web.json_response(
         {
             "model": facts.model,
             "prompt_tokens_estimate": facts.prompt_tokens,
-            "reserve_tokens": facts.prompt_tokens
-            + (facts.max_tokens or snap.config.usage.default_max_tokens),
+            "reserve_tokens": reserve,
             "matched_rule": decision.matched_rule,
             "candidates": [
                 {

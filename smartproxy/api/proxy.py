@@ -112,6 +112,18 @@ def parse_body(
     return body, facts
 
 
+def reservation(snap: Snapshot, facts: RequestFacts, body: dict[str, Any], path: str) -> int:
+    """Tokens held against quotas while the request runs: the prompt estimate plus the most the
+    answer may use (``max_tokens`` or ``usage.default_max_tokens``, times ``n`` choices).
+    Embeddings produce no completion tokens, so only the prompt is held."""
+    if path == "/embeddings":
+        return facts.prompt_tokens
+    n = body.get("n")
+    choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+    completion = facts.max_tokens if facts.max_tokens is not None else snap.config.usage.default_max_tokens
+    return facts.prompt_tokens + completion * choices
+
+
 async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     gw = request.config_dict[GATEWAY]
     snap = gw.snapshot  # read once: a reload mid-request changes nothing for this request
@@ -121,9 +133,9 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     raw = await request.read()
     body, facts = parse_body(raw, snap, principal)
     check_model_allowed(principal, facts.model)
-    reserve = facts.prompt_tokens + (facts.max_tokens or snap.config.usage.default_max_tokens)
+    reserve = reservation(snap, facts, body, path)
     limit_tokens(request, gw, principal, reserve)
-    decision = await decide(gw, snap, facts)
+    decision = await decide(gw, snap, facts, reserve)
     if not decision.candidates:
         raise_no_candidate(snap, facts, decision)
     stream_options = body.get("stream_options")
@@ -146,10 +158,13 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     return await request.config_dict[DISPATCHER].dispatch(ex, decision.candidates)
 
 
-async def decide(gw: Gateway, snap: Snapshot, facts: RequestFacts) -> RouteDecision:
+async def decide(
+    gw: Gateway, snap: Snapshot, facts: RequestFacts, reserve: int
+) -> RouteDecision:
+    """The candidate order for a request that would hold ``reserve`` tokens (pure routing over
+    live channel state; nothing is reserved here)."""
     now = gw.clock()
     states = await gw.channel_states(snap, now)
-    reserve = facts.prompt_tokens + (facts.max_tokens or snap.config.usage.default_max_tokens)
     return route(
         snap.config.channels, snap.rules, facts, states, now, snap.tz, reserve_tokens=reserve
     )
