@@ -483,22 +483,37 @@ def main() -> int:
             )
             wait_ready(proc, f"http://127.0.0.1:{port}/v1/chat/completions", log, {})
             ups[label] = (proc, port)
+        added: dict[str, list[float]] = {t.name: [] for t in targets}
         for rnd in range(args.rounds):
             for t in targets:
-                for phase, label in (("rps", "fast"), ("lat", "slow")):
+                # Each proxy's latency run is paired with a direct run just before it: "added"
+                # is their difference, so drift in the machine's load between targets cancels.
+                phases = [("rps", t, "fast"), ("lat", t, "slow")]
+                if t.kind != "direct":
+                    phases.insert(1, ("lat", targets[0], "slow"))
+                for phase, target, label in phases:
                     print(
-                        f"[round {rnd + 1}/{args.rounds}] {t.name}: {phase} ...",
+                        f"[round {rnd + 1}/{args.rounds}] {target.name}: {phase} ...",
                         file=sys.stderr,
                         flush=True,
                     )
-                    results[t.name][phase].append(measure(args, t, ups[label], cpus, workdir))
+                    result = measure(args, target, ups[label], cpus, workdir)
+                    results[target.name][phase].append(result)
+                if t.kind != "direct":
+                    added[t.name].append(results[t.name]["lat"][-1].p50 - result_p50(results))
         stop_all()
     report(
         args,
         cpus,
         targets,
         {n: {p: median_result(r) for p, r in d.items()} for n, d in results.items()},
+        {n: statistics.median(a) for n, a in added.items() if a},
     )
+
+
+def result_p50(results: dict[str, dict[str, list[LoadResult]]]) -> float:
+    """p50 of the direct latency run just before the last proxy latency run."""
+    return results["direct"]["lat"][-1].p50
     return 0
 
 
@@ -507,10 +522,10 @@ def report(
     cpus: dict[str, int | None],
     targets: list[Target],
     res: dict[str, dict[str, LoadResult]],
+    added_p50: dict[str, float],
 ) -> None:
-    direct_p50 = res["direct"]["lat"].p50
     floor = res["floor"]
-    floor_added = floor["lat"].p50 - direct_p50
+    floor_added = added_p50["floor"]
     pin = (
         ", ".join(f"{k} on core {v}" for k, v in cpus.items())
         if cpus["proxy"] is not None
@@ -534,7 +549,7 @@ def report(
     }
     for t in targets:
         r, lat = res[t.name]["rps"], res[t.name]["lat"]
-        added = lat.p50 - direct_p50
+        added = added_p50.get(t.name, 0.0)
         cpu = " / ".join(
             f"{r.cpu[k]:.0f}" if k in r.cpu else "-" for k in ("proxy", "upstream", "load")
         )
@@ -552,7 +567,7 @@ def report(
             continue
         g = res[t.name]
         rps_ratio = g["rps"].rps / floor["rps"].rps
-        added_ratio = (g["lat"].p50 - direct_p50) / floor_added if floor_added > 0 else float("inf")
+        added_ratio = added_p50[t.name] / floor_added if floor_added > 0 else float("nan")
         ok1, ok2 = rps_ratio >= 0.6, added_ratio <= 1.5
         ok_all = ok_all and ok1 and ok2
         print(
@@ -562,8 +577,10 @@ def report(
         )
         out["targets"][t.name].update(rps_ratio=rps_ratio, added_p50_ratio=added_ratio)
     if cpus["proxy"] is not None and cpus["upstream"] == cpus["load"]:
-        busy = max(
-            r["rps"].cpu.get("upstream", 0) + r["rps"].cpu.get("load", 0) for r in res.values()
+        busy = max(  # direct is always limited by that core: it has no proxy
+            res[t.name]["rps"].cpu.get("upstream", 0) + res[t.name]["rps"].cpu.get("load", 0)
+            for t in targets
+            if t.kind != "direct"
         )
         if busy > 90:
             print(

@@ -47,7 +47,7 @@ async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
     gw = request.config_dict[GATEWAY]
     gw.metrics.in_flight.inc()
     try:
-        resp = await handler(request)
+        resp: web.StreamResponse = await handler(request)
         status = resp.status
         return resp
     except web.HTTPException as exc:

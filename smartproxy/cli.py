@@ -147,13 +147,13 @@ def _serve_process(
     jwt_secret: str | None = None,
     announce: bool = True,
 ) -> int:
-    kwargs = {"reuse_port": reuse_port, "jwt_secret": jwt_secret, "announce": announce}
+    main = serve(path, config, reuse_port=reuse_port, jwt_secret=jwt_secret, announce=announce)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
-        asyncio.run(serve(path, config, **kwargs))
+        asyncio.run(main)
     else:
-        uvloop.run(serve(path, config, **kwargs))
+        uvloop.run(main)
     return 0
 
 
