@@ -229,6 +229,11 @@ def _warn_restart_only(old: Config, new: Config) -> None:
                     ", ".join(changed))
 
 
+def quota_left(limit: int, used_with_reserved: int) -> int | None:
+    """Tokens a limit still allows (in-flight reservations count as used); None = unlimited."""
+    return max(0, limit - used_with_reserved) if limit else None
+
+
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 
 # Per-request values set by the proxy layer (typed keys: aiohttp warns on plain string keys).

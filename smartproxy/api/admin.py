@@ -17,7 +17,7 @@ from ..audit import Actor
 from ..errors import BadRequest, ConfigError, GatewayError
 from ..routing.pricing import effective_price
 from ..security.jwt import admin_auth_middleware
-from ..state import GATEWAY, Gateway
+from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
 from .proxy import decide, parse_body, reservation
 
@@ -90,12 +90,8 @@ async def channel_usage(gw: Gateway) -> list[dict[str, Any]]:
                 "day_cost_usd": round(u.day_cost, 10),
                 "daily_limit": ch.daily_limit or None,
                 "hour_limit": ch.hour_limit or None,
-                "day_quota_left": max(0, ch.daily_limit - u.day_tokens_with_reserved)
-                if ch.daily_limit
-                else None,
-                "hour_quota_left": max(0, ch.hour_limit - u.hour_tokens_with_reserved)
-                if ch.hour_limit
-                else None,
+                "day_quota_left": quota_left(ch.daily_limit, u.day_tokens_with_reserved),
+                "hour_quota_left": quota_left(ch.hour_limit, u.hour_tokens_with_reserved),
                 "effective_price": effective_price(ch, now, snap.tz),
             }
         )

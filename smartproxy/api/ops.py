@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..state import GATEWAY, Gateway
+from ..state import GATEWAY, Gateway, quota_left
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -51,12 +51,8 @@ async def health_report(gw: Gateway) -> dict[str, Any]:
                 "circuit": gw.health.peek(ch.name) if ch.active else "disabled",
                 "day_tokens_used": u.day_tokens,
                 "hour_tokens_used": u.hour_tokens,
-                "day_quota_left": max(0, ch.daily_limit - u.day_tokens_with_reserved)
-                if ch.daily_limit
-                else None,
-                "hour_quota_left": max(0, ch.hour_limit - u.hour_tokens_with_reserved)
-                if ch.hour_limit
-                else None,
+                "day_quota_left": quota_left(ch.daily_limit, u.day_tokens_with_reserved),
+                "hour_quota_left": quota_left(ch.hour_limit, u.hour_tokens_with_reserved),
             }
         )
     store_status = gw.store.status()
