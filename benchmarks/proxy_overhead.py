@@ -451,6 +451,7 @@ def main() -> int:
 
     atexit.register(stop_all)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     cpus = pick_cpus(args.no_pin)
     storages = [s for s in args.storage.split(",") if s]
     targets = [Target("direct", "direct"), Target("floor", "floor")]
@@ -593,6 +594,11 @@ def report(
                 f"- note: upstream + load generator used {busy:.0f}% of their shared core; "
                 "the req/s of the fastest target may be limited by that core, not the proxy"
             )
+    if args.loadgen == "python":
+        print(
+            "- note: the Python load generator saturates before fast targets do; the req/s "
+            "ratio is not meaningful without wrk"
+        )
     errors = sum(res[t.name][p].errors for t in targets for p in ("rps", "lat"))
     if errors:
         print(f"- WARNING: {errors} failed requests (connect/read/timeout errors or HTTP >= 400)")
