@@ -45,7 +45,7 @@ async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
     gw = request.config_dict[GATEWAY]
-    gw.metrics.in_flight.inc()
+    gw.metrics.in_flight_now += 1
     try:
         resp: web.StreamResponse = await handler(request)
         status = resp.status
@@ -57,7 +57,7 @@ async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
         status = 499  # the client went away
         raise
     finally:
-        gw.metrics.in_flight.dec()
+        gw.metrics.in_flight_now -= 1
         route = request.match_info.route
         resource = route.resource if route is not None else None
         endpoint = resource.canonical if resource is not None else "other"

@@ -186,8 +186,12 @@ async def serve(
         mhost, mport = parse_listen(config.monitor.prometheus_listen)
         if (mhost, mport) != (config.server.host, config.server.port):
             sites.append(web.TCPSite(runner, mhost, mport, reuse_port=reuse_port or None))
-    for site in sites:
-        await site.start()
+    try:
+        for site in sites:
+            await site.start()
+    except OSError:  # e.g. the port is taken: release the session and store before failing
+        await runner.cleanup()
+        raise
     scheme = "https" if ssl_ctx else "http"
     log.info("SmartProxy %s serving on %s://%s:%d (config: %s)", __version__, scheme,
              config.server.host, config.server.port, path or "built-in default")

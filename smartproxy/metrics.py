@@ -157,6 +157,8 @@ class Metrics:
         self.in_flight = Gauge(
             "smartproxy_in_flight_requests", "Client requests being answered.", registry=r
         )
+        self.in_flight_now = 0  # the hot path adds to a plain int; the gauge reads it on scrape
+        self.in_flight.set_function(lambda: self.in_flight_now)
         self.build_info = Info("smartproxy_build", "Build information.", registry=r)
         self.build_info.info({"version": version})
 

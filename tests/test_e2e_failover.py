@@ -462,6 +462,14 @@ async def test_client_disconnect_mid_stream_bills_once(upstream_factory, gateway
         settled.set()
 
     store.settle = settle
+    real_settle_now = getattr(store, "settle_now", None)
+    if real_settle_now is not None:  # in-process stores settle synchronously
+
+        def settle_now(*args: Any) -> None:
+            real_settle_now(*args)
+            settled.set()
+
+        store.settle_now = settle_now
     resp = await chat(gw, stream=True)
     first = await resp.content.readuntil(b"\n\n")
     assert b"Hello" in first

@@ -213,8 +213,8 @@ async def test_client_disconnect_cancels_upstream(upstream_factory, gateway_fact
         await resp.content.readany()
         resp.close()  # client goes away mid-stream
     for _ in range(200):
-        if gw.gateway.metrics.in_flight._value.get() == 0:
+        if gw.gateway.metrics.in_flight_now == 0:
             break
         await asyncio.sleep(0.01)
     up.release.set()
-    assert gw.gateway.metrics.in_flight._value.get() == 0
+    assert gw.gateway.metrics.in_flight_now == 0

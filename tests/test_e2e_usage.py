@@ -52,6 +52,14 @@ def watch_settles(gw: Any) -> asyncio.Queue[RequestRecord]:
         settled.put_nowait(record)
 
     store.settle = settle
+    original_now = getattr(store, "settle_now", None)
+    if original_now is not None:  # in-process stores settle synchronously
+
+        def settle_now(reservation: Any, record: RequestRecord, now: datetime) -> None:
+            original_now(reservation, record, now)
+            settled.put_nowait(record)
+
+        store.settle_now = settle_now
     return settled
 
 

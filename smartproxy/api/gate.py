@@ -120,7 +120,7 @@ def budget(request: web.Request, gw: Gateway, snap: Snapshot, principal: Princip
     if not limit:
         return
     try:
-        check_budget(request.config_dict[SPEND], principal.name, limit, gw.clock(), snap.tz)
+        check_budget(request.app[SPEND], principal.name, limit, gw.clock(), snap.tz)
     except QuotaExceeded as exc:
         gw.metrics.rate_limited(principal.name)
         log.info("key %r refused: daily budget $%g spent", principal.name, limit)

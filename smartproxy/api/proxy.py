@@ -12,16 +12,17 @@ authenticated key carries its ``x-ratelimit-*`` headers.
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
+import os
 import time
-import uuid
 from functools import partial
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .. import fastjson
 from ..errors import BadRequest, GatewayError, NotFound
 from ..routing.router import RequestFacts, RouteDecision, route
 from ..security.apikeys import Principal
@@ -39,6 +40,14 @@ from .gate import (
 )
 
 log = logging.getLogger("smartproxy.proxy")
+
+_ID_PREFIX = os.urandom(6).hex()  # 12 hex chars: unique per process
+_ID_SEQ = itertools.count()
+
+
+def new_request_id() -> str:
+    return f"req-{_ID_PREFIX}{next(_ID_SEQ) & 0xFFFFFFFFFFFF:012x}"
+
 
 # Request headers never forwarded upstream (hop-by-hop, ours, or recomputed by the client session).
 HOP_BY_HOP = frozenset(
@@ -84,7 +93,7 @@ def parse_body(
     if not raw:
         raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
     try:
-        body = json.loads(raw)
+        body = fastjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"could not parse the JSON body: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
@@ -120,12 +129,14 @@ def reservation(snap: Snapshot, facts: RequestFacts, body: dict[str, Any], path:
         return facts.prompt_tokens
     n = body.get("n")
     choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
-    completion = facts.max_tokens if facts.max_tokens is not None else snap.config.usage.default_max_tokens
+    completion = (
+        facts.max_tokens if facts.max_tokens is not None else snap.config.usage.default_max_tokens
+    )
     return facts.prompt_tokens + completion * choices
 
 
 async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
-    gw = request.config_dict[GATEWAY]
+    gw = request.app[GATEWAY]
     snap = gw.snapshot  # read once: a reload mid-request changes nothing for this request
     principal = await authenticate(request, gw, snap)
     rate_limit(request, gw, snap, principal)
@@ -153,14 +164,12 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
         reserve_tokens=reserve,
         client_wants_usage=isinstance(stream_options, dict)
         and bool(stream_options.get("include_usage")),
-        on_settle=partial(charge_key, gw, request.config_dict[SPEND], principal, snap.tz),
+        on_settle=partial(charge_key, gw, request.app[SPEND], principal, snap.tz),
     )
-    return await request.config_dict[DISPATCHER].dispatch(ex, decision.candidates)
+    return await request.app[DISPATCHER].dispatch(ex, decision.candidates)
 
 
-async def decide(
-    gw: Gateway, snap: Snapshot, facts: RequestFacts, reserve: int
-) -> RouteDecision:
+async def decide(gw: Gateway, snap: Snapshot, facts: RequestFacts, reserve: int) -> RouteDecision:
     """The candidate order for a request that would hold ``reserve`` tokens (pure routing over
     live channel state; nothing is reserved here)."""
     now = gw.clock()
@@ -321,9 +330,9 @@ async def models(request: web.Request) -> web.Response:
 @web.middleware
 async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Request id, OpenAI-shaped errors, rate-limit headers on every answer."""
-    request_id = request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex[:24]}"
+    request_id = request.headers.get("x-request-id") or new_request_id()
     if not request_id.isascii() or len(request_id) > 128:
-        request_id = f"req-{uuid.uuid4().hex[:24]}"
+        request_id = new_request_id()
     request[REQUEST_ID] = request_id
     try:
         resp: web.StreamResponse = await handler(request)
@@ -353,6 +362,7 @@ async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResp
 def create_proxy_app(gateway: Gateway) -> web.Application:
     app = web.Application(middlewares=[proxy_middleware], client_max_size=32 * 1024 * 1024)
     app[DISPATCHER] = Dispatcher(gateway)
+    app[GATEWAY] = gateway  # request.app[...] is a dict lookup; config_dict builds a ChainMap
     setup_gate(app, gateway)
     app.router.add_post("/chat/completions", chat_completions)
     app.router.add_post("/completions", completions)

@@ -21,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ..config import ChannelConfig
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: a frozen init costs ~0.16 µs a field
 class OutgoingRequest:
     """One attempt's request, already rewritten for the channel (model mapping, usage option)."""
 
@@ -61,7 +61,7 @@ class Provider(Protocol):
     ) -> UpstreamReply: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: a frozen init costs ~0.16 µs a field
 class Timeouts:
     total: float  # one attempt, first byte to last
     connect: float

@@ -9,6 +9,7 @@ messages in the 502/504 a client gets when every attempt failed).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator
 
@@ -68,6 +69,15 @@ class HttpReply:
         self._resp.close()
 
 
+@functools.lru_cache(maxsize=256)
+def _client_timeout(total: float, connect: float, stream: bool) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=None if stream else total,  # a stream may run long
+        connect=connect,
+        sock_read=total if stream else None,  # a stream silent for a whole attempt is dead
+    )
+
+
 class OpenAIProvider:
     name = "openai"
 
@@ -78,25 +88,25 @@ class OpenAIProvider:
         self, channel: ChannelConfig, request: OutgoingRequest, timeouts: Timeouts
     ) -> HttpReply:
         url = join_url(channel.endpoint, request.path, request.query_string)
-        timeout = aiohttp.ClientTimeout(
-            total=None if request.stream else timeouts.total,  # a stream may run long
-            connect=timeouts.connect,
-            sock_read=timeouts.total,  # a stream silent for a whole attempt's time is dead
-        )
+        timeout = _client_timeout(timeouts.total, timeouts.connect, request.stream)
         # One deadline, from sending to the first chunk of the body: headers then silence
         # cannot stretch the first-byte wait to twice the configured time.
         deadline = asyncio.get_running_loop().time() + timeouts.first_byte
+        call = self._session.request(
+            request.method,
+            url,
+            data=request.body if request.method != "GET" else None,
+            headers=channel_headers(channel, request),
+            timeout=timeout,
+            allow_redirects=False,
+            auto_decompress=False,
+        )
         try:
-            async with asyncio.timeout_at(deadline):
-                resp = await self._session.request(
-                    request.method,
-                    url,
-                    data=request.body if request.method != "GET" else None,
-                    headers=channel_headers(channel, request),
-                    timeout=timeout,
-                    allow_redirects=False,
-                    auto_decompress=False,
-                )
+            if request.stream or timeouts.first_byte < timeouts.total:
+                async with asyncio.timeout_at(deadline):
+                    resp = await call
+            else:  # aiohttp's total timeout already ends the attempt at the same instant
+                resp = await call
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise translate(
                 exc, first_byte=timeouts.first_byte, connect_timeout=timeouts.connect

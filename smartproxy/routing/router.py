@@ -39,7 +39,7 @@ from .rules import CompiledRule, RuleSet
 _UNAVAILABLE = {"open": "circuit open", "cooldown": "cooling down after 429"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: a frozen init costs ~0.16 µs a field
 class RequestFacts:
     """What the router needs to know about a request, parsed once from its body."""
 
@@ -81,7 +81,7 @@ class RuleTrace(NamedTuple):
     error: str | None  # runtime error, or why the rule was not evaluated
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: a frozen init costs ~0.16 µs a field
 class RouteDecision:
     candidates: tuple[Candidate, ...]
     matched_rule: str | None

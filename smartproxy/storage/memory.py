@@ -51,6 +51,11 @@ class MemoryStore:
     async def settle(
         self, reservation: Reservation | None, record: RequestRecord, now: datetime
     ) -> None:
+        self.settle_now(reservation, record, now)
+
+    def settle_now(
+        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+    ) -> None:
         if self._book.settle(reservation, record, now) is not None:
             self._log.append(record)
 

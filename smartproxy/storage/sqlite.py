@@ -176,6 +176,11 @@ class SqliteStore:
     async def settle(
         self, reservation: Reservation | None, record: RequestRecord, now: datetime
     ) -> None:
+        self.settle_now(reservation, record, now)
+
+    def settle_now(
+        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+    ) -> None:
         keys = self._book.settle(reservation, record, now)
         if keys is not None:
             self._pending.append((record, *keys))

@@ -421,7 +421,11 @@ class Dispatcher:
             error=error,
         )
         gw.metrics.add_usage(ch.name, prompt, completion, cost)
-        gw.spawn(gw.store.settle(reservation, record, gw.clock()))
+        settle_now = getattr(gw.store, "settle_now", None)
+        if settle_now is not None:  # in-process counters: no task, nothing to cancel
+            settle_now(reservation, record, gw.clock())
+        else:
+            gw.spawn(gw.store.settle(reservation, record, gw.clock()))
         if ex.on_settle is not None:
             ex.on_settle(record)
 

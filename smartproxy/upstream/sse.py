@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .. import fastjson
+
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 
 
@@ -93,7 +95,7 @@ def usage_of_body(body: bytes) -> dict[str, Any] | None:
     if b'"usage"' not in body:
         return None
     try:
-        obj = json.loads(body)
+        obj = fastjson.loads(body)
     except ValueError:
         return None
     usage = obj.get("usage") if isinstance(obj, dict) else None
