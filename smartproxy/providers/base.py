@@ -12,7 +12,7 @@ Failures are translated where they enter: a provider raises only ``upstream.erro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,7 +81,3 @@ def channel_headers(channel: ChannelConfig, request: OutgoingRequest) -> CIMulti
 def join_url(endpoint: str, path: str, query_string: str) -> str:
     url = endpoint.rstrip("/") + path
     return f"{url}?{query_string}" if query_string else url
-
-
-def as_mapping(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in headers.items()}

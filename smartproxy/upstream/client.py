@@ -81,9 +81,6 @@ class Verdict:
     def rate_limited(self, retry_after: float | None, default: float) -> None:
         self.health.rate_limited(retry_after, default, self.permit)
 
-    def status(self) -> str:
-        return self.health.status()
-
 
 @dataclass(slots=True)
 class AttemptLog:
