@@ -205,7 +205,8 @@ def _round_trip(text: str) -> YAML:
 
 
 def _pyyaml_reads_as_str(text: str) -> bool:
-    return bool(yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False)) == _STR_TAG)
+    resolver: Any = yaml.resolver.Resolver()  # untyped in types-PyYAML
+    return bool(resolver.resolve(yaml.ScalarNode, text, (True, False)) == _STR_TAG)
 
 
 def key_node(key: Any) -> Any:

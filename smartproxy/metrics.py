@@ -10,22 +10,33 @@ Label values are the caller's job to keep bounded: ``endpoint`` is the route tem
 ``smartproxy_channel_quota_tokens`` of an unlimited window is ``+Inf``: the series still exists
 (so a dashboard lists the channel) and ``used / quota`` reads 0, so usage alerts never fire on it.
 
-The observe_* helpers run on every request, so they cache the labelled child per label tuple:
-a dict hit costs ~0.2 µs where ``.labels()`` (validation, str() of each value, a lock) costs
-~1.3 µs. Measured here: observe_request ~3.5 µs, observe_upstream ~3.3 µs, add_usage ~2.4 µs
-(mostly prometheus_client's locked inc/observe).
+The series every proxied request moves (requests, upstream attempts, their durations, tokens,
+cost, retries) are plain Python numbers (:class:`HotCounter`, :class:`HotHistogram`) that a
+collector turns into metric families on scrape: an update is a dict lookup and an add, where
+prometheus_client's ``inc()``/``observe()`` take a lock (and ``.labels()`` validates and converts
+every value); the gateway runs on one event loop thread, and a scrape runs on that thread too.
+Rare events (auth failures, reloads) and gauges stay prometheus_client objects.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable
+from bisect import bisect_left
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
+
+_go_float: Callable[[float], str] = floatToGoString  # untyped upstream; "+Inf", "0.005"
 
 # 5 ms .. 120 s: a cached or mock answer takes milliseconds, a long completion minutes.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -42,7 +53,7 @@ CIRCUIT_VALUES: dict[str, int] = {
 
 WINDOWS = ("day", "hour")
 
-M = TypeVar("M", Counter, Gauge, Histogram)
+M = TypeVar("M", Counter, Gauge)
 
 
 class _Children(Generic[M]):
@@ -71,6 +82,77 @@ class _Children(Generic[M]):
                 pass
 
 
+class HotCounter:
+    """A labelled counter kept as a dict (label values -> total), exported on scrape."""
+
+    __slots__ = ("name", "doc", "labels", "values")
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.values: dict[tuple[Hashable, ...], float] = {}
+
+    def inc(self, key: tuple[Hashable, ...], amount: float = 1) -> None:
+        values = self.values
+        values[key] = values.get(key, 0) + amount
+
+    def forget(self, position: int, value: str) -> None:
+        for key in [k for k in self.values if str(k[position]) == value]:
+            del self.values[key]
+
+    def family(self) -> Metric:
+        fam = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        merged: dict[tuple[str, ...], float] = {}  # 200 and "200" are one series
+        for key, total in self.values.items():
+            labels = tuple(str(v) for v in key)
+            merged[labels] = merged.get(labels, 0) + total
+        for labels, total in merged.items():
+            fam.add_metric(labels, total)
+        return fam
+
+
+class HotHistogram:
+    """A labelled histogram kept as per-bucket counts and a sum, exported on scrape."""
+
+    __slots__ = ("name", "doc", "labels", "bounds", "values")
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], bounds: tuple[float, ...]):
+        self.name, self.doc, self.labels, self.bounds = name, doc, labels, bounds
+        # label values -> [count in bucket 0, ..., count in bucket n-1, sum]
+        self.values: dict[tuple[Hashable, ...], list[float]] = {}
+
+    def observe(self, key: tuple[Hashable, ...], seconds: float) -> None:
+        counts = self.values.get(key)
+        if counts is None:
+            counts = self.values[key] = [0.0] * (len(self.bounds) + 1)
+        counts[bisect_left(self.bounds, seconds)] += 1  # the first bucket with bound >= value
+        counts[-1] += seconds
+
+    def forget(self, position: int, value: str) -> None:
+        for key in [k for k in self.values if str(k[position]) == value]:
+            del self.values[key]
+
+    def family(self) -> Metric:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, counts in self.values.items():
+            cumulative, buckets = 0.0, []
+            for bound, n in zip(self.bounds, counts, strict=False):
+                cumulative += n
+                buckets.append((_go_float(bound), cumulative))
+            fam.add_metric([str(v) for v in key], buckets, counts[-1])
+        return fam
+
+
+class _HotCollector:
+    """Registers the hot series with a ``CollectorRegistry``."""
+
+    def __init__(self, series: tuple[HotCounter | HotHistogram, ...]) -> None:
+        self.series = series
+
+    def collect(self) -> Iterator[Metric]:
+        for s in self.series:
+            yield s.family()
+
+
 class Metrics:
     """All metric objects of the gateway plus the small helpers the request path calls.
 
@@ -89,38 +171,43 @@ class Metrics:
         # Run by render() first, to refresh gauges (quota used, breaker state) from live state.
         self.collect_hook = collect_hook
         r = self.registry
-        self.requests_total = Counter(
-            "smartproxy_requests", "Client requests answered.", ["endpoint", "status"], registry=r
+        self.requests_total = HotCounter(
+            "smartproxy_requests", "Client requests answered.", ("endpoint", "status")
         )
-        self.request_duration_seconds = Histogram(
+        self.request_duration_seconds = HotHistogram(
             "smartproxy_request_duration_seconds",
             "Time from request received to response finished.",
-            ["endpoint"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            ("endpoint",),
+            DURATION_BUCKETS,
         )
-        self.upstream_requests_total = Counter(
+        self.upstream_requests_total = HotCounter(
             "smartproxy_upstream_requests",
             "Upstream attempts by channel and HTTP status (or error/timeout).",
-            ["channel", "status"],
-            registry=r,
+            ("channel", "status"),
         )
-        self.upstream_duration_seconds = Histogram(
+        self.upstream_duration_seconds = HotHistogram(
             "smartproxy_upstream_duration_seconds",
             "Duration of one upstream attempt.",
-            ["channel"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            ("channel",),
+            DURATION_BUCKETS,
         )
-        self.tokens_total = Counter(
-            "smartproxy_tokens",
-            "Tokens used, kind = prompt|completion.",
-            ["channel", "kind"],
-            registry=r,
+        self.tokens_total = HotCounter(
+            "smartproxy_tokens", "Tokens used, kind = prompt|completion.", ("channel", "kind")
         )
-        self.cost_usd_total = Counter(
-            "smartproxy_cost_usd", "Cost in USD.", ["channel"], registry=r
+        self.cost_usd_total = HotCounter("smartproxy_cost_usd", "Cost in USD.", ("channel",))
+        self.retries_total = HotCounter(
+            "smartproxy_retries", "Upstream attempts after the first.", ("channel",)
         )
+        self._hot: tuple[HotCounter | HotHistogram, ...] = (
+            self.requests_total,
+            self.request_duration_seconds,
+            self.upstream_requests_total,
+            self.upstream_duration_seconds,
+            self.tokens_total,
+            self.cost_usd_total,
+            self.retries_total,
+        )
+        r.register(_HotCollector(self._hot))
         self.channel_tokens_used = Gauge(
             "smartproxy_channel_tokens_used",
             "Tokens used in the current window (day|hour).",
@@ -135,9 +222,6 @@ class Metrics:
         )
         self.circuit_state = Gauge(
             "smartproxy_circuit_state", "0 closed, 1 half-open, 2 open.", ["channel"], registry=r
-        )
-        self.retries_total = Counter(
-            "smartproxy_retries", "Upstream attempts after the first.", ["channel"], registry=r
         )
         self.auth_failures_total = Counter(
             "smartproxy_auth_failures", "Refused credentials.", ["reason"], registry=r
@@ -162,50 +246,43 @@ class Metrics:
         self.build_info = Info("smartproxy_build", "Build information.", registry=r)
         self.build_info.info({"version": version})
 
-        self._requests = _Children(self.requests_total)
-        self._request_duration = _Children(self.request_duration_seconds)
-        self._upstream = _Children(self.upstream_requests_total)
-        self._upstream_duration = _Children(self.upstream_duration_seconds)
-        self._tokens = _Children(self.tokens_total)
-        self._cost = _Children(self.cost_usd_total)
         self._used = _Children(self.channel_tokens_used)
         self._quota = _Children(self.channel_quota_tokens)
         self._circuit = _Children(self.circuit_state)
-        self._retries = _Children(self.retries_total)
         self._auth = _Children(self.auth_failures_total)
         self._limited = _Children(self.rate_limited_total)
         self._reloads = _Children(self.config_reloads_total)
         # Every series carrying a channel label (always the first label), for forget_channel().
-        self._by_channel: tuple[_Children[Counter] | _Children[Gauge] | _Children[Histogram], ...]
-        self._by_channel = (
-            self._upstream,
-            self._upstream_duration,
-            self._tokens,
-            self._cost,
+        self._by_channel: tuple[_Children[Gauge] | HotCounter | HotHistogram, ...] = (
+            self.upstream_requests_total,
+            self.upstream_duration_seconds,
+            self.tokens_total,
+            self.cost_usd_total,
+            self.retries_total,
             self._used,
             self._quota,
             self._circuit,
-            self._retries,
         )
 
     # -- hot path --------------------------------------------------------------------------
 
     def observe_request(self, endpoint: str, status: int | str, seconds: float) -> None:
-        self._requests.get(endpoint, status).inc()
-        self._request_duration.get(endpoint).observe(seconds)
+        self.requests_total.inc((endpoint, status))
+        self.request_duration_seconds.observe((endpoint,), seconds)
 
     def observe_upstream(self, channel: str, status: int | str, seconds: float) -> None:
         """One upstream attempt; ``status`` is the HTTP status or a word like "timeout"."""
-        self._upstream.get(channel, status).inc()
-        self._upstream_duration.get(channel).observe(seconds)
+        self.upstream_requests_total.inc((channel, status))
+        self.upstream_duration_seconds.observe((channel,), seconds)
 
     def add_usage(self, channel: str, prompt: int, completion: int, cost: float) -> None:
-        self._tokens.get(channel, "prompt").inc(prompt)
-        self._tokens.get(channel, "completion").inc(completion)
-        self._cost.get(channel).inc(cost)
+        tokens = self.tokens_total
+        tokens.inc((channel, "prompt"), prompt)
+        tokens.inc((channel, "completion"), completion)
+        self.cost_usd_total.inc((channel,), cost)
 
     def retry(self, channel: str) -> None:
-        self._retries.get(channel).inc()
+        self.retries_total.inc((channel,))
 
     def auth_failure(self, reason: str) -> None:
         self._auth.get(reason).inc()
