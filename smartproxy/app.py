@@ -39,29 +39,33 @@ from .upstream.retry import Jitter, Sleep
 log = logging.getLogger("smartproxy")
 
 
-@web.middleware
-async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Count every request by endpoint (the route's pattern, never the raw path) and status."""
-    started = time.perf_counter()
-    status = 500
-    gw = request.config_dict[GATEWAY]
-    gw.metrics.in_flight_now += 1
-    try:
-        resp: web.StreamResponse = await handler(request)
-        status = resp.status
-        return resp
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        status = 499  # the client went away
-        raise
-    finally:
-        gw.metrics.in_flight_now -= 1
-        route = request.match_info.route
-        resource = route.resource if route is not None else None
-        endpoint = resource.canonical if resource is not None else "other"
-        gw.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+def observer(metrics: Metrics) -> Any:
+    """The root middleware: count every request by endpoint (the route's pattern, never the raw
+    path) and status, and how many are in flight."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        metrics.in_flight_now += 1
+        try:
+            resp: web.StreamResponse = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        finally:
+            metrics.in_flight_now -= 1
+            route = request.match_info.route
+            resource = route.resource if route is not None else None
+            endpoint = resource.canonical if resource is not None else "other"
+            metrics.observe_request(endpoint, status, time.perf_counter() - started)
+
+    return observe
 
 
 def create_app(
@@ -90,7 +94,7 @@ def create_app(
         retry_sleep=retry_sleep,
         retry_jitter=retry_jitter,
     )
-    app = web.Application(middlewares=[observe])
+    app = web.Application(middlewares=[observer(gateway.metrics)])
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(_client_session(session))
     app.cleanup_ctx.append(_usage_store)
@@ -155,7 +159,9 @@ def _client_session(
                 enable_cleanup_closed=True,
             ),
             auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
+            # One session serves every client: an upstream's Set-Cookie for one client's request
+            # must never ride along with another's.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         gw.session = session
         gw.providers = make_providers(session)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -27,11 +27,11 @@ from .errors import ConfigError
 from .metrics import Metrics
 from .providers.base import Provider
 from .routing.router import ChannelState
-from .routing.rules import CompiledRule, compile_rules
+from .routing.rules import RuleSet, compile_rules
 from .security.apikeys import KeyRing, Principal
 from .security.jwt import JwtVerifier, generate_secret
 from .security.ratelimit import FailurePenalty, RateLimiter
-from .storage.base import UsageStore
+from .storage.base import InProcessCounters, UsageStore
 from .upstream.breaker import HealthBook
 from .upstream.retry import Jitter, Sleep
 
@@ -41,11 +41,28 @@ log = logging.getLogger("smartproxy")
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     config: Config
-    rules: tuple[CompiledRule, ...]
+    rules: RuleSet
     keyring: KeyRing
     channels: dict[str, ChannelConfig]
     tz: ZoneInfo
     loaded_at: float
+    # model -> (channels serving it, their rules): filled as models are asked for (bounded).
+    _by_model: dict[str, tuple[tuple[ChannelConfig, ...], RuleSet]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def serving(self, model: str) -> tuple[tuple[ChannelConfig, ...], RuleSet]:
+        """The channels that serve ``model`` (file order) and the rules of those channels
+        (evaluation order): what the router needs for one request, computed once per model."""
+        hit = self._by_model.get(model)
+        if hit is None:
+            channels = tuple(c for c in self.config.channels if c.serves(model))
+            names = {c.name for c in channels}
+            rules = RuleSet(r for r in self.rules if r.channel in names)
+            if len(self._by_model) >= 1024:  # model names come from clients: stay bounded
+                self._by_model.clear()
+            hit = self._by_model[model] = (channels, rules)
+        return hit
 
     @classmethod
     def build(cls, config: Config) -> Snapshot:
@@ -98,6 +115,7 @@ class Gateway:
     # The config text admin writes edit (the file, or the built-in default kept in memory).
     config_file: ConfigFile = field(init=False)
     audit: AuditLog = field(init=False)
+    counters: InProcessCounters | None = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.snapshot.config.security.jwt.secret and not self.jwt_secret:
@@ -105,6 +123,8 @@ class Gateway:
         self._verifier = self.make_verifier(self.snapshot)
         self.config_file = ConfigFile(self.config_path)
         self.audit = AuditLog(audit_path(self.snapshot.config, self.config_path))
+        # Counters in this process (memory, sqlite): the request path skips the coroutines.
+        self.counters = self.store if isinstance(self.store, InProcessCounters) else None
 
     # -- config
     @property
@@ -169,18 +189,27 @@ class Gateway:
                               diff=config_diff(old, snap.config))
             return snap
 
-    async def channel_states(self, snap: Snapshot, now: datetime) -> dict[str, ChannelState]:
-        """Live numbers the router needs: usage with in-flight reservations, breaker/cool-down."""
-        names = [c.name for c in snap.config.channels]
-        usage = await self.store.usage(names, now)
+    async def channel_states(
+        self, snap: Snapshot, now: datetime, channels: Sequence[ChannelConfig] | None = None
+    ) -> dict[str, ChannelState]:
+        """Live numbers the router needs: usage with in-flight reservations, breaker/cool-down
+        (of ``channels``, by default every channel of ``snap``)."""
+        channels = snap.config.channels if channels is None else channels
+        names = [c.name for c in channels]
+        counters = self.counters
+        if counters is not None:
+            usage = counters.usage_now(names, now)
+        else:
+            usage = await self.store.usage(names, now)
+        peek = self.health.peek
         out = {}
-        for ch in snap.config.channels:
-            u = usage[ch.name]
-            out[ch.name] = ChannelState(
-                day_tokens_used=u.day_tokens_with_reserved,
-                hour_tokens_used=u.hour_tokens_with_reserved,
-                day_requests_used=u.day_requests + u.reserved_requests,
-                circuit=self.health.peek(ch.name),
+        for name in names:
+            u = usage[name]
+            out[name] = ChannelState(
+                u.day_tokens_with_reserved,
+                u.hour_tokens_with_reserved,
+                u.day_requests + u.reserved_requests,
+                peek(name, now),
             )
         return out
 

@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from conftest import base_config
 
+from smartproxy import __version__
 from smartproxy.api.proxy import forward_headers, parse_body
 from smartproxy.app import create_app
 from smartproxy.config import ApiKeyConfig, parse_config
@@ -81,7 +82,14 @@ def test_forward_headers_drop_credentials_and_hop_by_hop():
         }
     )
     out = forward_headers(req)
-    assert dict(out) == {"X-Keep": "2", "Accept-Encoding": "identity"}
+    assert dict(out) == {
+        "X-Keep": "2",
+        "Accept-Encoding": "identity",
+        "User-Agent": f"SmartProxy/{__version__}",  # the client sent none
+    }
+    assert forward_headers(request({"User-Agent": "OpenAI/Python 1.0"}))["User-Agent"] == (
+        "OpenAI/Python 1.0"
+    )
 
 
 def test_reservation_per_endpoint_and_choices() -> None:

@@ -157,7 +157,7 @@ async def route_dry_run(request: web.Request) -> web.Response:
         facts = replace(facts, api_key_name=name)
     path = "/" + request.query.get("endpoint", "chat/completions").strip("/")
     reserve = reservation(snap, facts, body, path)
-    decision = await decide(gw, snap, facts, reserve)
+    decision = await decide(gw, snap, facts, reserve, explain=True)
     return web.json_response(
         {
             "model": facts.model,

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .. import fastjson
+from .. import __version__, fastjson
 from ..errors import BadRequest, GatewayError, NotFound
 from ..routing.router import RequestFacts, RouteDecision, route
 from ..security.apikeys import Principal
@@ -74,16 +74,24 @@ HOP_BY_HOP = frozenset(
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher", Dispatcher)
 
 
+_USER_AGENT = f"SmartProxy/{__version__}"
+
+
 def forward_headers(request: web.Request) -> CIMultiDict[str]:
-    drop = set(HOP_BY_HOP)
-    # Headers the client lists in Connection are hop-by-hop too (RFC 9110 7.6.1).
-    for value in request.headers.getall("Connection", []):
-        drop.update(v.strip().lower() for v in value.split(","))
+    headers = request.headers
+    drop: frozenset[str] | set[str] = HOP_BY_HOP
+    if "Connection" in headers:
+        # Headers the client lists in Connection are hop-by-hop too (RFC 9110 7.6.1).
+        drop = set(HOP_BY_HOP)
+        for value in headers.getall("Connection"):
+            drop.update(v.strip().lower() for v in value.split(","))
     out: CIMultiDict[str] = CIMultiDict()
-    for k, v in request.headers.items():
+    for k, v in headers.items():
         if k.lower() not in drop:
             out.add(k, v)
     out["Accept-Encoding"] = "identity"  # usage is read from the body; relay bytes as they come
+    if "User-Agent" not in out:  # the client's own is forwarded; else say who calls, not aiohttp
+        out["User-Agent"] = _USER_AGENT
     return out
 
 
@@ -169,14 +177,23 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     return await request.app[DISPATCHER].dispatch(ex, decision.candidates)
 
 
-async def decide(gw: Gateway, snap: Snapshot, facts: RequestFacts, reserve: int) -> RouteDecision:
+async def decide(
+    gw: Gateway, snap: Snapshot, facts: RequestFacts, reserve: int, *, explain: bool = False
+) -> RouteDecision:
     """The candidate order for a request that would hold ``reserve`` tokens (pure routing over
-    live channel state; nothing is reserved here)."""
+    live channel state; nothing is reserved here).
+
+    The proxy routes over the channels serving the model only (their exclusions are what a 503
+    lists); ``explain`` (``POST /api/route``) goes over every channel and rule, so the answer
+    also says which channels do not serve the model and which rules were not evaluated.
+    """
     now = gw.clock()
-    states = await gw.channel_states(snap, now)
-    return route(
-        snap.config.channels, snap.rules, facts, states, now, snap.tz, reserve_tokens=reserve
-    )
+    if explain:
+        channels, rules = snap.config.channels, snap.rules
+    else:
+        channels, rules = snap.serving(facts.model)
+    states = await gw.channel_states(snap, now, channels)
+    return route(channels, rules, facts, states, now, snap.tz, reserve_tokens=reserve)
 
 
 def raise_no_candidate(snap: Snapshot, facts: RequestFacts, decision: RouteDecision) -> None:
@@ -337,25 +354,24 @@ async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         resp: web.StreamResponse = await handler(request)
     except GatewayError as exc:
-        resp = exc.to_response({"x-request-id": request_id})
+        resp = exc.to_response()
     except web.HTTPException as exc:
         if exc.status == 404:
-            resp = NotFound(f"unknown endpoint {request.method} {request.path}").to_response(
-                {"x-request-id": request_id}
-            )
+            resp = NotFound(f"unknown endpoint {request.method} {request.path}").to_response()
         elif exc.status == 405:
             resp = BadRequest(
                 f"method {request.method} not allowed on {request.path}", code="method_not_allowed"
-            ).to_response({"x-request-id": request_id})
+            ).to_response()
             resp.set_status(405)
         else:
             raise
-    for k, v in request.get(RATELIMIT_HEADERS, {}).items():
-        if k.lower() != "retry-after" or resp.status == 429:
-            if not resp.prepared:
-                resp.headers.setdefault(k, v)
-    if not resp.prepared:
-        resp.headers.setdefault("x-request-id", request_id)
+    # Answers relayed from upstream already carry these (``Dispatcher._response_headers``).
+    if not resp.prepared and "x-request-id" not in resp.headers:
+        headers = resp.headers
+        for k, v in request.get(RATELIMIT_HEADERS, {}).items():
+            if k.lower() != "retry-after" or resp.status == 429:
+                headers.setdefault(k, v)
+        headers["x-request-id"] = request_id
     return resp
 
 

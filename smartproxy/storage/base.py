@@ -351,3 +351,46 @@ class CounterBook:
         )
         self._cache[channel] = (day_key, hour_key, usage)
         return usage
+
+
+class InProcessCounters:
+    """For stores whose counters and reservations live in this process (memory, sqlite).
+
+    The request path calls the ``*_now`` methods directly: no coroutine per call, and no
+    ``await`` between a check and its update. The async ``UsageStore`` methods wrap them. A
+    store shared between processes (Redis) is not one of these and is awaited instead.
+    """
+
+    _book: CounterBook
+
+    def try_reserve_now(
+        self, channel: str, tokens: int, limits: Limits, now: datetime
+    ) -> Reservation | None:
+        return self._book.try_reserve(channel, tokens, limits, now)
+
+    def release_now(self, reservation: Reservation) -> None:
+        self._book.release(reservation)
+
+    def usage_now(self, channels: Iterable[str], now: datetime) -> dict[str, Usage]:
+        return self._book.usages(channels, now)
+
+    def settle_now(
+        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+    ) -> None:
+        raise NotImplementedError  # each store keeps the settled record its own way
+
+    async def try_reserve(
+        self, channel: str, tokens: int, limits: Limits, now: datetime
+    ) -> Reservation | None:
+        return self.try_reserve_now(channel, tokens, limits, now)
+
+    async def settle(
+        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+    ) -> None:
+        self.settle_now(reservation, record, now)
+
+    async def release(self, reservation: Reservation) -> None:
+        self.release_now(reservation)
+
+    async def usage(self, channels: Sequence[str], now: datetime) -> dict[str, Usage]:
+        return self.usage_now(channels, now)

@@ -7,15 +7,13 @@ Nothing survives a restart. Useful for tests, demos and throw-away gateways; the
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
 from datetime import datetime, tzinfo
 
 from .base import (
     CounterBook,
-    Limits,
+    InProcessCounters,
     RequestRecord,
     Reservation,
-    Usage,
     aggregate,
     epoch,
     group_column,
@@ -24,7 +22,7 @@ from .base import (
 DEFAULT_LOG_LIMIT = 100_000
 
 
-class MemoryStore:
+class MemoryStore(InProcessCounters):
     """A ``UsageStore`` that keeps everything in memory; the request log keeps the last
     ``log_limit`` records (older ones fall off, the counters keep counting them)."""
 
@@ -43,27 +41,11 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
-    async def try_reserve(
-        self, channel: str, tokens: int, limits: Limits, now: datetime
-    ) -> Reservation | None:
-        return self._book.try_reserve(channel, tokens, limits, now)
-
-    async def settle(
-        self, reservation: Reservation | None, record: RequestRecord, now: datetime
-    ) -> None:
-        self.settle_now(reservation, record, now)
-
     def settle_now(
         self, reservation: Reservation | None, record: RequestRecord, now: datetime
     ) -> None:
         if self._book.settle(reservation, record, now) is not None:
             self._log.append(record)
-
-    async def release(self, reservation: Reservation) -> None:
-        self._book.release(reservation)
-
-    async def usage(self, channels: Sequence[str], now: datetime) -> dict[str, Usage]:
-        return self._book.usages(channels, now)
 
     async def query(
         self, start: datetime | None, end: datetime | None, group_by: str

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TypeVar
@@ -36,11 +36,10 @@ from .base import (
     Clock,
     Counter,
     CounterBook,
-    Limits,
+    InProcessCounters,
     RequestRecord,
     Reservation,
     StorageError,
-    Usage,
     epoch,
     group_column,
     window_keys,
@@ -93,7 +92,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class SqliteStore:
+class SqliteStore(InProcessCounters):
     """A ``UsageStore`` persisted to the SQLite file at ``path`` (its folder is created)."""
 
     backend = "sqlite"
@@ -168,16 +167,6 @@ class SqliteStore:
                 self._last_error_at = self._clock().isoformat()
 
     # ------------------------------------------------------------------ the UsageStore protocol
-    async def try_reserve(
-        self, channel: str, tokens: int, limits: Limits, now: datetime
-    ) -> Reservation | None:
-        return self._book.try_reserve(channel, tokens, limits, now)
-
-    async def settle(
-        self, reservation: Reservation | None, record: RequestRecord, now: datetime
-    ) -> None:
-        self.settle_now(reservation, record, now)
-
     def settle_now(
         self, reservation: Reservation | None, record: RequestRecord, now: datetime
     ) -> None:
@@ -188,12 +177,6 @@ class SqliteStore:
                 drop = len(self._pending) - MAX_PENDING
                 del self._pending[:drop]
                 self._dropped += drop
-
-    async def release(self, reservation: Reservation) -> None:
-        self._book.release(reservation)
-
-    async def usage(self, channels: Sequence[str], now: datetime) -> dict[str, Usage]:
-        return self._book.usages(channels, now)
 
     async def query(
         self, start: datetime | None, end: datetime | None, group_by: str

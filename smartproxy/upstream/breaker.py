@@ -110,6 +110,9 @@ class Permit:
     done: bool = False
 
 
+_SILENT_SUCCESS = aiobreaker.CircuitBreakerListener.success
+
+
 class ChannelBreaker(aiobreaker.CircuitBreaker):  # type: ignore[misc]
     """aiobreaker's breaker on one clock, with exactly one half-open trial."""
 
@@ -131,6 +134,16 @@ class ChannelBreaker(aiobreaker.CircuitBreaker):  # type: ignore[misc]
         if on_state_change is not None:
             self.add_listener(_StateChangeAdapter(on_state_change))
 
+    @property
+    def _success_listeners(self) -> bool:
+        """Does any listener want to hear of successes? (aiobreaker keeps them in a list.)"""
+        listeners = self._listeners
+        if not listeners:
+            return False
+        if len(listeners) == 1 and type(listeners[0]) is _StateChangeAdapter:
+            return False  # ours: state changes only
+        return any(type(x).success is not _SILENT_SUCCESS for x in listeners)
+
     def _now(self) -> datetime:
         if (now := self._clock()).tzinfo is None:
             raise TypeError("breaker clock must return an aware datetime (UTC)")
@@ -151,6 +164,7 @@ class ChannelBreaker(aiobreaker.CircuitBreaker):  # type: ignore[misc]
             raise ValueError(f"reset_timeout must be a positive number of seconds: {reset_timeout}")
         self.fail_max = fail_max
         self.timeout_duration = timedelta(seconds=reset_timeout)
+        self.params = (fail_max, reset_timeout)  # as configured, for a cheap "changed?" check
 
     def _due(self, now: datetime) -> datetime | None:
         """When an open circuit lets its trial through, or None if it is already due/not open."""
@@ -188,9 +202,13 @@ class ChannelBreaker(aiobreaker.CircuitBreaker):  # type: ignore[misc]
         state = self.effective_state(now)  # open and due reads half_open, with no trial yet
         return state == "closed" or (state == "half_open" and self._trial is None)
 
+    @property
+    def closed(self) -> bool:
+        return self._state_storage.state is _CLOSED  # storage moves first (see ``_move``)
+
     def acquire(self) -> Permit | None:
         """A permit for one attempt, or None (open, or the half-open trial is taken)."""
-        state = self.current_state
+        state = self._state_storage.state
         if state is _CLOSED:
             return Permit(trial=False)
         if state is _OPEN:
@@ -216,6 +234,15 @@ class ChannelBreaker(aiobreaker.CircuitBreaker):  # type: ignore[misc]
         return False  # begun before the circuit opened: in half-open only the trial decides
 
     def record_success(self, permit: Permit | None = None) -> None:
+        if (
+            permit is not None
+            and not permit.done
+            and not self._success_listeners
+            and self._state_storage.state is _CLOSED
+            and self._state_storage.counter == 0
+        ):
+            permit.done = True  # closed with no failures counted: a success changes nothing
+            return
         if self._settle(permit):
             self.state._handle_success()  # resets the count, closes a half-open, tells listeners
 
@@ -316,6 +343,8 @@ class ChannelHealth:
 
     def status(self, now: datetime | None = None) -> HealthStatus:
         """healthy | half_open | open | cooldown (an open circuit outranks a cool-down)."""
+        if self.cooldown_until is None and self.breaker.closed:
+            return "healthy"  # the usual answer, asked for every request: no clock, no lookups
         now = now or self._clock()
         if (state := self.breaker.effective_state(now)) == "open":
             return "open"
@@ -328,7 +357,9 @@ class ChannelHealth:
         return not self.cooling_down(now) and self.breaker.available(now)
 
     def begin_attempt(self) -> Permit | None:
-        return None if self.cooling_down() else self.breaker.acquire()
+        if self.cooldown_until is not None and self.cooling_down():
+            return None
+        return self.breaker.acquire()
 
     def cool_down(self, seconds: float) -> None:
         """Bench the channel for ``seconds`` (bounded); never shortens a running cool-down."""
@@ -370,7 +401,7 @@ class HealthBook:
             health = self._entries[name] = ChannelHealth(
                 name, fail_max, reset_timeout, clock=self._clock, on_state_change=self._changed
             )
-        elif (fail_max, reset_timeout) != (health.breaker.fail_max, health.breaker.reset_timeout):
+        elif health.breaker.params != (fail_max, reset_timeout):
             health.breaker.configure(fail_max, reset_timeout)
         return health
 

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,7 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..config import ChannelConfig, RetryConfig
+from ..config import ChannelConfig, Config, RetryConfig
 from ..errors import NoChannelAvailable, UpstreamFailed, UpstreamTimeout
 from ..providers.base import OutgoingRequest, Timeouts, UpstreamReply
 from ..routing.pricing import cost as price_cost
@@ -137,6 +137,7 @@ class Dispatcher:
         self.gw = gateway
         self._retry = retry
         self._cached: tuple[RetryConfig, RetryPolicy] | None = None
+        self._plans: dict[str, _Plan] = {}
 
     def retry_policy(self, snap: Snapshot) -> RetryPolicy:
         """The policy of ``snap``'s retry section, built once per config (reloads make new ones)."""
@@ -162,7 +163,7 @@ class Dispatcher:
         waited = False
         while queue and tried < policy.max_attempts:
             ch = queue[0].channel
-            health = gw.health.get(ch.name, *self._breaker_params(ch))
+            health = gw.health.get(ch.name, *self._plan(ch).breaker)
             if tried and not waited and health.available():
                 # Wait before taking a permit or a reservation: a client that goes away during
                 # the backoff then leaves no half-open trial slot or reserved tokens behind.
@@ -174,9 +175,16 @@ class Dispatcher:
                 queue.pop(0)
                 skipped.append(f"{ch.name}: {_UNAVAILABLE.get(health.status(), 'unavailable')}")
                 continue
-            reservation = await gw.store.try_reserve(
-                ch.name, ex.reserve_tokens, _limits(ch), gw.clock()
-            )
+            plan = self._plan(ch)
+            # The first attempt starts at the request's start; a retry may be seconds later.
+            now = gw.clock() if tried or waited else ex.started
+            counters = gw.counters
+            if counters is not None:
+                reservation = counters.try_reserve_now(ch.name, ex.reserve_tokens, plan.limits, now)
+            else:
+                reservation = await gw.store.try_reserve(
+                    ch.name, ex.reserve_tokens, plan.limits, now
+                )
             if reservation is None:
                 health.release(permit)
                 queue.pop(0)
@@ -196,18 +204,40 @@ class Dispatcher:
                 queue.pop(0)
         return self._all_failed(ex, last_reply, skipped)
 
-    def _breaker_params(self, ch: ChannelConfig) -> tuple[int, float]:
-        cb = self.gw.config.circuit_breaker
-        return (ch.fail_max or cb.fail_max, ch.reset_timeout or cb.reset_timeout)
-
-    def _timeouts(self, ch: ChannelConfig) -> Timeouts:
-        server = self.gw.config.server
+    def _plan(self, ch: ChannelConfig) -> _Plan:
+        """The channel's limits, timeouts and breaker settings, derived once per config."""
+        config = self.gw.config
+        hit = self._plans.get(ch.name)
+        if hit is not None and hit.channel is ch and hit.config is config:
+            return hit
+        server, cb = config.server, config.circuit_breaker
         total = ch.timeout or server.timeout
-        return Timeouts(
-            total=total,
-            connect=ch.connect_timeout or min(server.connect_timeout, total),
-            first_byte=ch.first_byte_timeout or total,
+        plan = self._plans[ch.name] = _Plan(
+            channel=ch,
+            config=config,
+            limits=Limits(
+                day_tokens=ch.daily_limit,
+                hour_tokens=ch.hour_limit,
+                day_requests=ch.daily_request_limit,
+            ),
+            timeouts=Timeouts(
+                total=total,
+                connect=ch.connect_timeout or min(server.connect_timeout, total),
+                first_byte=ch.first_byte_timeout or total,
+            ),
+            breaker=(ch.fail_max or cb.fail_max, ch.reset_timeout or cb.reset_timeout),
         )
+        if len(self._plans) > 4 * len(config.channels) + 16:  # channels renamed by reloads
+            self._plans = {ch.name: plan}
+        return plan
+
+    def _release(self, reservation: Reservation) -> Awaitable[None] | None:
+        """Give a reservation back: at once for in-process counters, else the store's awaitable."""
+        counters = self.gw.counters
+        if counters is not None:
+            counters.release_now(reservation)
+            return None
+        return self.gw.store.release(reservation)
 
     async def _attempt(
         self, ex: Exchange, ch: ChannelConfig, health: Verdict, reservation: Reservation
@@ -219,13 +249,14 @@ class Dispatcher:
         t0 = time.monotonic()
         reply: UpstreamReply | None = None
         try:
-            reply = await provider.send(ch, outgoing, self._timeouts(ch))
+            reply = await provider.send(ch, outgoing, self._plan(ch).timeouts)
             status = reply.status
             if is_retryable_status(status):
                 body = await reply.read()
                 reply.close()
                 self._failed_http(ex, ch, health, status, reply.headers, t0)
-                await gw.store.release(reservation)
+                if (pending := self._release(reservation)) is not None:
+                    await pending
                 return ex.attempts[-1], status, CIMultiDict(reply.headers), body
             if outgoing.stream and status == 200 and _is_sse(reply.headers):
                 return await self._relay_stream(ex, ch, health, reservation, reply, t0)
@@ -234,14 +265,16 @@ class Dispatcher:
             if reply is not None:
                 reply.close()
             self._failed_attempt(ex, ch, health, exc, t0)
-            await gw.store.release(reservation)
+            if (pending := self._release(reservation)) is not None:
+                await pending
             return None
         except BaseException:
             if reply is not None:
                 reply.close()
             if not ex.settled:  # cancelled before any verdict: give everything back
                 health.release()
-                gw.spawn(gw.store.release(reservation))
+                if (pending := self._release(reservation)) is not None:
+                    gw.spawn(pending)
             raise
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
@@ -418,9 +451,9 @@ class Dispatcher:
             error=error,
         )
         gw.metrics.add_usage(ch.name, prompt, completion, cost)
-        settle_now = getattr(gw.store, "settle_now", None)
-        if settle_now is not None:  # in-process counters: no task, nothing to cancel
-            settle_now(reservation, record, gw.clock())
+        counters = gw.counters
+        if counters is not None:  # in-process counters: no task, nothing to cancel
+            counters.settle_now(reservation, record, gw.clock())
         else:
             gw.spawn(gw.store.settle(reservation, record, gw.clock()))
         if ex.on_settle is not None:
@@ -510,10 +543,15 @@ def header_safe(value: str) -> str:
     return value if value.isascii() and value.isprintable() else quote(value, safe=" -_.~")
 
 
-def _limits(ch: ChannelConfig) -> Limits:
-    return Limits(
-        day_tokens=ch.daily_limit, hour_tokens=ch.hour_limit, day_requests=ch.daily_request_limit
-    )
+@dataclass(slots=True, frozen=True)
+class _Plan:
+    """What one channel of one config needs on every attempt, built once (see ``_plan``)."""
+
+    channel: ChannelConfig
+    config: Config
+    limits: Limits
+    timeouts: Timeouts
+    breaker: tuple[int, float]  # fail_max, reset_timeout
 
 
 def _is_sse(headers: Any) -> bool:
