@@ -1,0 +1,218 @@
+"""Config value objects: the frozen, slotted dataclasses a loaded config is made of.
+
+Only the loader builds them (:mod:`smartproxy.configparse`); everything here is re-exported by
+:mod:`smartproxy.config`, which is where the rest of the package imports them from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time as dtime
+from zoneinfo import ZoneInfo
+
+CHANNEL_TYPES = {"openai", "azure", "anthropic", "claude", "mock"}
+ROUTABLE_TYPES = {"openai", "mock"}  # provider modules that exist in this version
+STORAGE_BACKENDS = {"sqlite", "redis", "memory"}
+JWT_ALGORITHMS = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"}
+
+
+# ----------------------------------------------------------------------------- value objects
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """A daily window ``HH:MM-HH:MM`` in local time; ``end <= start`` crosses midnight."""
+
+    start: dtime
+    end: dtime
+
+    def contains(self, t: dtime) -> bool:
+        t = t.replace(second=0, microsecond=0, tzinfo=None)  # wall-clock minute; aware or not
+        if self.start == self.end:  # "00:00-00:00": all day
+            return True
+        if self.start < self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    timeout: float = 30.0
+    connect_timeout: float = 10.0
+    max_connections: int = 1000
+    timezone: str = "UTC"
+    shutdown_timeout: float = 30.0
+    enable_https: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelConfig:
+    name: str
+    type: str
+    endpoint: str
+    api_key: str = ""
+    models: tuple[str, ...] = ()
+    model_mapping: Mapping[str, str] = field(default_factory=dict)
+    price_per_token: float = 0.0
+    price_per_prompt_token: float | None = None
+    price_per_completion_token: float | None = None
+    daily_limit: int = 0  # tokens; 0 = unlimited
+    hour_limit: int = 0
+    daily_request_limit: int = 0
+    discount_time: tuple[TimeWindow, ...] = ()
+    discount_price: float | None = None
+    priority: int = 0
+    status: str = "active"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: float | None = None  # whole attempt; default server.timeout
+    connect_timeout: float | None = None
+    first_byte_timeout: float | None = None
+    fail_max: int | None = None
+    reset_timeout: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    @property
+    def provider(self) -> str:
+        return "anthropic" if self.type == "claude" else self.type
+
+    def serves(self, model: str) -> bool:
+        return not self.models or model in self.models or model in self.model_mapping
+
+    def upstream_model(self, model: str) -> str:
+        return self.model_mapping.get(model, model)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleConfig:
+    name: str
+    channel: str
+    expression: str
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JwtConfig:
+    secret: str | None = None
+    issuer: str = "smartproxy"
+    audience: str = "smartproxy-admin"
+    algorithms: tuple[str, ...] = ("HS256",)
+    public_key_file: str | None = None
+    private_key_file: str | None = None
+    expiry_minutes: int = 60
+    leeway: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKeyConfig:
+    """One gateway key. ``key`` is plain text or ``sha256:<hex>``."""
+
+    name: str
+    key: str
+    requests_per_minute: float | None = None  # None: the global rate_limit
+    burst: int | None = None
+    tokens_per_minute: int | None = None
+    models: tuple[str, ...] = ()  # empty: any model
+    daily_budget_usd: float | None = None
+
+    @property
+    def sha256(self) -> str:
+        if self.key.startswith("sha256:"):
+            return self.key[7:].lower()
+        return hashlib.sha256(self.key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitConfig:
+    requests_per_minute: float = 600.0  # 0 = unlimited
+    burst: int = 60
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecurityConfig:
+    api_keys: tuple[ApiKeyConfig, ...] = ()
+    jwt: JwtConfig = field(default_factory=JwtConfig)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryConfig:
+    max_attempts: int = 3
+    base_delay_ms: float = 100.0
+    max_delay_ms: float = 2000.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerConfig:
+    fail_max: int = 5
+    reset_timeout: float = 30.0
+    cooldown_seconds: float = 10.0  # default 429 cool-down when upstream sends no Retry-After
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageConfig:
+    backend: str = "sqlite"
+    path: str = "./data/smartproxy.db"
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditConfig:
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    level: str = "info"
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitorConfig:
+    enable: bool = True
+    prometheus_listen: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageConfig:
+    """How tokens are reserved before upstream reports usage."""
+
+    default_max_tokens: int = 1024  # reserved for completion when a request sets no max_tokens
+    chars_per_token: float = 4.0  # prompt estimate when upstream reports no usage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    channels: tuple[ChannelConfig, ...] = ()
+    rules: tuple[RuleConfig, ...] = ()
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit_breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
+    ignored_keys: tuple[str, ...] = ()  # SmartAIProxy keys accepted without meaning here
+    source: str | None = None  # the file it came from
+
+    def channel(self, name: str) -> ChannelConfig | None:
+        for ch in self.channels:
+            if ch.name == name:
+                return ch
+        return None
