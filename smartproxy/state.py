@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from datetime import time as dt_time
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -24,9 +25,10 @@ from .audit import SIGNAL, Actor, AuditLog, audit_path, config_diff, config_secr
 from .config import ChannelConfig, Config, load_config
 from .configfile import ConfigFile
 from .errors import ConfigError
+from .localtime import MinuteClock
 from .metrics import Metrics
 from .providers.base import Provider
-from .routing.router import ChannelState
+from .routing.router import ChannelState, Ranked, rank_by_price
 from .routing.rules import RuleSet, compile_rules
 from .security.apikeys import KeyRing, Principal
 from .security.jwt import JwtVerifier, generate_secret
@@ -46,8 +48,13 @@ class Snapshot:
     channels: dict[str, ChannelConfig]
     tz: ZoneInfo
     loaded_at: float
+    minutes: MinuteClock = field(compare=False, repr=False)
     # model -> (channels serving it, their rules): filled as models are asked for (bounded).
     _by_model: dict[str, tuple[tuple[ChannelConfig, ...], RuleSet]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    # (model, local minute) -> its channels in price order, and those of them with a quota.
+    _ranked: dict[tuple[str, dt_time], tuple[Ranked, tuple[ChannelConfig, ...]]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -62,6 +69,23 @@ class Snapshot:
             if len(self._by_model) >= 1024:  # model names come from clients: stay bounded
                 self._by_model.clear()
             hit = self._by_model[model] = (channels, rules)
+        return hit
+
+    def ranked(self, model: str, hhmm: dt_time) -> tuple[Ranked, tuple[ChannelConfig, ...]]:
+        """The channels serving ``model`` in price order at local minute ``hhmm`` (for
+        ``route_by_price``) and those of them that have a quota (they need live usage)."""
+        key = (model, hhmm)
+        hit = self._ranked.get(key)
+        if hit is None:
+            ranked = rank_by_price(self.serving(model)[0], hhmm)
+            limited = tuple(
+                c.channel
+                for _, c in ranked
+                if c.channel.daily_limit or c.channel.hour_limit or c.channel.daily_request_limit
+            )
+            if len(self._ranked) >= 1024:
+                self._ranked.clear()
+            hit = self._ranked[key] = (ranked, limited)
         return hit
 
     @classmethod
@@ -80,6 +104,7 @@ class Snapshot:
             channels={c.name: c for c in config.channels},
             tz=config.server.tz,
             loaded_at=time.time(),
+            minutes=MinuteClock(config.server.tz),
         )
 
 

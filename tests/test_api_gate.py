@@ -6,9 +6,10 @@ rate_limit, limit_tokens, budget, check_model_allowed and the settlement charge.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from unittest import mock
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -27,6 +28,7 @@ from smartproxy.api.proxy import create_proxy_app
 from smartproxy.app import create_app
 from smartproxy.config import ApiKeyConfig, parse_config
 from smartproxy.errors import AuthenticationFailed, PermissionDenied, QuotaExceeded, RateLimited
+from smartproxy.localtime import MinuteClock
 from smartproxy.security.apikeys import Principal
 from smartproxy.security.budget import DailySpend
 from smartproxy.security.ratelimit import FailurePenalty
@@ -195,9 +197,14 @@ def test_charge_key_takes_actual_tokens_and_cost_of_the_start_day():
         status=200,
         latency_ms=1.0,
     )
-    charge_key(gw, spend, p, UTC, record)
+    charge_key(gw, spend, p, MinuteClock(UTC), record)
     assert gw.limiter.check_tokens("k", 1000, 0).remaining == 600
     assert spend.spent("k", started.date()) == 0.25
+    # The day is the server's local day: 23:59 UTC is already the 27th in Shanghai.
+    shanghai = DailySpend()
+    charge_key(gw, shanghai, p, MinuteClock(ZoneInfo("Asia/Shanghai")), record)
+    assert shanghai.spent("k", date(2026, 11, 27)) == 0.25
+    assert shanghai.spent("k", started.date()) == 0
 
 
 # ----------------------------------------------------------------------------- models

@@ -300,3 +300,61 @@ def test_rule_set_and_unsorted_list_route_alike() -> None:
     busy = {"a": ChannelState(day_tokens_used=7)}
     assert order(route(channels, compile_rules(configs), FACTS, busy, NOON, UTC)) == [
         "c", "b", "d", "a"]
+
+
+# ----------------------------------------------------------------------------- without rules
+def test_route_by_price_is_route_without_rules() -> None:
+    """The rule-less fast path (ranked once per minute, then live state) decides exactly as
+    ``route()`` over many random channel sets, states, reservations and minutes."""
+    import random
+
+    from smartproxy.localtime import MinuteClock
+    from smartproxy.routing.router import rank_by_price, route_by_price
+
+    rng = random.Random(7)
+    tz = ZoneInfo("Asia/Shanghai")
+    circuits = ["healthy", "healthy", "half_open", "open", "cooldown"]
+    for _ in range(300):
+        channels = []
+        for i in range(rng.randint(1, 7)):
+            kw: dict[str, Any] = {}
+            if rng.random() < 0.3:
+                kw["discount_price"] = rng.choice([0.0, 0.5, 1.0])
+                kw["discount_time"] = [rng.choice(["00:00-08:00", "22:00-02:00", "12:00-12:01"])]
+            if rng.random() < 0.4:
+                kw["daily_limit"] = rng.choice([100, 1000])
+            if rng.random() < 0.2:
+                kw["hour_limit"] = 300
+            if rng.random() < 0.2:
+                kw["daily_request_limit"] = 3
+            if rng.random() < 0.1:
+                kw["status"] = "disabled"
+            if rng.random() < 0.1:
+                kw["type"] = "anthropic"
+            channels.append(
+                ch(f"c{i}", rng.choice([0.0, 0.0, 0.5, 1.0, 2.0]), rng.choice([0, 1, 5]), **kw)
+            )
+        states = {
+            c.name: ChannelState(
+                rng.randint(0, 1200), rng.randint(0, 400), rng.randint(0, 4), rng.choice(circuits)
+            )
+            for c in channels
+        }
+        at = datetime(2026, 11, 26, rng.randint(0, 23), rng.randint(0, 59), tzinfo=UTC)
+        reserve = rng.choice([0, 10, 500])
+        expected = route(channels, [], FACTS, states, at, tz, reserve_tokens=reserve)
+        ranked = rank_by_price(channels, MinuteClock(tz).at(at).hhmm)
+        limited = {
+            c.name: states[c.name]
+            for c in channels
+            if c.daily_limit or c.hour_limit or c.daily_request_limit
+        }
+        got = route_by_price(
+            ranked,
+            FACTS.model,
+            limited,
+            lambda name, _at, states=states: states[name].circuit,
+            at,
+            reserve_tokens=reserve,
+        )
+        assert got == expected

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, tzinfo
 
 from aiohttp import web
 
 from ..errors import AuthenticationFailed, PermissionDenied, QuotaExceeded, RateLimited
+from ..localtime import MinuteClock
 from ..security.apikeys import Principal, extract_key, key_prefix
 from ..security.budget import DailySpend, check_budget, day_start
 from ..state import PRINCIPAL, RATELIMIT_HEADERS, Gateway, Snapshot
@@ -129,7 +129,7 @@ def budget(request: web.Request, gw: Gateway, snap: Snapshot, principal: Princip
 
 
 def charge_key(
-    gw: Gateway, spend: DailySpend, principal: Principal, tz: tzinfo, record: RequestRecord
+    gw: Gateway, spend: DailySpend, principal: Principal, minutes: MinuteClock, record: RequestRecord
 ) -> None:
     """At settlement: the tokens really used go to the key's tokens-per-minute bucket and the
     cost to its spend of the day the request started (the request log's day)."""
@@ -137,7 +137,7 @@ def charge_key(
     if tpm:
         gw.limiter.add_tokens(principal.name, tpm, record.total_tokens)
     if record.cost > 0:
-        spend.add(principal.name, record.cost, datetime.fromtimestamp(record.ts, tz).date())
+        spend.add(principal.name, record.cost, minutes.at_epoch(record.ts).day)
 
 
 def check_model_allowed(principal: Principal, model: str) -> None:

@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 
 from .. import __version__, fastjson
 from ..errors import BadRequest, GatewayError, NotFound
-from ..routing.router import RequestFacts, RouteDecision, route
+from ..routing.router import RequestFacts, RouteDecision, route, route_by_price
 from ..security.apikeys import Principal
 from ..state import GATEWAY, RATELIMIT_HEADERS, REQUEST_ID, Gateway, Snapshot
 from ..upstream.client import Dispatcher, Exchange
@@ -172,7 +172,7 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
         reserve_tokens=reserve,
         client_wants_usage=isinstance(stream_options, dict)
         and bool(stream_options.get("include_usage")),
-        on_settle=partial(charge_key, gw, request.app[SPEND], principal, snap.tz),
+        on_settle=partial(charge_key, gw, request.app[SPEND], principal, snap.minutes),
     )
     return await request.app[DISPATCHER].dispatch(ex, decision.candidates)
 
@@ -192,6 +192,12 @@ async def decide(
         channels, rules = snap.config.channels, snap.rules
     else:
         channels, rules = snap.serving(facts.model)
+        if not rules:  # price order alone: ranked once per minute, only live state checked
+            ranked, limited = snap.ranked(facts.model, snap.minutes.at(now).hhmm)
+            states = await gw.channel_states(snap, now, limited) if limited else {}
+            return route_by_price(
+                ranked, facts.model, states, gw.health.peek, now, reserve_tokens=reserve
+            )
     states = await gw.channel_states(snap, now, channels)
     return route(channels, rules, facts, states, now, snap.tz, reserve_tokens=reserve)
 

@@ -26,9 +26,9 @@ function of them. ``benchmarks/route_path_bench.py`` measures it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import datetime, time, tzinfo
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -268,3 +268,65 @@ def _price_order(entry: tuple[int, ChannelState, Candidate]) -> tuple[bool, floa
     index, _, candidate = entry
     price = candidate.effective_price
     return price > 0, price, candidate.channel.priority, index
+
+
+# ----------------------------------------------------------------------------- without rules
+# When no rule names a channel serving the model, step 1 is empty and the order is step 2 alone:
+# price order, which changes only with the minute (discount windows). ``rank_by_price`` computes
+# it once per (model, minute) (``Snapshot.ranked``); ``route_by_price`` then only drops the
+# channels whose live state excludes them, and needs usage only for channels with quotas.
+Ranked = tuple[tuple[int, Candidate], ...]  # (position in the file, candidate), in price order
+
+_BY_CIRCUIT = {c: ChannelState(circuit=c) for c in ("healthy", "half_open", "open", "cooldown")}
+
+
+def rank_by_price(channels: Sequence[ChannelConfig], hhmm: time) -> Ranked:
+    """Every channel as a step-2 candidate at local minute ``hhmm``, in step-2 order."""
+    pool = []
+    for index, channel in enumerate(channels):
+        discounted = discount_active_local(channel, hhmm)
+        price = _price(channel, discounted)
+        pool.append((index, _FRESH, Candidate(channel, price, discounted, None)))
+    pool.sort(key=_price_order)
+    return tuple((index, candidate) for index, _, candidate in pool)
+
+
+def route_by_price(
+    ranked: Ranked,
+    model: str,
+    states: Mapping[str, ChannelState],
+    circuit_of: Callable[[str, datetime], str],
+    at: datetime,
+    *,
+    reserve_tokens: int = 0,
+) -> RouteDecision:
+    """``route()`` for channels no rule names: the same decision, from ``rank_by_price``.
+
+    ``states`` needs to hold only the channels with a quota; for the others only the circuit
+    matters, read through ``circuit_of(name, at)``.
+    """
+    chosen: list[Candidate] = []
+    excluded: list[tuple[int, Exclusion]] = []
+    for index, candidate in ranked:
+        channel = candidate.channel
+        state = states.get(channel.name)
+        if state is None:
+            circuit = circuit_of(channel.name, at)
+            state = _BY_CIRCUIT.get(circuit) or ChannelState(circuit=circuit)
+        reason = exclusion_reason(channel, model, state, reserve_tokens)
+        if reason is None:
+            chosen.append(candidate)
+        else:
+            excluded.append((index, Exclusion(channel.name, reason)))
+    if len(excluded) > 1:
+        excluded.sort(key=_first)  # file order, as route() lists them
+    return RouteDecision(
+        candidates=tuple(chosen),
+        matched_rule=None,
+        excluded=tuple(e for _, e in excluded),
+        rules=(),
+    )
+
+
+def _first(entry: tuple[int, Exclusion]) -> int:
+    return entry[0]

@@ -260,4 +260,5 @@ class FailurePenalty:
         return delay
 
     def record_success(self, address: str) -> None:
-        self._seen.pop(address, None)
+        if self._seen:  # usually nobody is failing: skip the lookup
+            self._seen.pop(address, None)

@@ -242,6 +242,21 @@ class CounterBook:
         # and building a Usage costs microseconds; any change to a channel drops its entry.
         self._cache: dict[str, tuple[str, str, Usage]] = {}
         self._ids = itertools.count(1)
+        # The window keys of the current minute, asked for ~3 times per request.
+        self._keys_from = self._keys_until = 0.0
+        self._keys = ("", "")
+
+    def window_keys(self, now: datetime) -> tuple[str, str]:
+        """``window_keys(now, self.tz)``, remembered for the minute ``now`` falls in."""
+        if now.tzinfo is None:
+            raise ValueError(f"now must be timezone-aware, got {now!r}")
+        ts = now.timestamp()
+        if self._keys_from <= ts < self._keys_until:
+            return self._keys
+        keys = self._keys = window_keys(now, self.tz)
+        self._keys_from = ts - ts % 60  # every zone offset is whole minutes
+        self._keys_until = self._keys_from + 60
+        return keys
 
     @property
     def reservations(self) -> int:
@@ -275,7 +290,7 @@ class CounterBook:
     ) -> Reservation | None:
         if tokens < 0:
             raise ValueError(f"cannot reserve a negative number of tokens ({tokens})")
-        day, hour = window_keys(now, self.tz)
+        day, hour = self.window_keys(now)
         held_tokens, held_requests = self._inflight.get(channel, (0, 0))
         if limits.day_tokens > 0:
             if self._peek(channel, DAY, day).tokens + held_tokens + tokens > limits.day_tokens:
@@ -314,17 +329,23 @@ class CounterBook:
         reservation was already settled or released (then nothing is counted twice)."""
         if reservation is not None and not self.release(reservation):
             return None
-        day, hour = window_keys(now, self.tz)
+        day, hour = self.window_keys(now)
         self.count(record.channel, day, hour, record)
         return day, hour
 
     def count(self, channel: str, day: str, hour: str, record: RequestRecord) -> None:
         p, c, cost = record.prompt_tokens, record.completion_tokens, record.cost
+        self._cache.pop(channel, None)
+        counters = self._counters
         for window, key in ((DAY, day), (HOUR, hour), (TOTAL, TOTAL_KEY)):
-            self.counter(channel, window, key).add(p, c, 1, cost)
+            keys = counters.get((channel, window))
+            counter = keys.get(key) if keys is not None else None
+            if counter is None:  # a new window: create it (and trim the old ones)
+                counter = self.counter(channel, window, key)
+            counter.add(p, c, 1, cost)
 
     def usages(self, channels: Iterable[str], now: datetime) -> dict[str, Usage]:
-        day_key, hour_key = window_keys(now, self.tz)  # once per call: the router asks per request
+        day_key, hour_key = self.window_keys(now)  # once per call: the router asks per request
         return {ch: self._usage(ch, day_key, hour_key) for ch in channels}
 
     def _usage(self, channel: str, day_key: str, hour_key: str) -> Usage:

@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from ..config import ChannelConfig, Config, RetryConfig
 from ..errors import NoChannelAvailable, UpstreamFailed, UpstreamTimeout
 from ..providers.base import OutgoingRequest, Timeouts, UpstreamReply
-from ..routing.pricing import cost as price_cost
+from ..routing.pricing import token_prices_local
 from ..routing.router import Candidate, RequestFacts
 from ..state import PRINCIPAL, RATELIMIT_HEADERS, Gateway, Snapshot
 from ..storage.base import Limits, RequestRecord, Reservation
@@ -163,7 +163,8 @@ class Dispatcher:
         waited = False
         while queue and tried < policy.max_attempts:
             ch = queue[0].channel
-            health = gw.health.get(ch.name, *self._plan(ch).breaker)
+            plan = self._plan(ch)
+            health = gw.health.get(ch.name, *plan.breaker)
             if tried and not waited and health.available():
                 # Wait before taking a permit or a reservation: a client that goes away during
                 # the backoff then leaves no half-open trial slot or reserved tokens behind.
@@ -175,7 +176,6 @@ class Dispatcher:
                 queue.pop(0)
                 skipped.append(f"{ch.name}: {_UNAVAILABLE.get(health.status(), 'unavailable')}")
                 continue
-            plan = self._plan(ch)
             # The first attempt starts at the request's start; a retry may be seconds later.
             now = gw.clock() if tried or waited else ex.started
             counters = gw.counters
@@ -194,7 +194,7 @@ class Dispatcher:
                 gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
             tried += 1
             waited = False
-            outcome = await self._attempt(ex, ch, Verdict(health, permit), reservation)
+            outcome = await self._attempt(ex, plan, Verdict(health, permit), reservation)
             if isinstance(outcome, web.StreamResponse):
                 return outcome
             if outcome is not None:
@@ -240,16 +240,17 @@ class Dispatcher:
         return self.gw.store.release(reservation)
 
     async def _attempt(
-        self, ex: Exchange, ch: ChannelConfig, health: Verdict, reservation: Reservation
+        self, ex: Exchange, plan: _Plan, health: Verdict, reservation: Reservation
     ) -> web.StreamResponse | tuple[AttemptLog, int, CIMultiDict[str], bytes] | None:
         """One try at one channel: a response sent to the client, a failed HTTP answer, or None."""
         gw = self.gw
+        ch = plan.channel
         provider = gw.providers[ch.provider]
         outgoing = self._outgoing(ex, ch)
         t0 = time.monotonic()
         reply: UpstreamReply | None = None
         try:
-            reply = await provider.send(ch, outgoing, self._plan(ch).timeouts)
+            reply = await provider.send(ch, outgoing, plan.timeouts)
             status = reply.status
             if is_retryable_status(status):
                 body = await reply.read()
@@ -432,7 +433,9 @@ class Dispatcher:
                     "usage_source": "estimated",
                 },
             )
-        cost = price_cost(ch, prompt, completion, ex.started, snap.tz)
+        # Priced at the request's start (a window closing mid-stream changes nothing).
+        prompt_price, completion_price = token_prices_local(ch, snap.minutes.at(ex.started).hhmm)
+        cost = prompt * prompt_price + completion * completion_price
         latency_ms = (time.monotonic() - ex.started_mono) * 1000
         principal = ex.request.get(PRINCIPAL)
         record = RequestRecord(
