@@ -173,6 +173,8 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
         client_wants_usage=isinstance(stream_options, dict)
         and bool(stream_options.get("include_usage")),
         on_settle=partial(charge_key, gw, request.app[SPEND], principal, snap.minutes),
+        key_name=principal.name,
+        limit_headers=request[RATELIMIT_HEADERS],
     )
     return await request.app[DISPATCHER].dispatch(ex, decision.candidates)
 

@@ -26,7 +26,7 @@ from ..errors import NoChannelAvailable, UpstreamFailed, UpstreamTimeout
 from ..providers.base import OutgoingRequest, Timeouts, UpstreamReply
 from ..routing.pricing import token_prices_local
 from ..routing.router import Candidate, RequestFacts
-from ..state import PRINCIPAL, RATELIMIT_HEADERS, Gateway, Snapshot
+from ..state import Gateway, Snapshot
 from ..storage.base import Limits, RequestRecord, Reservation
 from .breaker import ChannelHealth, Permit
 from .errors import AttemptError, UpstreamConnectError
@@ -126,6 +126,9 @@ class Exchange:
     started_mono: float
     reserve_tokens: int
     client_wants_usage: bool
+    key_name: str = ""  # the gateway key's name ("" when unauthenticated)
+    # The client key's x-ratelimit-* headers (they replace the channel account's upstream ones).
+    limit_headers: dict[str, str] = field(default_factory=dict)
     attempts: list[AttemptLog] = field(default_factory=list)
     settled: bool = False  # usage recorded (and the breaker told) for this request
     # Told each settled record (the proxy charges the key's token bucket and daily spend).
@@ -437,11 +440,10 @@ class Dispatcher:
         prompt_price, completion_price = token_prices_local(ch, snap.minutes.at(ex.started).hhmm)
         cost = prompt * prompt_price + completion * completion_price
         latency_ms = (time.monotonic() - ex.started_mono) * 1000
-        principal = ex.request.get(PRINCIPAL)
         record = RequestRecord(
             ts=ex.started.timestamp(),
             request_id=ex.request_id,
-            api_key_name=principal.name if principal is not None else "",
+            api_key_name=ex.key_name,
             channel=ch.name,
             model=ex.facts.model,
             prompt_tokens=prompt,
@@ -527,7 +529,7 @@ class Dispatcher:
     ) -> CIMultiDict[str]:
         out: CIMultiDict[str] = CIMultiDict()
         # The client's key limits replace the channel account's (which describe our upstream key).
-        ours = ex.request.get(RATELIMIT_HEADERS) or {}
+        ours = ex.limit_headers
         for k, v in upstream.items():
             lower = k.lower()
             if lower not in _DROP_RESPONSE and not (ours and lower.startswith("x-ratelimit-")):
