@@ -33,7 +33,7 @@ from .security.ratelimit import FailurePenalty, RateLimiter
 from .state import GATEWAY, Gateway, Snapshot, utc_now
 from .storage import create_store
 from .storage.base import UsageStore
-from .upstream.breaker import HealthBook
+from .upstream.health import HealthBook
 from .upstream.retry import Jitter, Sleep
 
 log = logging.getLogger("smartproxy")

@@ -34,7 +34,7 @@ from .security.apikeys import KeyRing, Principal
 from .security.jwt import JwtVerifier, generate_secret
 from .security.ratelimit import FailurePenalty, RateLimiter
 from .storage.base import InProcessCounters, UsageStore
-from .upstream.breaker import HealthBook
+from .upstream.health import HealthBook
 from .upstream.retry import Jitter, Sleep
 
 log = logging.getLogger("smartproxy")

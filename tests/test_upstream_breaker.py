@@ -15,13 +15,8 @@ from typing import Any
 import aiobreaker
 import pytest
 
-from smartproxy.upstream.breaker import (
-    ChannelBreaker,
-    ChannelHealth,
-    ChannelOpenError,
-    HealthBook,
-    Permit,
-)
+from smartproxy.upstream.breaker import ChannelBreaker, ChannelOpenError, Permit
+from smartproxy.upstream.health import ChannelHealth, HealthBook
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -4,19 +4,18 @@ Each attempt: the channel's breaker says yes, a quota reservation succeeds, the 
 Retryable answers (429, 5xx, 401/403) and connection errors/timeouts move down the candidate
 list with backoff between attempts; other 4xx come back at once. A stream is failed over only
 before its first byte reaches the client; later it ends with an SSE ``error`` event.
+The SSE relay is in ``relay``; ``Exchange``, ``AttemptLog``, ``Verdict`` and ``header_safe`` live
+in ``exchange`` and are re-exported from here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -25,13 +24,17 @@ from ..config import ChannelConfig, Config, RetryConfig
 from ..errors import NoChannelAvailable, UpstreamFailed, UpstreamTimeout
 from ..providers.base import OutgoingRequest, Timeouts, UpstreamReply
 from ..routing.pricing import token_prices_local
-from ..routing.router import Candidate, RequestFacts
+from ..routing.router import Candidate
 from ..state import Gateway, Snapshot
 from ..storage.base import Limits, RequestRecord, Reservation
-from .breaker import ChannelHealth, Permit
-from .errors import AttemptError, UpstreamConnectError
+from .errors import AttemptError
+from .exchange import AttemptLog as AttemptLog
+from .exchange import Exchange as Exchange
+from .exchange import Verdict as Verdict
+from .exchange import header_safe as header_safe
+from .relay import relay_stream
 from .retry import RetryPolicy, is_breaker_failure_status, is_retryable_status, parse_retry_after
-from .sse import EventSplitter, StreamTally, error_event, inspect_event, usage_of_body
+from .sse import usage_of_body
 
 log = logging.getLogger("smartproxy.upstream")
 
@@ -60,79 +63,6 @@ _UNAVAILABLE = {
     "half_open": "circuit half-open, trial in flight",
     "cooldown": "cooling down after 429",
 }
-
-
-@dataclass(slots=True)
-class Verdict:
-    """One attempt's breaker permit and where its outcome goes (exactly one verdict is given)."""
-
-    health: ChannelHealth
-    permit: Permit
-
-    def success(self) -> None:
-        self.health.success(self.permit)
-
-    def failure(self) -> None:
-        self.health.failure(self.permit)
-
-    def release(self) -> None:
-        self.health.release(self.permit)
-
-    def rate_limited(self, retry_after: float | None, default: float) -> None:
-        self.health.rate_limited(retry_after, default, self.permit)
-
-
-@dataclass(slots=True)
-class AttemptLog:
-    """One attempt: an HTTP status, or an error ``kind`` ("error" | "timeout") and its message."""
-
-    channel: str
-    status: int | None
-    error: str | None
-    seconds: float
-    kind: str = "http"
-
-    @property
-    def timed_out(self) -> bool:
-        return self.kind == "timeout"
-
-    def short(self) -> str:
-        """``channel:status`` (or ``channel:error|timeout``) for ``x-smartproxy-attempts``."""
-        outcome = self.status if self.status is not None else self.kind
-        return f"{header_safe(self.channel)}:{outcome}"
-
-    def describe(self) -> str:
-        """``channel: outcome after N ms`` for the message of a gateway-made 502/503/504."""
-        if self.status is not None:
-            outcome = f"HTTP {self.status}"
-        else:
-            outcome = f"{self.kind} ({self.error})" if self.timed_out else f"{self.error}"
-        return f"{self.channel}: {outcome} after {self.seconds * 1000:.0f} ms"
-
-
-@dataclass(slots=True)
-class Exchange:
-    """Everything one client request carries through the upstream layer."""
-
-    request: web.Request
-    snap: Snapshot
-    facts: RequestFacts
-    path: str  # below /v1
-    body: dict[str, Any] | None  # parsed JSON (None for GET)
-    raw_body: bytes
-    headers: CIMultiDict[str]
-    request_id: str
-    started: datetime
-    started_mono: float
-    reserve_tokens: int
-    client_wants_usage: bool
-    key_name: str = ""  # the gateway key's name ("" when unauthenticated)
-    # The client key's x-ratelimit-* headers (they replace the channel account's upstream ones).
-    limit_headers: dict[str, str] = field(default_factory=dict)
-    attempts: list[AttemptLog] = field(default_factory=list)
-    settled: bool = False  # usage recorded (and the breaker told) for this request
-    # Told each settled record (the proxy charges the key's token bucket and daily spend).
-    on_settle: Callable[[RequestRecord], None] | None = None
 
 
 class Dispatcher:
@@ -263,7 +193,7 @@ class Dispatcher:
                     await pending
                 return ex.attempts[-1], status, CIMultiDict(reply.headers), body
             if outgoing.stream and status == 200 and _is_sse(reply.headers):
-                return await self._relay_stream(ex, ch, health, reservation, reply, t0)
+                return await relay_stream(self, ex, ch, health, reservation, reply, t0)
             body = await reply.read()
         except AttemptError as exc:
             if reply is not None:
@@ -310,95 +240,6 @@ class Dispatcher:
             body=body,
             stream=ex.facts.stream,
         )
-
-    async def _relay_stream(
-        self,
-        ex: Exchange,
-        ch: ChannelConfig,
-        health: Verdict,
-        reservation: Reservation,
-        reply: UpstreamReply,
-        t0: float,
-    ) -> web.StreamResponse:
-        """Relay SSE event by event; fail over only while nothing has reached the client."""
-        chunks = reply.iter_chunks()
-        splitter = EventSplitter()
-        tally = StreamTally()
-        strip_usage = not ex.client_wants_usage
-        # The first chunk decides: before it, a failure is invisible to the client.
-        try:
-            first = await chunks.__anext__()  # AttemptError propagates to the failover loop
-        except StopAsyncIteration:
-            raise UpstreamConnectError(
-                "upstream closed the stream before sending anything"
-            ) from None
-        seconds_to_first = time.monotonic() - t0
-        resp = web.StreamResponse(
-            status=reply.status, headers=self._response_headers(ex, ch, reply.headers)
-        )
-        ex.attempts.append(AttemptLog(ch.name, reply.status, None, seconds_to_first))
-        status = reply.status
-        error: str | None = None
-        try:
-            await resp.prepare(ex.request)
-            pending: bytes | None = first
-            while True:
-                if pending is None:
-                    try:
-                        pending = await chunks.__anext__()
-                    except StopAsyncIteration:
-                        break
-                out = []
-                for event in splitter.feed(pending):
-                    if inspect_event(event, tally) and strip_usage:
-                        continue
-                    out.append(event)
-                pending = None
-                if out:
-                    await resp.write(b"".join(out))
-            rest = splitter.rest()
-            if rest:
-                await resp.write(rest)
-            if not tally.done and ex.path != "/embeddings":
-                # The upstream closed cleanly but never said [DONE]: the answer is cut short.
-                error = "upstream closed the stream before [DONE]"
-                await resp.write(error_event(error))
-            await resp.write_eof()
-        except AttemptError as exc:
-            error = exc.message
-            status = 502
-            await _write_quietly(resp, error_event(f"upstream stream broke: {exc.message}"))
-        except (ConnectionError, asyncio.CancelledError) as exc:
-            error = "client disconnected"
-            status = 499
-            reply.close()
-            self._finish_stream(ex, ch, health, reservation, tally, status, error, t0)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return resp
-        finally:
-            reply.close()
-        self._finish_stream(ex, ch, health, reservation, tally, status, error, t0)
-        return resp
-
-    def _finish_stream(
-        self,
-        ex: Exchange,
-        ch: ChannelConfig,
-        health: Verdict,
-        reservation: Reservation,
-        tally: StreamTally,
-        status: int,
-        error: str | None,
-        t0: float,
-    ) -> None:
-        seconds = time.monotonic() - t0
-        self.gw.metrics.observe_upstream(ch.name, status if status != 499 else 200, seconds)
-        if error and status == 502:
-            health.failure()
-        else:
-            health.success()
-        self._settle(ex, ch, reservation, status, tally.usage, tally.content_events, error)
 
     def _settle(
         self,
@@ -543,11 +384,6 @@ class Dispatcher:
         return out
 
 
-def header_safe(value: str) -> str:
-    """Channel names may be any Unicode (免费渠道A); in headers they are percent-encoded UTF-8."""
-    return value if value.isascii() and value.isprintable() else quote(value, safe=" -_.~")
-
-
 @dataclass(slots=True, frozen=True)
 class _Plan:
     """What one channel of one config needs on every attempt, built once (see ``_plan``)."""
@@ -561,11 +397,3 @@ class _Plan:
 
 def _is_sse(headers: Any) -> bool:
     return str(headers.get("Content-Type", "")).startswith("text/event-stream")
-
-
-async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
-    try:
-        await resp.write(data)
-        await resp.write_eof()
-    except (ConnectionError, RuntimeError):
-        pass

@@ -1,0 +1,101 @@
+"""What one client request carries through the upstream layer, and what each attempt leaves.
+
+``Exchange`` (the request), ``AttemptLog`` (one attempt's outcome), ``Verdict`` (one attempt's
+breaker permit) and ``header_safe``. The dispatcher (``client``) and the stream relay (``relay``)
+both use them; ``client`` re-exports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..routing.router import RequestFacts
+from ..state import Snapshot
+from ..storage.base import RequestRecord
+from .breaker import Permit
+from .health import ChannelHealth
+
+
+@dataclass(slots=True)
+class Verdict:
+    """One attempt's breaker permit and where its outcome goes (exactly one verdict is given)."""
+
+    health: ChannelHealth
+    permit: Permit
+
+    def success(self) -> None:
+        self.health.success(self.permit)
+
+    def failure(self) -> None:
+        self.health.failure(self.permit)
+
+    def release(self) -> None:
+        self.health.release(self.permit)
+
+    def rate_limited(self, retry_after: float | None, default: float) -> None:
+        self.health.rate_limited(retry_after, default, self.permit)
+
+
+@dataclass(slots=True)
+class AttemptLog:
+    """One attempt: an HTTP status, or an error ``kind`` ("error" | "timeout") and its message."""
+
+    channel: str
+    status: int | None
+    error: str | None
+    seconds: float
+    kind: str = "http"
+
+    @property
+    def timed_out(self) -> bool:
+        return self.kind == "timeout"
+
+    def short(self) -> str:
+        """``channel:status`` (or ``channel:error|timeout``) for ``x-smartproxy-attempts``."""
+        outcome = self.status if self.status is not None else self.kind
+        return f"{header_safe(self.channel)}:{outcome}"
+
+    def describe(self) -> str:
+        """``channel: outcome after N ms`` for the message of a gateway-made 502/503/504."""
+        if self.status is not None:
+            outcome = f"HTTP {self.status}"
+        else:
+            outcome = f"{self.kind} ({self.error})" if self.timed_out else f"{self.error}"
+        return f"{self.channel}: {outcome} after {self.seconds * 1000:.0f} ms"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Everything one client request carries through the upstream layer."""
+
+    request: web.Request
+    snap: Snapshot
+    facts: RequestFacts
+    path: str  # below /v1
+    body: dict[str, Any] | None  # parsed JSON (None for GET)
+    raw_body: bytes
+    headers: CIMultiDict[str]
+    request_id: str
+    started: datetime
+    started_mono: float
+    reserve_tokens: int
+    client_wants_usage: bool
+    key_name: str = ""  # the gateway key's name ("" when unauthenticated)
+    # The client key's x-ratelimit-* headers (they replace the channel account's upstream ones).
+    limit_headers: dict[str, str] = field(default_factory=dict)
+    attempts: list[AttemptLog] = field(default_factory=list)
+    settled: bool = False  # usage recorded (and the breaker told) for this request
+    # Told each settled record (the proxy charges the key's token bucket and daily spend).
+    on_settle: Callable[[RequestRecord], None] | None = None
+
+
+def header_safe(value: str) -> str:
+    """Channel names may be any Unicode (免费渠道A); in headers they are percent-encoded UTF-8."""
+    return value if value.isascii() and value.isprintable() else quote(value, safe=" -_.~")

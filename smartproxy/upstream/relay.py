@@ -1,0 +1,121 @@
+"""The streaming half of an attempt: relay an upstream SSE answer to the client event by event.
+
+``relay_stream`` waits for the first chunk (until then a failure is invisible to the client and the
+dispatcher may fail over), then streams, drops the usage events the client did not ask for, ends a
+cut-short or broken stream with an SSE ``error`` event, and settles usage through the dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..config import ChannelConfig
+from ..providers.base import UpstreamReply
+from ..storage.base import Reservation
+from .errors import AttemptError, UpstreamConnectError
+from .exchange import AttemptLog, Exchange, Verdict
+from .sse import EventSplitter, StreamTally, error_event, inspect_event
+
+if TYPE_CHECKING:  # client imports this module
+    from .client import Dispatcher
+
+
+async def relay_stream(
+    dispatcher: Dispatcher,
+    ex: Exchange,
+    ch: ChannelConfig,
+    health: Verdict,
+    reservation: Reservation,
+    reply: UpstreamReply,
+    t0: float,
+) -> web.StreamResponse:
+    """Relay SSE event by event; fail over only while nothing has reached the client."""
+    chunks = reply.iter_chunks()
+    splitter = EventSplitter()
+    tally = StreamTally()
+    strip_usage = not ex.client_wants_usage
+    # The first chunk decides: before it, a failure is invisible to the client.
+    try:
+        first = await chunks.__anext__()  # AttemptError propagates to the failover loop
+    except StopAsyncIteration:
+        raise UpstreamConnectError("upstream closed the stream before sending anything") from None
+    seconds_to_first = time.monotonic() - t0
+    resp = web.StreamResponse(
+        status=reply.status, headers=dispatcher._response_headers(ex, ch, reply.headers)
+    )
+    ex.attempts.append(AttemptLog(ch.name, reply.status, None, seconds_to_first))
+    status = reply.status
+    error: str | None = None
+    try:
+        await resp.prepare(ex.request)
+        pending: bytes | None = first
+        while True:
+            if pending is None:
+                try:
+                    pending = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+            out = []
+            for event in splitter.feed(pending):
+                if inspect_event(event, tally) and strip_usage:
+                    continue
+                out.append(event)
+            pending = None
+            if out:
+                await resp.write(b"".join(out))
+        rest = splitter.rest()
+        if rest:
+            await resp.write(rest)
+        if not tally.done and ex.path != "/embeddings":
+            # The upstream closed cleanly but never said [DONE]: the answer is cut short.
+            error = "upstream closed the stream before [DONE]"
+            await resp.write(error_event(error))
+        await resp.write_eof()
+    except AttemptError as exc:
+        error = exc.message
+        status = 502
+        await _write_quietly(resp, error_event(f"upstream stream broke: {exc.message}"))
+    except (ConnectionError, asyncio.CancelledError) as exc:
+        error = "client disconnected"
+        status = 499
+        reply.close()
+        _finish_stream(dispatcher, ex, ch, health, reservation, tally, status, error, t0)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return resp
+    finally:
+        reply.close()
+    _finish_stream(dispatcher, ex, ch, health, reservation, tally, status, error, t0)
+    return resp
+
+
+def _finish_stream(
+    dispatcher: Dispatcher,
+    ex: Exchange,
+    ch: ChannelConfig,
+    health: Verdict,
+    reservation: Reservation,
+    tally: StreamTally,
+    status: int,
+    error: str | None,
+    t0: float,
+) -> None:
+    seconds = time.monotonic() - t0
+    dispatcher.gw.metrics.observe_upstream(ch.name, status if status != 499 else 200, seconds)
+    if error and status == 502:
+        health.failure()
+    else:
+        health.success()
+    dispatcher._settle(ex, ch, reservation, status, tally.usage, tally.content_events, error)
+
+
+async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
+    try:
+        await resp.write(data)
+        await resp.write_eof()
+    except (ConnectionError, RuntimeError):
+        pass
