@@ -5,7 +5,7 @@ settled request, and a key's daily budget counts in the local day. A zone conver
 (``astimezone`` through ``zoneinfo``) on each of those, on every request, is needless: every
 zone offset in use is a whole number of minutes, so all instants of one UTC minute share one local
 minute. ``MinuteClock.at(now)`` converts on the first call of a minute and then answers from a
-float comparison.
+float comparison. The usage counters take their day and hour window keys from it too.
 """
 
 from __future__ import annotations
@@ -20,9 +20,14 @@ class LocalMinute:
     local: datetime  # wall-clock time in the zone at the start of the minute
     hhmm: time  # what discount windows are compared with
     day: date
+    day_key: str  # the usage counters' windows: "YYYY-MM-DD" and "YYYY-MM-DDTHH"
+    hour_key: str
 
-    def holds(self, ts: float) -> bool:
-        return self.start <= ts < self.start + 60
+
+def window_keys_of(local: datetime) -> tuple[str, str]:
+    """The (day, hour) usage window keys of a local wall-clock time."""
+    day = f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
+    return day, f"{day}T{local.hour:02d}"
 
 
 class MinuteClock:
@@ -46,5 +51,8 @@ class MinuteClock:
             return last
         start = ts - ts % 60
         local = datetime.fromtimestamp(start, self.tz)
-        last = self._last = LocalMinute(start, local, time(local.hour, local.minute), local.date())
+        day_key, hour_key = window_keys_of(local)
+        last = self._last = LocalMinute(
+            start, local, time(local.hour, local.minute), local.date(), day_key, hour_key
+        )
         return last

@@ -82,22 +82,32 @@ class _Children(Generic[M]):
                 pass
 
 
-class HotCounter:
-    """A labelled counter kept as a dict (label values -> total), exported on scrape."""
+V = TypeVar("V")
+
+
+class _HotSeries(Generic[V]):
+    """A labelled series kept as a dict (label values -> value), exported on scrape."""
 
     __slots__ = ("name", "doc", "labels", "values")
 
     def __init__(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
         self.name, self.doc, self.labels = name, doc, labels
-        self.values: dict[tuple[Hashable, ...], float] = {}
+        self.values: dict[tuple[Hashable, ...], V] = {}
+
+    def forget(self, position: int, value: str) -> None:
+        """Drop every label set whose label at ``position`` equals ``value``."""
+        for key in [k for k in self.values if str(k[position]) == value]:
+            del self.values[key]
+
+
+class HotCounter(_HotSeries[float]):
+    """A labelled counter: label values -> total."""
+
+    __slots__ = ()
 
     def inc(self, key: tuple[Hashable, ...], amount: float = 1) -> None:
         values = self.values
         values[key] = values.get(key, 0) + amount
-
-    def forget(self, position: int, value: str) -> None:
-        for key in [k for k in self.values if str(k[position]) == value]:
-            del self.values[key]
 
     def family(self) -> Metric:
         fam = CounterMetricFamily(self.name, self.doc, labels=self.labels)
@@ -110,15 +120,14 @@ class HotCounter:
         return fam
 
 
-class HotHistogram:
-    """A labelled histogram kept as per-bucket counts and a sum, exported on scrape."""
+class HotHistogram(_HotSeries[list[float]]):
+    """A labelled histogram: label values -> [count in bucket 0, ..., in bucket n-1, sum]."""
 
-    __slots__ = ("name", "doc", "labels", "bounds", "values")
+    __slots__ = ("bounds",)
 
     def __init__(self, name: str, doc: str, labels: tuple[str, ...], bounds: tuple[float, ...]):
-        self.name, self.doc, self.labels, self.bounds = name, doc, labels, bounds
-        # label values -> [count in bucket 0, ..., count in bucket n-1, sum]
-        self.values: dict[tuple[Hashable, ...], list[float]] = {}
+        super().__init__(name, doc, labels)
+        self.bounds = bounds
 
     def observe(self, key: tuple[Hashable, ...], seconds: float) -> None:
         counts = self.values.get(key)
@@ -126,10 +135,6 @@ class HotHistogram:
             counts = self.values[key] = [0.0] * (len(self.bounds) + 1)
         counts[bisect_left(self.bounds, seconds)] += 1  # the first bucket with bound >= value
         counts[-1] += seconds
-
-    def forget(self, position: int, value: str) -> None:
-        for key in [k for k in self.values if str(k[position]) == value]:
-            del self.values[key]
 
     def family(self) -> Metric:
         fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)

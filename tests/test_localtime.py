@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from smartproxy.localtime import MinuteClock
+from smartproxy.storage.base import window_keys
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,9 @@ def test_local_minute_and_day(zone: str, utc: datetime, hhmm: time, day: date) -
     assert minute.hhmm == hhmm
     assert minute.day == day
     assert minute.local == utc.astimezone(ZoneInfo(zone)).replace(second=0, microsecond=0)
+    local = utc.astimezone(ZoneInfo(zone))
+    assert (minute.day_key, minute.hour_key) == (f"{local:%Y-%m-%d}", f"{local:%Y-%m-%dT%H}")
+    assert (minute.day_key, minute.hour_key) == window_keys(utc, ZoneInfo(zone))
 
 
 def test_the_minute_is_remembered_until_it_ends_and_recomputed_after() -> None:

@@ -421,3 +421,23 @@ def test_health_book_keeps_state_across_reloads(clock: FakeClock) -> None:
     book.forget({"b"})
     assert book.states() == {"b": "healthy"} and book.peek("a") == "healthy"
     assert book.get("a", 2, 30) is not first  # a channel that comes back starts closed
+
+
+def test_a_success_listener_hears_successes_of_a_closed_breaker(clock: FakeClock) -> None:
+    """Closed with no failures counted, a success changes nothing and is skipped, unless a
+    listener asked to hear of successes (added or removed at any time)."""
+    heard: list[str] = []
+
+    class Recorder(aiobreaker.CircuitBreakerListener):  # type: ignore[misc]
+        def success(self, breaker: Any) -> None:
+            heard.append("success")
+
+    breaker = ChannelBreaker(3, 30, clock=clock, on_state_change=lambda *_: None)
+    breaker.record_success(breaker.acquire())
+    recorder = Recorder()
+    breaker.add_listeners(recorder)
+    breaker.record_success(breaker.acquire())
+    breaker.record_success(breaker.acquire())
+    breaker.remove_listener(recorder)
+    breaker.record_success(breaker.acquire())
+    assert heard == ["success", "success"]

@@ -83,7 +83,14 @@ def cost(
 ) -> float:
     """USD for one request, priced at ``at`` (the request's start, so a window closing mid-stream
     does not change what the client was quoted)."""
+    return cost_local(channel, prompt_tokens, completion_tokens, minute_of(local_time(at, tz)))
+
+
+def cost_local(
+    channel: ChannelConfig, prompt_tokens: int, completion_tokens: int, hhmm: time
+) -> float:
+    """``cost`` at a local minute already computed (``MinuteClock``)."""
     if prompt_tokens < 0 or completion_tokens < 0:
         raise ValueError(f"token counts must not be negative: {prompt_tokens}, {completion_tokens}")
-    prompt_price, completion_price = token_prices(channel, at, tz)
+    prompt_price, completion_price = token_prices_local(channel, hhmm)
     return prompt_tokens * prompt_price + completion_tokens * completion_price

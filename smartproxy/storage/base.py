@@ -27,6 +27,7 @@ from datetime import datetime, tzinfo
 from typing import Protocol, runtime_checkable
 
 from ..errors import SmartProxyError
+from ..localtime import MinuteClock, window_keys_of
 
 Clock = Callable[[], datetime]  # returns an aware datetime; injected so tests never read the wall
 
@@ -140,29 +141,12 @@ class UsageStore(Protocol):
 
 
 # ----------------------------------------------------------------------------- shared helpers
-_WINDOW_CACHE: dict[tuple[int, tzinfo], tuple[str, str]] = {}
-
-
 def window_keys(now: datetime, tz: tzinfo) -> tuple[str, str]:
-    """The (day, hour) keys of ``now`` in ``tz``; ``now`` must be timezone-aware."""
+    """The (day, hour) keys of ``now`` in ``tz``; ``now`` must be timezone-aware. (The request
+    path asks ``CounterBook.window_keys``, which converts once per minute.)"""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be timezone-aware, got {now!r}")
-    # Called 3x per request; every zone offset is whole minutes, so the keys of one UTC minute
-    # are the keys of every instant in it.
-    cache_key = (int(now.timestamp()) // 60, tz)
-    hit = _WINDOW_CACHE.get(cache_key)
-    if hit is not None:
-        return hit
-    if len(_WINDOW_CACHE) > 64:
-        _WINDOW_CACHE.clear()
-    _WINDOW_CACHE[cache_key] = keys = _window_keys(now, tz)
-    return keys
-
-
-def _window_keys(now: datetime, tz: tzinfo) -> tuple[str, str]:
-    t = now.astimezone(tz)
-    day = f"{t.year:04d}-{t.month:02d}-{t.day:02d}"
-    return day, f"{day}T{t.hour:02d}"
+    return window_keys_of(now.astimezone(tz))
 
 
 def epoch(dt: datetime | None, tz: tzinfo) -> float | None:
@@ -242,21 +226,12 @@ class CounterBook:
         # and building a Usage costs microseconds; any change to a channel drops its entry.
         self._cache: dict[str, tuple[str, str, Usage]] = {}
         self._ids = itertools.count(1)
-        # The window keys of the current minute, asked for ~3 times per request.
-        self._keys_from = self._keys_until = 0.0
-        self._keys = ("", "")
+        self._minutes = MinuteClock(tz)  # window keys, asked for ~3 times per request
 
     def window_keys(self, now: datetime) -> tuple[str, str]:
-        """``window_keys(now, self.tz)``, remembered for the minute ``now`` falls in."""
-        if now.tzinfo is None:
-            raise ValueError(f"now must be timezone-aware, got {now!r}")
-        ts = now.timestamp()
-        if self._keys_from <= ts < self._keys_until:
-            return self._keys
-        keys = self._keys = window_keys(now, self.tz)
-        self._keys_from = ts - ts % 60  # every zone offset is whole minutes
-        self._keys_until = self._keys_from + 60
-        return keys
+        """``window_keys(now, self.tz)``, converted once per minute."""
+        minute = self._minutes.at(now)
+        return minute.day_key, minute.hour_key
 
     @property
     def reservations(self) -> int:

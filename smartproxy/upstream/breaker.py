@@ -119,20 +119,25 @@ class ChannelBreaker(aiobreaker.CircuitBreaker):  # type: ignore[misc]
     ) -> None:
         self._clock = clock
         self._trial: Permit | None = None
+        self._success_listeners = False  # does any listener override success()?
         super().__init__(name=name)
         self.configure(fail_max, reset_timeout)
         if on_state_change is not None:
             self.add_listener(_StateChangeAdapter(on_state_change))
 
-    @property
-    def _success_listeners(self) -> bool:
-        """Does any listener want to hear of successes? (aiobreaker keeps them in a list.)"""
-        listeners = self._listeners
-        if not listeners:
-            return False
-        if len(listeners) == 1 and type(listeners[0]) is _StateChangeAdapter:
-            return False  # ours: state changes only
-        return any(type(x).success is not _SILENT_SUCCESS for x in listeners)
+    # aiobreaker's add_listeners() goes through add_listener().
+    def add_listener(self, listener: Any) -> None:
+        super().add_listener(listener)
+        self._listeners_changed()
+
+    def remove_listener(self, listener: Any) -> None:
+        super().remove_listener(listener)
+        self._listeners_changed()
+
+    def _listeners_changed(self) -> None:
+        self._success_listeners = any(
+            type(x).success is not _SILENT_SUCCESS for x in self._listeners
+        )
 
     def _now(self) -> datetime:
         if (now := self._clock()).tzinfo is None:

@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 from ..config import ChannelConfig, Config, RetryConfig
 from ..errors import NoChannelAvailable, UpstreamFailed, UpstreamTimeout
 from ..providers.base import OutgoingRequest, Timeouts, UpstreamReply
-from ..routing.pricing import token_prices_local
+from ..routing.pricing import cost_local
 from ..routing.router import Candidate
 from ..state import Gateway, Snapshot
 from ..storage.base import Limits, RequestRecord, Reservation
@@ -278,8 +278,7 @@ class Dispatcher:
                 },
             )
         # Priced at the request's start (a window closing mid-stream changes nothing).
-        prompt_price, completion_price = token_prices_local(ch, snap.minutes.at(ex.started).hhmm)
-        cost = prompt * prompt_price + completion * completion_price
+        cost = cost_local(ch, prompt, completion, snap.minutes.at(ex.started).hhmm)
         latency_ms = (time.monotonic() - ex.started_mono) * 1000
         record = RequestRecord(
             ts=ex.started.timestamp(),
