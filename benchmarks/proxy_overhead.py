@@ -6,7 +6,8 @@ with one openai channel, one API key, a rate limit too high to bite, no access l
 each with wrk (or, without wrk, a Python load generator) and prints a markdown table:
 
 * requests/s at ``--connections`` with no upstream delay (throughput: the proxy is the bottleneck),
-* p50/p95/p99 at ``--connections`` with a ``--delay-ms`` upstream (latency at light CPU load),
+* p50/p95/p99 at ``--connections`` with a ``--delay-ms`` upstream (latency at light CPU load;
+  each delay gets a uniform ``--jitter-ms`` on top, default 1 ms, against timer rounding),
 
 for direct-to-upstream, through the floor and through the gateway (memory and sqlite storage), and
 the ratios the issue sets as targets: gateway req/s / floor req/s >= 0.6 and gateway added p50 /
@@ -419,6 +420,13 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of discarded load first")
     parser.add_argument("--delay-ms", type=float, default=50.0, help="upstream delay, latency runs")
+    parser.add_argument(
+        "--jitter-ms",
+        type=float,
+        default=1.0,
+        help="uniform 0..J ms added to each delay, so that the upstream's 1 ms timer rounding "
+        "does not depend on a proxy's processing time (see fast_upstream.py)",
+    )
     parser.add_argument("--storage", default="memory,sqlite", help="gateway backends to run")
     parser.add_argument("--rounds", type=int, default=1, help="repeat all runs; report medians")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
@@ -467,7 +475,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="smartproxy-bench-") as tmp:
         workdir = Path(tmp)
         ups = {}
-        for label, delay in (("fast", 0.0), ("slow", args.delay_ms)):
+        for label, delay, jitter in (("fast", 0.0, 0.0), ("slow", args.delay_ms, args.jitter_ms)):
             port = free_port()
             log = workdir / f"upstream-{label}.log"
             proc = start(
@@ -478,6 +486,8 @@ def main() -> int:
                     str(port),
                     "--delay-ms",
                     str(delay),
+                    "--jitter-ms",
+                    str(jitter),
                 ],
                 cpus["upstream"],
                 log,
@@ -540,7 +550,8 @@ def report(
     )
     print(
         "| target | req/s (0 ms upstream) | proxy CPU µs/req | CPU % proxy / upstream / loadgen | "
-        f"p50 ms ({args.delay_ms:g} ms upstream) | p95 ms | p99 ms | added p50 ms (paired) | errors |"
+        f"p50 ms ({args.delay_ms:g}+U(0,{args.jitter_ms:g}) ms upstream) | p95 ms | p99 ms "
+        "| added p50 ms (paired) | errors |"
     )
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
     out: dict[str, Any] = {
