@@ -24,6 +24,7 @@ from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResourc
 from . import __version__
 from .api.admin import create_admin_app
 from .api.docs import setup_docs
+from .api.fronts.routes import add_fronts
 from .api.ops import create_ops_app
 from .api.proxy import create_proxy_app
 from .config import Config
@@ -99,7 +100,9 @@ def create_app(
     app.cleanup_ctx.append(_client_session(session))
     app.cleanup_ctx.append(_usage_store)
     app.on_shutdown.append(_start_draining)
-    app.add_subapp("/v1", create_proxy_app(gateway))
+    proxy = create_proxy_app(gateway)
+    add_fronts(proxy)  # /v1/responses, /v1/messages
+    app.add_subapp("/v1", proxy)
     app.add_subapp("/api", create_admin_app(gateway))
     ops = create_ops_app()
     setup_docs(

@@ -14,6 +14,11 @@ its tokens at 00:00:01 (it will be counted in the new day), and releasing it tak
 in-flight pool it was added to, never from a window's settled count. ``Reservation.day_key`` and
 ``hour_key`` record where it was made, for logs and for backends that expire keys.
 
+Responses. ``remember_response`` keeps which channel answered an OpenAI Responses request (its
+server holds the conversation a later ``previous_response_id`` continues) for ``RESPONSE_TTL``
+(30 days, as long as OpenAI stores a response by default); ``response_channel`` reads it back.
+In-process backends keep at most ``RESPONSE_KEEP`` ids in memory (oldest dropped first).
+
 A record's ``ts`` is the request's start, so near a boundary the request log grouped by ``ts`` and
 the day counters may place one request on different sides of midnight; totals always agree.
 """
@@ -21,6 +26,7 @@ the day counters may place one request on different sides of midnight; totals al
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -33,7 +39,14 @@ Clock = Callable[[], datetime]  # returns an aware datetime; injected so tests n
 
 DAY, HOUR, TOTAL = "day", "hour", "total"
 TOTAL_KEY = "total"
-GROUP_COLUMNS = {"channel": "channel", "api_key": "api_key_name", "model": "model"}
+GROUP_COLUMNS = {
+    "channel": "channel",
+    "api_key": "api_key_name",
+    "model": "model",
+    "endpoint": "endpoint",
+}
+RESPONSE_TTL = 30 * 86400.0  # seconds a response id -> channel mapping is kept
+RESPONSE_KEEP = 100_000  # ids an in-process backend keeps in memory
 
 
 class StorageError(SmartProxyError):
@@ -102,6 +115,7 @@ class RequestRecord:
     stream: bool = False
     usage_source: str = "upstream"  # upstream | estimated | none
     error: str | None = None
+    endpoint: str = ""  # the client-facing route ("/v1/chat/completions", "/v1/messages", ...)
 
     @property
     def total_tokens(self) -> int:
@@ -135,7 +149,14 @@ class UsageStore(Protocol):
     async def query(
         self, start: datetime | None, end: datetime | None, group_by: str
     ) -> list[dict[str, object]]:
-        """Sum the request log over ``start <= ts < end``, grouped by channel|api_key|model."""
+        """Sum the request log over ``start <= ts < end``, grouped by channel|api_key|model|
+        endpoint."""
+
+    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
+        """Keep ``response_id -> channel`` for ``RESPONSE_TTL`` seconds from ``now``."""
+
+    async def response_channel(self, response_id: str, now: datetime) -> str | None:
+        """The channel that answered ``response_id``, or None (unknown or older than the TTL)."""
 
     def status(self) -> dict[str, object]: ...
 
@@ -390,3 +411,38 @@ class InProcessCounters:
 
     async def usage(self, channels: Sequence[str], now: datetime) -> dict[str, Usage]:
         return self.usage_now(channels, now)
+
+
+class ResponseBook:
+    """Response id -> (channel, expiry epoch) in this process: bounded by count and by age."""
+
+    __slots__ = ("_ids", "_keep", "_ttl")
+
+    def __init__(self, *, keep: int = RESPONSE_KEEP, ttl: float = RESPONSE_TTL) -> None:
+        self._ids: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._keep = keep
+        self._ttl = ttl
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def put(self, response_id: str, channel: str, now: float) -> float:
+        """Remember it; returns its expiry (epoch seconds)."""
+        expires = now + self._ttl
+        self._ids[response_id] = (channel, expires)
+        self._ids.move_to_end(response_id)
+        while len(self._ids) > self._keep:
+            self._ids.popitem(last=False)
+        return expires
+
+    def load(self, response_id: str, channel: str, expires: float) -> None:
+        self._ids[response_id] = (channel, expires)
+
+    def get(self, response_id: str, now: float) -> str | None:
+        hit = self._ids.get(response_id)
+        if hit is None:
+            return None
+        if hit[1] <= now:
+            del self._ids[response_id]
+            return None
+        return hit[0]

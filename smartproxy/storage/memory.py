@@ -14,6 +14,7 @@ from .base import (
     InProcessCounters,
     RequestRecord,
     Reservation,
+    ResponseBook,
     aggregate,
     epoch,
     group_column,
@@ -34,6 +35,7 @@ class MemoryStore(InProcessCounters):
         self.tz = tz
         self._book = CounterBook(tz)
         self._log: deque[RequestRecord] = deque(maxlen=log_limit)
+        self._responses = ResponseBook()
 
     async def start(self) -> None:
         return None
@@ -54,6 +56,12 @@ class MemoryStore(InProcessCounters):
         lo, hi = epoch(start, self.tz), epoch(end, self.tz)
         records = (r for r in self._log if (lo is None or r.ts >= lo) and (hi is None or r.ts < hi))
         return aggregate(records, group_by)
+
+    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
+        self._responses.put(response_id, channel, now.timestamp())
+
+    async def response_channel(self, response_id: str, now: datetime) -> str | None:
+        return self._responses.get(response_id, now.timestamp())
 
     def status(self) -> dict[str, object]:
         return {

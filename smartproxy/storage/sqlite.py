@@ -13,6 +13,10 @@ logged and shown by ``status()``, and the gateway keeps serving from memory mean
 
 On ``start`` the current and previous day/hour counters and the totals are loaded back. Reservations
 live in memory only: they belong to in-flight requests, which die with the process that made them.
+Response ids (``remember_response``) are kept in memory and in a ``responses`` table written by
+the same flush; a lookup that misses memory reads the table (another process may have written
+it). Rows older than ``RESPONSE_TTL`` are deleted at start.
+
 Counters are exact within one process; processes sharing the file add to the same rows but each
 checks quotas against its own view (the redis backend is the one for several processes).
 """
@@ -23,6 +27,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -39,6 +44,7 @@ from .base import (
     InProcessCounters,
     RequestRecord,
     Reservation,
+    ResponseBook,
     StorageError,
     epoch,
     group_column,
@@ -61,9 +67,12 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE TABLE IF NOT EXISTS request_log (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT, api_key_name TEXT, channel TEXT,
     model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost REAL, status INTEGER,
-    latency_ms REAL, stream INTEGER, usage_source TEXT, error TEXT
+    latency_ms REAL, stream INTEGER, usage_source TEXT, error TEXT, endpoint TEXT
 );
 CREATE INDEX IF NOT EXISTS request_log_ts ON request_log (ts);
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY, channel TEXT NOT NULL, expires REAL NOT NULL
+);
 """
 _UPSERT = """
 INSERT INTO counters
@@ -76,13 +85,15 @@ ON CONFLICT (channel, "window", key) DO UPDATE SET
 """
 _INSERT_LOG = """
 INSERT INTO request_log (ts, request_id, api_key_name, channel, model, prompt_tokens,
-    completion_tokens, cost, status, latency_ms, stream, usage_source, error)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    completion_tokens, cost, status, latency_ms, stream, usage_source, error, endpoint)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _LOAD = """
 SELECT channel, "window", key, tokens, prompt_tokens, completion_tokens, requests, cost
 FROM counters WHERE "window" = ? OR ("window" = ? AND key >= ?) OR ("window" = ? AND key >= ?)
 """
+
+_PUT_RESPONSE = "INSERT OR REPLACE INTO responses (id, channel, expires) VALUES (?, ?, ?)"
 
 T = TypeVar("T")
 Pending = tuple[RequestRecord, str, str]  # the record and the day/hour keys it was counted in
@@ -113,6 +124,8 @@ class SqliteStore(InProcessCounters):
         self._clock = clock or _utcnow
         self._book = CounterBook(tz)
         self._pending: list[Pending] = []
+        self._responses = ResponseBook()
+        self._pending_responses: list[tuple[str, str, float]] = []  # id, channel, expires
         self._writing = 0  # records of the batch a worker thread is writing now
         self._conn: sqlite3.Connection | None = None
         self._conn_lock = threading.Lock()  # one thread at a time on the connection
@@ -203,6 +216,30 @@ class SqliteStore(InProcessCounters):
             for key, n, p, c, cost, errors in rows
         ]
 
+    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
+        expires = self._responses.put(response_id, channel, now.timestamp())
+        self._pending_responses.append((response_id, channel, expires))
+
+    async def response_channel(self, response_id: str, now: datetime) -> str | None:
+        at = now.timestamp()
+        hit = self._responses.get(response_id, at)
+        if hit is not None:
+            return hit
+        try:
+            row = await asyncio.to_thread(
+                self._run,
+                lambda c: c.execute(
+                    "SELECT channel, expires FROM responses WHERE id = ? AND expires > ?",
+                    (response_id, at),
+                ).fetchone(),
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read usage database {self.path}: {exc}") from exc
+        if row is None:
+            return None
+        self._responses.load(response_id, row[0], row[1])
+        return str(row[0])
+
     def status(self) -> dict[str, object]:
         return {
             "backend": self.backend,
@@ -221,14 +258,16 @@ class SqliteStore(InProcessCounters):
     async def flush(self) -> bool:
         """Write everything pending now; False (the batch kept for a retry) if the write failed."""
         async with self._flush_lock:
-            if not self._pending:
+            if not self._pending and not self._pending_responses:
                 return True
             batch, self._pending = self._pending, []
+            answers, self._pending_responses = self._pending_responses, []
             self._writing = len(batch)
             try:
-                await asyncio.to_thread(self._write, batch)
+                await asyncio.to_thread(self._write, batch, answers)
             except (sqlite3.Error, OSError) as exc:
                 self._pending[:0] = batch
+                self._pending_responses[:0] = answers
                 self._write_errors += 1
                 if self._last_error is None:  # log a failure once, not every interval
                     log.error("usage store: cannot write to %s: %s (will retry)", self.path, exc)
@@ -242,7 +281,7 @@ class SqliteStore(InProcessCounters):
                 self._last_error = None
             return True
 
-    def _write(self, batch: list[Pending]) -> None:
+    def _write(self, batch: list[Pending], answers: list[tuple[str, str, float]]) -> None:
         deltas: dict[tuple[str, str, str], list[float]] = {}
         for record, day, hour in batch:
             for window, key in ((DAY, day), (HOUR, hour), (TOTAL, TOTAL_KEY)):
@@ -255,7 +294,7 @@ class SqliteStore(InProcessCounters):
         log_rows = [
             (r.ts, r.request_id, r.api_key_name, r.channel, r.model, r.prompt_tokens,
              r.completion_tokens, r.cost, r.status, r.latency_ms, int(r.stream),
-             r.usage_source, r.error)
+             r.usage_source, r.error, r.endpoint)
             for r, _, _ in batch
         ]  # fmt: skip
 
@@ -263,6 +302,7 @@ class SqliteStore(InProcessCounters):
             with conn:  # one transaction: all of the batch or none of it
                 conn.executemany(_UPSERT, [(*k, *d) for k, d in deltas.items()])
                 conn.executemany(_INSERT_LOG, log_rows)
+                conn.executemany(_PUT_RESPONSE, answers)
 
         self._run(write)
 
@@ -284,6 +324,7 @@ class SqliteStore(InProcessCounters):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
                 conn.executescript(_SCHEMA)
+                _migrate(conn)
             except sqlite3.Error:
                 conn.close()
                 raise
@@ -301,6 +342,15 @@ class SqliteStore(InProcessCounters):
     def _disconnect(self) -> None:
         with self._conn_lock:
             self._drop_connection()
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file written by an older version up to this schema; drop expired response ids."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(request_log)")}
+    if "endpoint" not in columns:
+        conn.execute("ALTER TABLE request_log ADD COLUMN endpoint TEXT")
+    with conn:
+        conn.execute("DELETE FROM responses WHERE expires <= ?", (time.time(),))
 
 
 def _select_sql(column: str) -> str:

@@ -18,7 +18,7 @@ from ..providers.base import UpstreamReply
 from ..storage.base import Reservation
 from .errors import AttemptError, UpstreamConnectError
 from .exchange import AttemptLog, Exchange, Verdict
-from .sse import EventSplitter, StreamTally, error_event, inspect_event
+from .sse import EventSplitter, StreamTally
 
 if TYPE_CHECKING:  # client imports this module
     from .client import Dispatcher
@@ -38,6 +38,8 @@ async def relay_stream(
     splitter = EventSplitter()
     tally = StreamTally()
     strip_usage = not ex.client_wants_usage
+    wire = ex.wire
+    inspect = wire.inspect
     # The first chunk decides: before it, a failure is invisible to the client.
     try:
         first = await chunks.__anext__()  # AttemptError propagates to the failover loop
@@ -61,24 +63,27 @@ async def relay_stream(
                     break
             out = []
             for event in splitter.feed(pending):
-                if inspect_event(event, tally) and strip_usage:
+                if inspect(event, tally) and strip_usage:
                     continue
                 out.append(event)
             pending = None
+            if tally.response_id is not None and ex.on_answer_id is not None:
+                ex.on_answer_id(ch.name, tally.response_id)  # before the client can know it
+                ex.on_answer_id = None
             if out:
                 await resp.write(b"".join(out))
         rest = splitter.rest()
         if rest:
             await resp.write(rest)
-        if not tally.done and ex.path != "/embeddings":
-            # The upstream closed cleanly but never said [DONE]: the answer is cut short.
-            error = "upstream closed the stream before [DONE]"
-            await resp.write(error_event(error))
+        if not tally.done and wire.ends_with_marker:
+            # The upstream closed cleanly but never ended the stream: the answer is cut short.
+            error = "upstream closed the stream before its end event"
+            await resp.write(wire.error_event(error))
         await resp.write_eof()
     except AttemptError as exc:
         error = exc.message
         status = 502
-        await _write_quietly(resp, error_event(f"upstream stream broke: {exc.message}"))
+        await _write_quietly(resp, wire.error_event(f"upstream stream broke: {exc.message}"))
     except (ConnectionError, asyncio.CancelledError) as exc:
         error = "client disconnected"
         status = 499
