@@ -149,13 +149,16 @@ async def route_dry_run(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     snap = gw.snapshot
     raw = await request.read()
-    body, facts = parse_body(raw, snap, None)
+    path = "/" + request.query.get("endpoint", "chat/completions").strip("/")
+    body, facts = parse_body(raw, snap, None, path)
+    named = body.get("path")  # the body may name the endpoint: "/v1/embeddings"
+    if isinstance(named, str) and named:
+        path = "/" + named.strip("/").removeprefix("v1/")
     name = request.query.get("api_key_name", "")
-    if name:
+    if name or path != facts.path:
         from dataclasses import replace
 
-        facts = replace(facts, api_key_name=name)
-    path = "/" + request.query.get("endpoint", "chat/completions").strip("/")
+        facts = replace(facts, api_key_name=name or facts.api_key_name, path=path)
     reserve = reservation(snap, facts, body, path)
     decision = await decide(gw, snap, facts, reserve, explain=True)
     return web.json_response(

@@ -353,7 +353,7 @@ class ChatToMessagesStream:
 
     def _start(self, chunk: Json) -> bytes:
         self.started = True
-        message = {
+        message: Json = {
             "id": message_id(chunk.get("id")),
             "type": "message",
             "role": "assistant",
@@ -370,7 +370,7 @@ class ChatToMessagesStream:
         key = f"tool:{call.get('index', 0)}"
         function = call.get("function") or {}
         if self._open != key:
-            block = {
+            block: Json = {
                 "type": "tool_use",
                 "id": call.get("id") or f"toolu_{self._index + 1}",
                 "name": function.get("name") or "",

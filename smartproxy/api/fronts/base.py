@@ -18,7 +18,7 @@ from ...security.apikeys import Principal
 from ...state import Gateway, Snapshot
 from ...upstream.wire import Wire
 
-Parse = Callable[[bytes, Snapshot, Principal | None], tuple[dict[str, Any], RequestFacts]]
+Parse = Callable[[bytes, Snapshot, Principal | None, str], tuple[dict[str, Any], RequestFacts]]
 Narrow = Callable[[Gateway, Snapshot, dict[str, Any], RouteDecision], Awaitable[RouteDecision]]
 AnswerIds = Callable[[Gateway], Callable[[str, str], None]]
 

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from ...errors import BadRequest, NoChannelAvailable, NotFound
-from ...routing.router import Candidate, Exclusion, RequestFacts, RouteDecision
+from ...routing.router import Candidate, RequestFacts, RouteDecision
 from ...security.apikeys import Principal
 from ...state import GATEWAY, RATELIMIT_HEADERS, REQUEST_ID, Gateway, Snapshot
 from ...storage.base import StorageError
@@ -35,14 +35,11 @@ from .base import Front
 
 log = logging.getLogger("smartproxy.proxy")
 
-# Channel types whose servers speak the Responses API (the others are excluded with a reason).
-RESPONSES_TYPES = frozenset({"openai", "azure"})
-
 
 def parse_responses(
-    raw: bytes, snap: Snapshot, principal: Principal | None
+    raw: bytes, snap: Snapshot, principal: Principal | None, path: str = "/responses"
 ) -> tuple[dict[str, Any], RequestFacts]:
-    body, facts = parse_body(raw, snap, principal)
+    body, facts = parse_body(raw, snap, principal, path)
     limit = body.get("max_output_tokens")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
         raise BadRequest(
@@ -58,9 +55,8 @@ def parse_responses(
 async def sticky(
     gw: Gateway, snap: Snapshot, body: dict[str, Any], decision: RouteDecision
 ) -> RouteDecision:
-    """Drop channels that cannot speak Responses; a known ``previous_response_id`` keeps only
-    the channel that made it (503 naming why when that channel cannot take the request now)."""
-    decision = _responses_capable(decision)
+    """A known ``previous_response_id`` keeps only the channel that made it (503 naming why
+    when that channel cannot take the request now)."""
     previous = body.get("previous_response_id")
     if not previous:
         return decision
@@ -80,20 +76,6 @@ async def sticky(
         f"conversation but cannot take this request now: {why}",
         param="previous_response_id",
     )
-
-
-def _responses_capable(decision: RouteDecision) -> RouteDecision:
-    if all(c.channel.provider in RESPONSES_TYPES for c in decision.candidates):
-        return decision
-    keep: list[Candidate] = []
-    excluded = list(decision.excluded)
-    for c in decision.candidates:
-        if c.channel.provider in RESPONSES_TYPES:
-            keep.append(c)
-        else:
-            reason = f"provider type {c.channel.type!r} does not serve /v1/responses"
-            excluded.append(Exclusion(c.channel.name, reason))
-    return replace(decision, candidates=tuple(keep), excluded=tuple(excluded))
 
 
 def _remember(gw: Gateway, channel: str, response_id: str) -> None:
