@@ -139,6 +139,8 @@ def reservation(snap: Snapshot, facts: RequestFacts, body: dict[str, Any], path:
     Embeddings produce no completion tokens, so only the prompt is held."""
     if path == "/embeddings":
         return facts.prompt_tokens
+    if path == "/messages/count_tokens":  # counting makes no tokens
+        return 0
     n = body.get("n")
     choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
     completion = (

@@ -1,0 +1,299 @@
+"""``POST /v1/messages`` end to end with the anthropic SDK (``messages.create`` / ``.stream``):
+unchanged to anthropic channels (byte-identical streams), translated to OpenAI chat channels
+(text and a tool_use round trip), usage charged; quotas shared by every front; each front's
+error shape."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from aiohttp.test_utils import TestServer
+from aiohttp.web import Application
+from conftest import DEV_KEY, base_config, channel
+from fakeanthropic import sse
+from fakechat import ARGS, FakeChat
+from fakeresponses import FakeResponses
+
+ANT_KEY = "sk-ant-test"
+TOOLS: list[Any] = [
+    {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Application], Awaitable[str]]]:
+    servers: list[TestServer] = []
+
+    async def start(app: Application) -> str:
+        server = TestServer(app)
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("/v1"))
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+def ant(gw: Any, key: str = DEV_KEY, **kw: Any) -> anthropic.AsyncAnthropic:
+    sdk = anthropic.AsyncAnthropic(base_url=gw.root, api_key=key, max_retries=0, **kw)
+    gw.sdk_clients.append(sdk)
+    return sdk
+
+
+async def usage_of(gw: Any, name: str) -> dict[str, Any]:
+    async with gw.client.get("/api/usage", headers=gw.admin_headers()) as r:
+        data = await r.json()
+    return next(c for c in data["channels"] if c["channel"] == name)
+
+
+def ant_channel(url: str, **kw: Any) -> dict[str, Any]:
+    return {"name": "claude", "type": "anthropic", "endpoint": url, "api_key": ANT_KEY, **kw}
+
+
+# ----------------------------------------------------------------------------- anthropic channel
+async def test_messages_to_an_anthropic_channel_unchanged_with_headers(
+    anthropic_factory: Any, gateway_factory: Any
+) -> None:
+    fake, url = await anthropic_factory()
+    gw = await gateway_factory(base_config(channels=[ant_channel(url, price_per_token=1e-6)]))
+    sdk = ant(gw, default_headers={"anthropic-beta": "prompt-caching-2024-07-31",
+                                   "anthropic-version": "2023-01-01"})  # fmt: skip
+    msg = await sdk.messages.create(
+        model="claude-x",
+        max_tokens=100,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "Hello"}],
+    )
+    assert msg.content[0].type == "text" and msg.content[0].text == "Hello from Claude."
+    assert msg.usage.input_tokens == 21 and msg.usage.output_tokens == 9
+    seen = fake.seen[0]
+    assert seen.body == {"model": "claude-x", "max_tokens": 100, "system": "Be brief.",
+                         "messages": [{"role": "user", "content": "Hello"}]}  # fmt: skip
+    assert seen.headers["x-api-key"] == ANT_KEY  # the gateway key never goes up
+    assert seen.headers["anthropic-version"] == "2023-01-01"  # the client's, not the channel's
+    assert seen.headers["anthropic-beta"] == "prompt-caching-2024-07-31"
+    assert "Authorization" not in seen.headers
+    usage = await usage_of(gw, "claude")
+    assert usage["total_tokens"] == 30 and usage["cost_usd"] == pytest.approx(30e-6)
+
+
+async def test_messages_stream_to_an_anthropic_channel_is_byte_identical(
+    anthropic_factory: Any, gateway_factory: Any
+) -> None:
+    fake, url = await anthropic_factory(default="tools")
+    gw = await gateway_factory(base_config(channels=[ant_channel(url)]))
+    body = {"model": "claude-x", "max_tokens": 64, "stream": True, "tools": TOOLS,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}]}  # fmt: skip
+    async with gw.client.post("/v1/messages", json=body, headers={"x-api-key": DEV_KEY}) as r:
+        assert r.status == 200 and r.headers["x-smartproxy-channel"] == "claude"
+        relayed = await r.read()
+    expected = b"".join(sse(e) for e in fake.events(fake.seen[0].body, fake.blocks("tools")))
+    assert relayed == expected
+    # The SDK's stream helper over the same relay.
+    async with ant(gw).messages.stream(
+        model="claude-x",
+        max_tokens=64,
+        tools=TOOLS,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    ) as stream:
+        final = await stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    tool = final.content[1]
+    assert tool.type == "tool_use" and tool.input == {"city": "Paris"}
+    usage = await usage_of(gw, "claude")
+    assert usage["requests"] == 2
+    assert usage["prompt_tokens"] == 2 * 21 and usage["completion_tokens"] == 2 * 9
+
+
+# ----------------------------------------------------------------------------- openai channel
+async def test_messages_to_an_openai_channel_tool_round_trip(
+    serve: Any, gateway_factory: Any
+) -> None:
+    fake = FakeChat()
+    url = await serve(fake.app())
+    gw = await gateway_factory(base_config(channels=[channel("gpt", url, price_per_token=1e-6)]))
+    sdk = ant(gw)
+    first = await sdk.messages.create(
+        model="gpt-4o",
+        max_tokens=200,
+        tools=TOOLS,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    )
+    assert first.stop_reason == "tool_use"
+    assert [b.type for b in first.content] == ["text", "tool_use"]
+    call = first.content[1]
+    assert call.type == "tool_use" and call.name == "get_weather"
+    assert call.input == {"city": "Paris"} and call.id == "call_w1"
+    assert first.usage.input_tokens == 40 and first.usage.output_tokens == 10
+    up = fake.seen[0]
+    assert up["model"] == "gpt-4o" and up["max_tokens"] == 200
+    assert up["tools"][0]["function"]["name"] == "get_weather"
+    # The round trip: the tool result goes back as a role: tool message.
+    final = await sdk.messages.create(
+        model="gpt-4o",
+        max_tokens=200,
+        tools=TOOLS,
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": call.id, "content": "18C"}]},
+        ],
+    )  # fmt: skip
+    assert final.stop_reason == "end_turn"
+    assert final.content[0].type == "text" and final.content[0].text == "It is 18C in Paris."
+    sent = fake.seen[1]["messages"]
+    assert sent[1]["tool_calls"][0] == {"id": "call_w1", "type": "function",
+                                        "function": {"name": "get_weather", "arguments": ARGS}}  # fmt: skip
+    assert sent[2] == {"role": "tool", "tool_call_id": "call_w1", "content": "18C"}
+    usage = await usage_of(gw, "gpt")
+    assert usage["total_tokens"] == 100 and usage["cost_usd"] == pytest.approx(100e-6)
+    rows = await gw.gateway.store.query(None, None, "endpoint")
+    assert rows == [{"endpoint": "/v1/messages", "requests": 2, "prompt_tokens": 80,
+                     "completion_tokens": 20, "total_tokens": 100, "cost": pytest.approx(1e-4),
+                     "errors": 0}]  # fmt: skip
+
+
+async def test_messages_stream_to_an_openai_channel(serve: Any, gateway_factory: Any) -> None:
+    fake = FakeChat()
+    url = await serve(fake.app())
+    gw = await gateway_factory(base_config(channels=[channel("gpt", url)]))
+    sdk = ant(gw)
+    async with sdk.messages.stream(
+        model="gpt-4o",
+        max_tokens=200,
+        tools=TOOLS,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    ) as stream:
+        events = [event.type async for event in stream]
+        final = await stream.get_final_message()
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+    assert final.stop_reason == "tool_use"
+    assert final.content[0].type == "text" and final.content[0].text == "Let me check."
+    tool = final.content[1]
+    assert tool.type == "tool_use" and tool.input == {"city": "Paris"} and tool.id == "call_w1"
+    assert final.usage.output_tokens == 10 and final.usage.input_tokens == 40
+    assert fake.seen[0]["stream_options"] == {"include_usage": True}
+    # Text only, with the SDK's text stream.
+    async with sdk.messages.stream(
+        model="gpt-4o", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        text = "".join([t async for t in stream.text_stream])
+    assert text == "It is 18C in Paris."
+    usage = await usage_of(gw, "gpt")
+    assert usage["total_tokens"] == 100 and usage["requests"] == 2
+
+
+async def test_messages_to_the_mock_channel(gateway_factory: Any) -> None:
+    gw = await gateway_factory(base_config(channels=[{"name": "local", "type": "mock"}]))
+    msg = await ant(gw).messages.create(
+        model="mock-1", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert msg.content[0].type == "text" and msg.content[0].text.startswith("Hello from")
+    assert msg.stop_reason == "end_turn"
+
+
+# ----------------------------------------------------------------------------- across fronts
+async def test_a_free_channels_daily_limit_is_shared_by_every_front(
+    serve: Any, gateway_factory: Any
+) -> None:
+    free_up = FakeChat(
+        responses=FakeResponses(
+            name="free",
+            usage={"input_tokens": 40, "output_tokens": 10, "total_tokens": 50},
+        )
+    )
+    paid_up = FakeChat(responses=FakeResponses(name="paid"))
+    free_url, paid_url = await serve(free_up.app()), await serve(paid_up.app())
+    cfg = base_config(
+        channels=[
+            channel("paid", paid_url, price_per_token=1e-6),
+            channel("free", free_url, price_per_token=0, daily_limit=100),
+        ]
+    )
+    gw = await gateway_factory(cfg)
+    chat = await gw.openai().chat.completions.create(
+        model="m1", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert chat.usage is not None and chat.usage.total_tokens == 50
+    assert len(free_up.seen) == 1
+    msg = await ant(gw).messages.create(
+        model="m1", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert msg.usage.output_tokens == 10 and len(free_up.seen) == 2
+    assert (await usage_of(gw, "free"))["day_quota_left"] == 0
+    # The free day is spent by chat + messages: responses (and everything else) pay now.
+    resp = await gw.openai().responses.create(model="m1", input="hi", max_output_tokens=5)
+    assert resp.id.startswith("resp_paid_") and not free_up.responses.made  # type: ignore[union-attr]
+    again = await ant(gw).messages.create(
+        model="m1", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert again.content[0].type == "text" and len(paid_up.seen) == 1
+    async with gw.client.post(
+        "/api/route",
+        json={"model": "m1", "input": "hi", "path": "/v1/responses"},
+        headers=gw.admin_headers(),
+    ) as r:
+        route = await r.json()
+    assert [c["channel"] for c in route["candidates"]] == ["paid"]
+    assert route["excluded"][0]["channel"] == "free"
+    assert "daily token quota used (100/100)" in route["excluded"][0]["reason"]
+
+
+# ----------------------------------------------------------------------------- error shapes
+BAD = [
+    ("missing model", {"max_tokens": 5, "messages": [], "input": "x"}, DEV_KEY, 400),
+    ("bad JSON", b'{"model": "m1", ', DEV_KEY, 400),
+    ("unknown key", {"model": "m1", "max_tokens": 5, "messages": []}, "sk-nobody-0000", 401),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "key", "status"), BAD, ids=[b[0] for b in BAD])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses", "/v1/messages"])
+async def test_each_front_answers_bad_input_in_its_own_error_shape(
+    gateway_factory: Any, path: str, case: str, body: Any, key: str, status: int
+) -> None:
+    gw = await gateway_factory(base_config(channels=[{"name": "local", "type": "mock"}]))
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "x-api-key": key}
+    async with gw.client.post(path, data=data, headers=headers) as r:
+        assert r.status == status
+        assert r.headers["Content-Type"].startswith("application/json")
+        answer = await r.json()
+    if path == "/v1/messages":
+        assert set(answer) == {"type", "error"} and answer["type"] == "error"
+        expected = "invalid_request_error" if status == 400 else "authentication_error"
+        assert answer["error"]["type"] == expected and answer["error"]["message"]
+    else:
+        assert set(answer) == {"error"}
+        assert set(answer["error"]) == {"message", "type", "code", "param"}
+        assert answer["error"]["code"] in ("missing_model", "invalid_json", "invalid_api_key")
+
+
+async def test_the_sdks_read_the_error_shapes(gateway_factory: Any) -> None:
+    gw = await gateway_factory(base_config(channels=[{"name": "local", "type": "mock"}]))
+    with pytest.raises(anthropic.AuthenticationError) as ant_auth:
+        await ant(gw, key="sk-nobody-0000").messages.create(
+            model="m1", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert ant_auth.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    with pytest.raises(anthropic.BadRequestError) as ant_400:
+        await ant(gw).messages.create(
+            model="m1", max_tokens=5, messages=[{"role": "user", "content": [
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                                "data": "x"}}]}],
+        )  # fmt: skip
+    assert "messages[0].content[0]" in ant_400.value.body["error"]["message"]  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError) as oai_auth:
+        await gw.openai(key="sk-nobody-0000").responses.create(model="m1", input="x")
+    assert oai_auth.value.code == "invalid_api_key"
