@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import DEV_KEY, Clock, base_config, channel
 from fakeresponses import FakeResponses
@@ -163,13 +164,18 @@ async def test_previous_response_id_sticks_to_its_channel_when_another_is_cheape
     )
     last = [e async for e in stream][-1]
     assert last.response.id in a.made
+    # A streamed answer's id (from response.created) is remembered too.
+    chained = await sdk.responses.create(
+        model="m1", input="Last one", previous_response_id=last.response.id
+    )
+    assert chained.id in a.made
     # Stored responses are read and deleted at the channel that made them, unmetered.
     got = await sdk.responses.retrieve(first.id)
     assert got.id == first.id and a.seen[-1]["method"] == "GET"
     await sdk.responses.delete(fresh.id)
     assert b.seen[-1]["method"] == "DELETE" and fresh.id not in b.made
     usage_a = await usage_of(gw, "a")
-    assert usage_a["total_tokens"] == 3 * 28
+    assert usage_a["total_tokens"] == 4 * 28
 
 
 async def test_stickiness_holds_across_a_restart_with_sqlite(
@@ -238,3 +244,61 @@ async def test_responses_with_curl_like_client_and_x_api_key(
             assert r.status == 200
             assert (await r.json())["object"] == "response"
     assert "x-api-key" not in {k.lower() for k in fake.seen[0]["headers"]}
+
+
+@pytest.mark.parametrize(
+    ("api_version", "path", "query"),
+    [(None, "/openai/v1/responses", ""), ("2025-04-01-preview", "/openai/responses",
+                                           "api-version=2025-04-01-preview")],
+)  # fmt: skip
+async def test_responses_to_azure_channels_use_azures_url_shapes(
+    gateway_factory: Any, api_version: str | None, path: str, query: str
+) -> None:
+    fake = FakeResponses(name="az")
+    seen: list[tuple[str, str]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, request.query_string))
+        return await fake.create(request)
+
+    app = web.Application()
+    app.router.add_post("/openai/v1/responses", handle)
+    app.router.add_post("/openai/responses", handle)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        az = {"name": "az", "type": "azure", "endpoint": str(server.make_url("")).rstrip("/"),
+              "api_key": "az-key-1", "model_mapping": {"gpt-4.1": "my-deployment"}}  # fmt: skip
+        if api_version:
+            az["api_version"] = api_version
+        gw = await gateway_factory(base_config(channels=[az]))
+        result = await gw.openai().responses.create(model="gpt-4.1", input="hi")
+        assert result.id in fake.made
+        assert seen == [(path, query)]
+        assert fake.seen[0]["headers"]["api-key"] == "az-key-1"
+        assert "Authorization" not in fake.seen[0]["headers"]
+        assert json.loads(fake.seen[0]["raw"])["model"] == "my-deployment"
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize("field", ["path", "endpoint"])
+async def test_route_dry_run_names_the_front(gateway_factory: Any, field: str) -> None:
+    ant = {"name": "claude", "type": "anthropic", "endpoint": "http://127.0.0.1:9", "api_key": "k"}
+    cfg = base_config(
+        channels=[{"name": "local", "type": "mock"}, ant, channel("gpt", "http://127.0.0.1:9")]
+    )
+    gw = await gateway_factory(cfg)
+    body = {"model": "m1", "input": "hi", "max_output_tokens": 7, field: "/v1/responses"}
+    async with gw.client.post("/api/route", json=body, headers=gw.admin_headers()) as r:
+        assert r.status == 200
+        route = await r.json()
+    assert [c["channel"] for c in route["candidates"]] == ["gpt"]
+    reasons = {e["channel"]: e["reason"] for e in route["excluded"]}
+    assert reasons == {"local": "mock channels do not serve /v1/responses",
+                       "claude": "anthropic channels do not serve /v1/responses"}  # fmt: skip
+    assert route["reserve_tokens"] == route["prompt_tokens_estimate"] + 7
+    body = {"model": "m1", "max_tokens": 5, "messages": [], field: "/v1/messages"}
+    async with gw.client.post("/api/route", json=body, headers=gw.admin_headers()) as r:
+        route = await r.json()
+    assert {c["channel"] for c in route["candidates"]} == {"local", "claude", "gpt"}

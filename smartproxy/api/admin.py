@@ -19,6 +19,7 @@ from ..routing.pricing import effective_price
 from ..security.jwt import admin_auth_middleware
 from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
+from .fronts.routes import FRONT_PARSERS
 from .proxy import decide, parse_body, reservation
 
 log = logging.getLogger("smartproxy.admin")
@@ -122,8 +123,10 @@ async def route_dry_run(request: web.Request) -> web.Response:
       - {name: api_key_name, in: query, required: false, schema: {type: string},
          description: 'evaluate rules as this gateway key name'}
       - {name: endpoint, in: query, required: false,
-         schema: {type: string, enum: [chat/completions, completions, embeddings]},
-         description: 'the proxy endpoint the body is for (sets the token reservation)'}
+         schema: {type: string, enum: [chat/completions, completions, embeddings, responses,
+                                       messages]},
+         description: 'the proxy endpoint the body is for (sets the token reservation and
+           which channel types serve it); the body may name it instead: "path": "/v1/responses"'}
     requestBody:
       required: true
       content:
@@ -151,9 +154,11 @@ async def route_dry_run(request: web.Request) -> web.Response:
     raw = await request.read()
     path = "/" + request.query.get("endpoint", "chat/completions").strip("/")
     body, facts = parse_body(raw, snap, None, path)
-    named = body.get("path")  # the body may name the endpoint: "/v1/embeddings"
+    named = body.get("path") or body.get("endpoint")  # the body may name it: "/v1/responses"
     if isinstance(named, str) and named:
         path = "/" + named.strip("/").removeprefix("v1/")
+    if path in FRONT_PARSERS:  # the front's own reading (max_output_tokens, messages, ...)
+        body, facts = FRONT_PARSERS[path](raw, snap, None, path)
     name = request.query.get("api_key_name", "")
     if name or path != facts.path:
         from dataclasses import replace
