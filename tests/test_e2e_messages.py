@@ -297,3 +297,41 @@ async def test_the_sdks_read_the_error_shapes(gateway_factory: Any) -> None:
     with pytest.raises(openai.AuthenticationError) as oai_auth:
         await gw.openai(key="sk-nobody-0000").responses.create(model="m1", input="x")
     assert oai_auth.value.code == "invalid_api_key"
+
+
+async def test_metrics_request_log_and_openapi_know_both_fronts(
+    serve: Any, gateway_factory: Any
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fake = FakeChat(responses=FakeResponses(name="gpt"))
+    url = await serve(fake.app())
+    gw = await gateway_factory(base_config(channels=[channel("gpt", url)]))
+    await gw.openai().responses.create(model="m1", input="hi")
+    await ant(gw).messages.create(
+        model="m1", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    async with gw.client.get("/metrics") as r:
+        text = await r.text()
+    counts = {
+        s.labels["endpoint"]: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "smartproxy_requests"
+        for s in family.samples
+        if s.name == "smartproxy_requests_total" and s.labels.get("status") == "200"
+    }
+    assert counts["/v1/responses"] == 1 and counts["/v1/messages"] == 1
+    async with gw.client.get(
+        "/api/usage", params={"group_by": "endpoint"}, headers=gw.admin_headers()
+    ) as r:
+        rows = {row["endpoint"]: row for row in (await r.json())["rows"]}
+    assert rows["/v1/responses"]["total_tokens"] == 28
+    assert rows["/v1/messages"]["total_tokens"] == 50
+    async with gw.client.get("/swagger.json") as r:
+        spec = await r.json()
+    for path in ("/v1/responses", "/v1/messages", "/v1/messages/count_tokens"):
+        operation = spec["paths"][path]["post"]
+        assert operation["requestBody"]["content"]["application/json"]["example"]["model"]
+        assert operation["responses"]["200"]["content"]["application/json"]["example"]
+    assert "get" in spec["paths"]["/v1/responses/{response_id}"]
+    assert "delete" in spec["paths"]["/v1/responses/{response_id}"]

@@ -38,7 +38,7 @@ async def usage(request: web.Request) -> web.Response:
       - {name: to, in: query, required: false, schema: {type: string, format: date-time},
          description: 'ISO 8601 end (exclusive)', example: '2026-11-27T00:00:00Z'}
       - {name: group_by, in: query, required: false,
-         schema: {type: string, enum: [channel, api_key, model]},
+         schema: {type: string, enum: [channel, api_key, model, endpoint]},
          description: 'group the request log instead of returning live counters'}
     responses:
       '200':
