@@ -335,3 +335,38 @@ async def test_metrics_request_log_and_openapi_know_both_fronts(
         assert operation["responses"]["200"]["content"]["application/json"]["example"]
     assert "get" in spec["paths"]["/v1/responses/{response_id}"]
     assert "delete" in spec["paths"]["/v1/responses/{response_id}"]
+
+
+async def test_bearer_auth_as_claude_code_sends_it(gateway_factory: Any) -> None:
+    gw = await gateway_factory(base_config(channels=[{"name": "local", "type": "mock"}]))
+    sdk = anthropic.AsyncAnthropic(base_url=gw.root, auth_token=DEV_KEY, max_retries=0)
+    gw.sdk_clients.append(sdk)
+    msg = await sdk.messages.create(
+        model="mock-1", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert msg.content[0].type == "text"
+
+
+async def test_count_tokens_goes_to_an_anthropic_channel_unmetered(
+    serve: Any, gateway_factory: Any
+) -> None:
+    from aiohttp import web
+
+    seen: list[dict[str, Any]] = []
+
+    async def count(request: web.Request) -> web.Response:
+        seen.append({"headers": dict(request.headers), "body": await request.json()})
+        return web.json_response({"input_tokens": 14})
+
+    app = web.Application()
+    app.router.add_post("/v1/messages/count_tokens", count)
+    url = (await serve(app)).removesuffix("/v1")
+    gw = await gateway_factory(base_config(channels=[ant_channel(url, daily_limit=50)]))
+    counted = await ant(gw).messages.count_tokens(
+        model="claude-x", messages=[{"role": "user", "content": "Hello"}]
+    )
+    assert counted.input_tokens == 14
+    assert seen[0]["headers"]["x-api-key"] == ANT_KEY
+    assert seen[0]["body"]["messages"] == [{"role": "user", "content": "Hello"}]
+    usage = await usage_of(gw, "claude")
+    assert usage["requests"] == 1 and usage["total_tokens"] == 0
