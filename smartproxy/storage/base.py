@@ -26,7 +26,6 @@ the day counters may place one request on different sides of midnight; totals al
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -46,7 +45,6 @@ GROUP_COLUMNS = {
     "endpoint": "endpoint",
 }
 RESPONSE_TTL = 30 * 86400.0  # seconds a response id -> channel mapping is kept
-RESPONSE_KEEP = 100_000  # ids an in-process backend keeps in memory
 
 
 class StorageError(SmartProxyError):
@@ -411,38 +409,3 @@ class InProcessCounters:
 
     async def usage(self, channels: Sequence[str], now: datetime) -> dict[str, Usage]:
         return self.usage_now(channels, now)
-
-
-class ResponseBook:
-    """Response id -> (channel, expiry epoch) in this process: bounded by count and by age."""
-
-    __slots__ = ("_ids", "_keep", "_ttl")
-
-    def __init__(self, *, keep: int = RESPONSE_KEEP, ttl: float = RESPONSE_TTL) -> None:
-        self._ids: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._keep = keep
-        self._ttl = ttl
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def put(self, response_id: str, channel: str, now: float) -> float:
-        """Remember it; returns its expiry (epoch seconds)."""
-        expires = now + self._ttl
-        self._ids[response_id] = (channel, expires)
-        self._ids.move_to_end(response_id)
-        while len(self._ids) > self._keep:
-            self._ids.popitem(last=False)
-        return expires
-
-    def load(self, response_id: str, channel: str, expires: float) -> None:
-        self._ids[response_id] = (channel, expires)
-
-    def get(self, response_id: str, now: float) -> str | None:
-        hit = self._ids.get(response_id)
-        if hit is None:
-            return None
-        if hit[1] <= now:
-            del self._ids[response_id]
-            return None
-        return hit[0]

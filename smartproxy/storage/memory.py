@@ -14,11 +14,11 @@ from .base import (
     InProcessCounters,
     RequestRecord,
     Reservation,
-    ResponseBook,
     aggregate,
     epoch,
     group_column,
 )
+from .responses import ResponseBook
 
 DEFAULT_LOG_LIMIT = 100_000
 

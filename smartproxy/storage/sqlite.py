@@ -44,12 +44,12 @@ from .base import (
     InProcessCounters,
     RequestRecord,
     Reservation,
-    ResponseBook,
     StorageError,
     epoch,
     group_column,
     window_keys,
 )
+from .responses import ResponseBook
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,12 @@ from typing import Any
 
 import pytest
 
-from smartproxy.providers.messages_chat import (
+from smartproxy.providers.messages_answer import (
     ChatToMessagesStream,
-    TranslationError,
     chat_error_to_anthropic,
     chat_to_message,
-    messages_to_chat,
 )
+from smartproxy.providers.messages_request import TranslationError, messages_to_chat
 
 TOOLS = [
     {
