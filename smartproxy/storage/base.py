@@ -24,10 +24,13 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import SmartProxyError
 from ..localtime import MinuteClock, window_keys_of
+
+if TYPE_CHECKING:
+    from .buckets import BucketRow
 
 Clock = Callable[[], datetime]  # returns an aware datetime; injected so tests never read the wall
 
@@ -136,6 +139,10 @@ class UsageStore(Protocol):
         self, start: datetime | None, end: datetime | None, group_by: str
     ) -> list[dict[str, object]]:
         """Sum the request log over ``start <= ts < end``, grouped by channel|api_key|model."""
+
+    async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
+        """Sum the request log into the buckets between consecutive epoch ``edges``, grouped by
+        channel|api_key|model, ordered by (bucket, key) (see :mod:`.buckets`)."""
 
     def status(self) -> dict[str, object]: ...
 

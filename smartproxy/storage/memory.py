@@ -18,6 +18,7 @@ from .base import (
     epoch,
     group_column,
 )
+from .buckets import BucketRow, sum_into_buckets
 
 DEFAULT_LOG_LIMIT = 100_000
 
@@ -54,6 +55,9 @@ class MemoryStore(InProcessCounters):
         lo, hi = epoch(start, self.tz), epoch(end, self.tz)
         records = (r for r in self._log if (lo is None or r.ts >= lo) and (hi is None or r.ts < hi))
         return aggregate(records, group_by)
+
+    async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
+        return sum_into_buckets(self._log, edges, group_by)
 
     def status(self) -> dict[str, object]:
         return {

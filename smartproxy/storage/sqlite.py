@@ -20,6 +20,7 @@ checks quotas against its own view (the redis backend is the one for several pro
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import threading
@@ -44,6 +45,7 @@ from .base import (
     group_column,
     window_keys,
 )
+from .buckets import BucketRow
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,22 @@ class SqliteStore(InProcessCounters):
             for key, n, p, c, cost, errors in rows
         ]
 
+    async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
+        column = group_column(group_by)
+        await self.flush()
+        try:
+            rows = await asyncio.to_thread(
+                self._run,
+                lambda c: c.execute(_timeseries_sql(column), (json.dumps(edges),)).fetchall(),
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read usage database {self.path}: {exc}") from exc
+        return [
+            BucketRow(bucket=i, key=str(key), requests=n, prompt_tokens=p, completion_tokens=c,
+                      cost=cost, errors=errors)
+            for i, key, n, p, c, cost, errors in rows
+        ]  # fmt: skip
+
     def status(self) -> dict[str, object]:
         return {
             "backend": self.backend,
@@ -311,4 +329,18 @@ def _select_sql(column: str) -> str:
         " COALESCE(SUM(status >= 400), 0) FROM request_log"
         " WHERE (? IS NULL OR ts >= ?) AND (? IS NULL OR ts < ?)"
         f" GROUP BY {column} ORDER BY {column}"
+    )
+
+
+def _timeseries_sql(column: str) -> str:
+    # The edges arrive as one JSON array; each bucket is an index range scan on request_log_ts.
+    # ``column`` comes from GROUP_COLUMNS, never from the caller's text.
+    return (
+        "WITH e AS (SELECT CAST(key AS INTEGER) AS i, value AS lo FROM json_each(?)),"
+        " b AS (SELECT e1.i AS i, e1.lo AS lo, e2.lo AS hi FROM e e1 JOIN e e2 ON e2.i = e1.i + 1)"
+        f" SELECT b.i, r.{column}, COUNT(*), COALESCE(SUM(r.prompt_tokens), 0),"
+        " COALESCE(SUM(r.completion_tokens), 0), COALESCE(SUM(r.cost), 0.0),"
+        " COALESCE(SUM(r.status >= 400), 0)"
+        " FROM b JOIN request_log r ON r.ts >= b.lo AND r.ts < b.hi"
+        f" GROUP BY b.i, r.{column} ORDER BY b.i, r.{column}"
     )
