@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 from datetime import UTC, datetime, timedelta
@@ -152,6 +153,9 @@ async def main(keep_serving: bool) -> None:
         urls[name] = url
     clock = Clock(NOW)
     app = create_app(parse_config(config(urls)), clock=clock)
+    gw = app[GATEWAY]  # started three hours before the demo's "now", like its traffic
+    gw.started_at = (NOW - timedelta(hours=3)).timestamp()
+    gw.snapshot = dataclasses.replace(gw.snapshot, loaded_at=gw.started_at)
     runner, base = await serve(app)
     runners.append(runner)
     try:

@@ -471,7 +471,7 @@
           el(col === "name" ? "th" : "td", col === "name" ? { scope: "row" } : { class: "num" }, show(r)))))
       : [el("tr", {}, el("td", { colspan: cols.length, class: "empty", text: "No requests in the last 30 days." }))];
     fill(id, el("table", {},
-      el("caption", { text: `By ${title.toLowerCase()} (days in ${state.tz})` }),
+      el("caption", { text: `By ${title === "Model" ? "model" : title} (days in ${state.tz})` }),
       el("thead", {}, head), el("tbody", {}, ...body)));
   }
 
