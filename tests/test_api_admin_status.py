@@ -231,3 +231,18 @@ async def test_failure_ring_is_bounded(upstream_factory, gateway_factory):
     assert doc["failures_total"] == 9  # three attempts per request
     assert len(doc["recent_failures"]) == 4
     assert all(f["status"] == 500 and f["channel"] == "bad" for f in doc["recent_failures"])
+
+
+async def test_status_shows_open_breakers_and_cool_downs(upstream_factory, gateway_factory):
+    _, broken_url = await upstream_factory("broken", default="fail-500")
+    _, limited_url = await upstream_factory("limited", default="fail-429", retry_after="120")
+    clock = Clock(datetime(2026, 11, 26, 12, 0, tzinfo=UTC))
+    cfg = base_config(channels=[channel("broken", broken_url, fail_max=1, priority=0),
+                                channel("limited", limited_url, priority=1)])  # fmt: skip
+    gw = await gateway_factory(cfg, clock=clock)
+    assert await chat(gw) == 429  # broken fails (and opens), limited answers 429
+    ch = {c["name"]: c for c in (await get_json(gw, "/api/status"))["channels"]}
+    assert ch["broken"]["breaker"] == "open" and ch["broken"]["state"] == "open"
+    assert ch["limited"]["breaker"] == "closed" and ch["limited"]["state"] == "cooldown"
+    assert ch["limited"]["cooling_down_until"] == "2026-11-26T12:02:00+00:00"
+    assert [f["status"] for f in (await get_json(gw, "/api/status"))["recent_failures"]] == [429, 500]

@@ -71,7 +71,8 @@ async def two_channels(upstream_factory, gateway_factory) -> Any:
     cfg = base_config(
         channels=[
             channel("alpha-free", a_url, models=["gpt-4o-mini"], daily_limit=5000, hour_limit=4000),
-            channel("bravo-paid", b_url, models=["gpt-4o"], price_per_token=0.0000025),
+            channel("bravo-paid", b_url, models=["gpt-4o"], price_per_token=0.0000025,
+                    discount_time=["20:42-23:00"], discount_price=0.00000125),
         ]
     )
     cfg["server"]["timezone"] = "Asia/Kolkata"
@@ -126,6 +127,14 @@ async def test_signed_in_dashboard_shows_channels_quota_and_cost(
     assert expected == pytest.approx(34 * 0.0000025)
     assert float(await cost.get_attribute("data-value")) == expected
     assert dollars(await cost.inner_text()) == pytest.approx(expected, rel=0.05)
+    # the gateway's clock says 12:00 UTC = 17:30 in Kolkata
+    assert await page.inner_text('.card[data-channel="bravo-paid"] .discount') == (
+        "Discount 20:42\u201323:00 ($1.25 / 1M tokens) starts in 3 h 12 min"
+    )
+    assert await page.inner_text('.card[data-channel="bravo-paid"] [data-field=effective_price]') == (
+        "$2.50 / 1M tokens"
+    )
+    assert "Asia/Kolkata" in await page.inner_text("#clock")
     route = await page.inner_text("#route")
     assert "alpha-free" in route  # gpt-4o-mini: the free channel first
 
@@ -137,6 +146,26 @@ async def test_signed_in_dashboard_shows_channels_quota_and_cost(
     await expect(bar).to_have_attribute("aria-valuenow", "68")  # (CSP: no eval'd predicates)
     assert await page.evaluate("window.__same_page") is True
     assert len(watch.api()) > calls
+
+    # keyboard: a sort header is a button; Enter on it sorts (and says so to a screen reader)
+    header = page.locator('#by-model button.sort[data-col="name"]')
+    await header.focus()
+    await page.keyboard.press("Enter")
+    assert await page.get_attribute('#by-model th:has(button[data-col="name"])', "aria-sort") == (
+        "ascending"
+    )
+    assert await page.evaluate("document.activeElement.dataset.col") == "name"
+    assert await page.locator("#by-model tbody th").all_inner_texts() == ["gpt-4o", "gpt-4o-mini"]
+    await page.keyboard.press("Enter")  # again: descending
+    assert await page.locator("#by-model tbody th").all_inner_texts() == ["gpt-4o-mini", "gpt-4o"]
+    assert await page.get_attribute('#by-model th:has(button[data-col="name"])', "aria-sort") == (
+        "descending"
+    )
+    # a phone: 390 px wide, nothing sticks out sideways (wide tables scroll inside their box)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.clock.run_for(500)  # the chart redraw after a resize is debounced
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert await page.locator(".card").first.bounding_box() is not None
 
     assert watch.errors == []
     assert_token_only_as_bearer(watch, token, gw.root)
@@ -223,3 +252,22 @@ async def test_dashboard_files_are_served_without_auth_and_locked_down(gateway_f
     assert "get" in spec["paths"]["/dashboard"]
     assert "get" in spec["paths"]["/api/usage/timeseries"]
     assert "get" in spec["paths"]["/api/status"]
+
+
+def test_the_package_ships_every_dashboard_file():
+    """``pip install .`` copies package_data only: each file of the page must match a pattern."""
+    import configparser
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    from smartproxy.api.dashboard import ASSETS, STATIC_DIR
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    patterns = [p.strip() for p in cfg["options.package_data"]["smartproxy"].split(",")]
+    files = sorted(p.relative_to(STATIC_DIR.parent.parent).as_posix()
+                   for p in STATIC_DIR.iterdir())  # fmt: skip
+    assert files == sorted(f"static/dashboard/{n}" for n in [*ASSETS, "index.html"])
+    for name in files:
+        assert any(fnmatch(name, pattern) for pattern in patterns), name
