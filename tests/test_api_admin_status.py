@@ -137,6 +137,18 @@ async def test_defaults_are_the_last_48_hours_and_30_days(gateway_factory):
     assert daily["from"] == "2026-10-27T00:00:00+00:00" and len(daily["buckets"]) == 31
 
 
+async def test_an_unescaped_plus_offset_is_read_as_plus(gateway_factory):
+    gw = await gateway_factory(base_config(channels=[{"name": "m", "type": "mock"}]))
+    resp = await gw.client.get(
+        "/api/usage/timeseries?bucket=day&from=2026-11-01T00:00:00+08:00&to=2026-11-03T00:00:00Z",
+        headers=gw.admin_headers(),
+    )  # a "+" left unescaped in a query string arrives as a space
+    assert resp.status == 200, await resp.text()
+    doc = await resp.json()
+    assert doc["from"] == "2026-10-31T00:00:00+00:00"  # 00:00 +08:00 is Oct 31, 16:00 UTC
+    assert len(doc["buckets"]) == 3
+
+
 @pytest.mark.parametrize(
     "query,param",
     [

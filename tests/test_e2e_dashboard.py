@@ -161,6 +161,10 @@ async def test_signed_in_dashboard_shows_channels_quota_and_cost(
     assert await page.get_attribute('#by-model th:has(button[data-col="name"])', "aria-sort") == (
         "descending"
     )
+    refreshes = int(await page.get_attribute("#main", "data-refreshes"))
+    await page.clock.run_for(10_000)  # a refresh redraws the table; focus stays on the header
+    await expect(page.locator("#main")).to_have_attribute("data-refreshes", str(refreshes + 1))
+    assert await page.evaluate("document.activeElement.dataset.col") == "name"
     # a phone: 390 px wide, nothing sticks out sideways (wide tables scroll inside their box)
     await page.set_viewport_size({"width": 390, "height": 844})
     await page.clock.run_for(500)  # the chart redraw after a resize is debounced

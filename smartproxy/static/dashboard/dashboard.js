@@ -217,6 +217,7 @@
       render();
       await refreshRoute();
       $("updated").textContent = "Updated " + fmtClockSec(serverNow()) + " · every 10 s";
+      $("main").dataset.refreshes = String(Number($("main").dataset.refreshes || 0) + 1);
       return true;
     } catch (e) {
       if (e instanceof AuthError) {
@@ -239,6 +240,10 @@
   }
 
   function render() {
+    // A refresh redraws the tables: keep keyboard focus on the sort button it was on.
+    const focused = document.activeElement;
+    const keep = focused && focused.matches("button.sort")
+      ? `button.sort[data-table="${focused.dataset.table}"][data-col="${focused.dataset.col}"]` : null;
     const { status } = state.data;
     $("clock").textContent = `Server time ${fmtClock(serverNow())} · ${state.tz}`;
     assignColors();
@@ -249,6 +254,7 @@
     renderModelPicker();
     renderReload(status.config);
     renderFailures(status.recent_failures, status.failures_total);
+    if (keep) { const again = document.querySelector(keep); if (again) again.focus(); }
   }
 
   function assignColors() {
