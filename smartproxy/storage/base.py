@@ -24,13 +24,10 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, TypedDict, runtime_checkable
 
 from ..errors import SmartProxyError
 from ..localtime import MinuteClock, window_keys_of
-
-if TYPE_CHECKING:
-    from .buckets import BucketRow
 
 Clock = Callable[[], datetime]  # returns an aware datetime; injected so tests never read the wall
 
@@ -109,6 +106,18 @@ class RequestRecord:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class BucketRow(TypedDict):
+    """The request-log sums of one group in one time bucket (see :mod:`.buckets`)."""
+
+    bucket: int  # index into the edges: covers edges[bucket] <= ts < edges[bucket + 1]
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    errors: int
 
 
 @runtime_checkable

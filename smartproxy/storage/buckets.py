@@ -17,22 +17,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TypedDict
 
-from .base import RequestRecord, group_column
+from .base import BucketRow, RequestRecord, group_column
 
 BUCKETS = ("hour", "day")
 MAX_BUCKETS = 10_000  # a year of hours (8,784) fits; more is a mistake or an attack
-
-
-class BucketRow(TypedDict):
-    """The request-log sums of one group in one bucket (only groups with requests appear)."""
-
-    bucket: int  # index into the edges: covers edges[bucket] <= ts < edges[bucket + 1]
-    key: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float
-    errors: int
 
 
 def _floor(local: datetime, bucket: str) -> datetime:

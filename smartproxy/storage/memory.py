@@ -10,6 +10,7 @@ from collections import deque
 from datetime import datetime, tzinfo
 
 from .base import (
+    BucketRow,
     CounterBook,
     InProcessCounters,
     RequestRecord,
@@ -18,7 +19,7 @@ from .base import (
     epoch,
     group_column,
 )
-from .buckets import BucketRow, sum_into_buckets
+from .buckets import sum_into_buckets
 
 DEFAULT_LOG_LIMIT = 100_000
 

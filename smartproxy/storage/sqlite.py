@@ -34,6 +34,7 @@ from .base import (
     HOUR,
     TOTAL,
     TOTAL_KEY,
+    BucketRow,
     Clock,
     Counter,
     CounterBook,
@@ -45,7 +46,6 @@ from .base import (
     group_column,
     window_keys,
 )
-from .buckets import BucketRow
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,23 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # exchange imports state, which holds a RecentFailures
-    from .exchange import AttemptLog
+
+class Attempt(Protocol):
+    """What the ring reads of an attempt (``exchange.AttemptLog``; that module sits above
+    ``state``, which holds the ring, so it is described here rather than imported)."""
+
+    @property
+    def channel(self) -> str: ...
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def kind(self) -> str: ...
 
 DEFAULT_LIMIT = 50
 _MESSAGE_CHARS = 300  # an upstream error text can be long; the ring stays small
@@ -40,7 +53,7 @@ class RecentFailures:
         self._ring: deque[FailedAttempt] = deque(maxlen=limit)
         self.total = 0  # every failure seen since start, kept or not
 
-    def add(self, attempt: AttemptLog, *, model: str, request_id: str, now: datetime) -> None:
+    def add(self, attempt: Attempt, *, model: str, request_id: str, now: datetime) -> None:
         error = attempt.error[:_MESSAGE_CHARS] if attempt.error else None
         self._ring.append(
             FailedAttempt(
