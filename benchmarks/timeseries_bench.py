@@ -1,7 +1,7 @@
 """How long ``GET /api/usage/timeseries`` takes to sum the request log (sqlite in SQL, memory in
 Python), for the dashboard's four series, over a log of N requests spread over 30 days.
 
-    taskset -c 1 python benchmarks/timeseries_bench.py --records 1000000
+    taskset -c 1 python benchmarks/timeseries_bench.py --records 500000
 
 The store is filled directly (the request path is not what is measured here), then each query is
 run ``--repeat`` times and the median is printed.
@@ -26,15 +26,15 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 TZ = ZoneInfo("Asia/Shanghai")
 
 
-def log(n: int) -> list[RequestRecord]:
+def log(n: int, keys: int, channels: int, models: int) -> list[RequestRecord]:
     rnd = random.Random(1)
     start = (NOW - timedelta(days=30)).timestamp()
     span = 30 * 86400
     return [
         RequestRecord(
             ts=start + rnd.random() * span, request_id=str(i),
-            api_key_name=f"key-{rnd.randrange(20)}", channel=f"ch-{rnd.randrange(8)}",
-            model=f"model-{rnd.randrange(6)}", prompt_tokens=rnd.randrange(2000),
+            api_key_name=f"key-{rnd.randrange(keys)}", channel=f"ch-{rnd.randrange(channels)}",
+            model=f"model-{rnd.randrange(models)}", prompt_tokens=rnd.randrange(2000),
             completion_tokens=rnd.randrange(800), cost=rnd.random() / 1000, status=200,
             latency_ms=1.0,
         )
@@ -42,8 +42,8 @@ def log(n: int) -> list[RequestRecord]:
     ]  # fmt: skip
 
 
-async def run(records: int, repeat: int) -> None:
-    rows = log(records)
+async def run(records: int, repeat: int, keys: int, channels: int, models: int) -> None:
+    rows = sorted(log(records, keys, channels, models), key=lambda r: r.ts)  # appended in order
     with tempfile.TemporaryDirectory() as tmp:
         sqlite = SqliteStore(Path(tmp) / "u.db", TZ, clock=lambda: NOW)
         await sqlite.start()
@@ -61,7 +61,11 @@ async def run(records: int, repeat: int) -> None:
              "api_key"),
             ("day, 30 d, model", bucket_edges(NOW - timedelta(days=30), NOW, "day", TZ), "model"),
         ]  # fmt: skip
-        print(f"request log: {records:,} records over 30 days")
+        rollup = await asyncio.to_thread(
+            sqlite._run, lambda c: c.execute("SELECT COUNT(*) FROM usage_rollup").fetchone()[0]
+        )
+        print(f"request log: {records:,} records over 30 days ({keys} keys x {channels} channels"
+              f" x {models} models at random); rollup: {rollup:,} rows")
         for name, store in (("sqlite", sqlite), ("memory", memory)):
             for label, edges, group_by in queries:
                 times = []
@@ -77,5 +81,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--keys", type=int, default=10)
+    parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--models", type=int, default=4)
     args = parser.parse_args()
-    asyncio.run(run(args.records, args.repeat))
+    asyncio.run(run(args.records, args.repeat, args.keys, args.channels, args.models))

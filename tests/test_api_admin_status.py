@@ -258,3 +258,19 @@ async def test_status_shows_open_breakers_and_cool_downs(upstream_factory, gatew
     assert ch["limited"]["breaker"] == "closed" and ch["limited"]["state"] == "cooldown"
     assert ch["limited"]["cooling_down_until"] == "2026-11-26T12:02:00+00:00"
     assert [f["status"] for f in (await get_json(gw, "/api/status"))["recent_failures"]] == [429, 500]
+
+
+def test_month_edges_are_local_calendar_months():
+    from zoneinfo import ZoneInfo
+
+    from smartproxy.api.admin_status import month_edges
+
+    shanghai = ZoneInfo("Asia/Shanghai")
+    local = datetime(2026, 12, 31, 23, 59, tzinfo=UTC).astimezone(shanghai)  # Jan 1, 07:59 local
+    start, end = month_edges(local)
+    assert datetime.fromtimestamp(start, UTC) == datetime(2026, 12, 31, 16, 0, tzinfo=UTC)
+    assert datetime.fromtimestamp(end, UTC) == datetime(2027, 1, 31, 16, 0, tzinfo=UTC)
+    ny = ZoneInfo("America/New_York")
+    start, end = month_edges(datetime(2026, 12, 15, 12, tzinfo=ny))
+    assert datetime.fromtimestamp(start, ny).isoformat() == "2026-12-01T00:00:00-05:00"
+    assert datetime.fromtimestamp(end, ny).isoformat() == "2027-01-01T00:00:00-05:00"

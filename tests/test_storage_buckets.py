@@ -113,9 +113,12 @@ def records(n: int, start: datetime, span: timedelta, seed: int = 7) -> list[Req
     return out
 
 
+@pytest.mark.parametrize("shift", [0, 7])  # 7 s: edges off the rollup's slots, read from the log
 @pytest.mark.parametrize("group_by", ["channel", "api_key", "model"])
 @pytest.mark.parametrize("bucket", ["hour", "day"])
-async def test_sqlite_sums_in_sql_what_memory_sums_in_python(tmp_path: Path, group_by, bucket):
+async def test_sqlite_sums_in_sql_what_memory_sums_in_python(
+    tmp_path: Path, group_by, bucket, shift
+):
     start = utc(2026, 10, 31, 0)
     log = records(400, start, timedelta(days=3))
     memory = MemoryStore(NY)
@@ -126,6 +129,7 @@ async def test_sqlite_sums_in_sql_what_memory_sums_in_python(tmp_path: Path, gro
             memory.settle_now(None, r, start)
             sqlite.settle_now(None, r, start)
         edges = bucket_edges(start + timedelta(hours=5), start + timedelta(days=2), bucket, NY)
+        edges = [e + shift for e in edges]
         from_sql = await sqlite.timeseries(edges, group_by)
         from_python = await memory.timeseries(edges, group_by)
     finally:
@@ -137,3 +141,31 @@ async def test_sqlite_sums_in_sql_what_memory_sums_in_python(tmp_path: Path, gro
     inside = [r for r in log if edges[0] <= r.ts < edges[-1]]
     assert sum(row["requests"] for row in from_sql) == len(inside) > 0
     assert sum(row["errors"] for row in from_sql) == sum(r.status >= 400 for r in inside)
+
+
+async def test_a_log_written_before_the_rollup_is_summed_into_it_once(tmp_path: Path):
+    import sqlite3
+
+    start = utc(2026, 10, 31, 0)
+    log = records(300, start, timedelta(days=2), seed=3)
+    store = SqliteStore(tmp_path / "u.db", KOLKATA, clock=lambda: start)
+    await store.start()
+    for r in log[:200]:
+        store.settle_now(None, r, start)
+    await store.close()
+    with sqlite3.connect(tmp_path / "u.db") as conn:  # as an older version left the file
+        conn.execute("DROP TABLE usage_rollup")
+    store = SqliteStore(tmp_path / "u.db", KOLKATA, clock=lambda: start)
+    await store.start()
+    try:
+        for r in log[200:]:
+            store.settle_now(None, r, start)
+        edges = bucket_edges(start, start + timedelta(days=3), "hour", KOLKATA)
+        rows = await store.timeseries(edges, "model")
+    finally:
+        await store.close()
+    expected = sum_into_buckets(log, edges, "model")
+    assert [{**r, "cost": round(r["cost"], 12)} for r in rows] == [
+        {**r, "cost": round(r["cost"], 12)} for r in expected
+    ]
+    assert sum(r["requests"] for r in rows) == 300

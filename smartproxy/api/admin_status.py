@@ -17,7 +17,7 @@ from ..config import ChannelConfig
 from ..errors import BadRequest
 from ..routing.pricing import discount_active, effective_price, next_discount_change
 from ..state import GATEWAY, Gateway
-from ..storage.base import GROUP_COLUMNS
+from ..storage.base import GROUP_COLUMNS, BucketRow
 from ..storage.buckets import BUCKETS, bucket_edges, timeseries_document
 
 DEFAULT_SPAN = {"hour": timedelta(hours=48), "day": timedelta(days=30)}
@@ -208,11 +208,10 @@ async def status_report(gw: Gateway) -> dict[str, Any]:
     tz = snap.tz
     now = gw.clock()
     local = now.astimezone(tz)
-    month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    month = {
-        str(row["channel"]): row for row in await gw.store.query(month_start, None, "channel")
-    }
-    channels = [_channel_status(gw, ch, now, tz, month.get(ch.name, {})) for ch in snap.config.channels]
+    month = {row["key"]: row for row in await gw.store.timeseries(month_edges(local), "channel")}
+    channels = [
+        _channel_status(gw, ch, now, tz, month.get(ch.name)) for ch in snap.config.channels
+    ]
     reload_at = gw.last_reload_at
     return {
         "now": local.isoformat(),
@@ -233,8 +232,15 @@ async def status_report(gw: Gateway) -> dict[str, Any]:
     }
 
 
+def month_edges(local: datetime) -> list[float]:
+    """Epoch edges of the local calendar month of ``local`` (an aware local time)."""
+    first = datetime(local.year, local.month, 1, tzinfo=local.tzinfo)
+    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+    return [first.timestamp(), datetime(year, month, 1, tzinfo=local.tzinfo).timestamp()]
+
+
 def _channel_status(
-    gw: Gateway, ch: ChannelConfig, now: datetime, tz: tzinfo, month: dict[str, object]
+    gw: Gateway, ch: ChannelConfig, now: datetime, tz: tzinfo, month: BucketRow | None
 ) -> dict[str, Any]:
     breaker, cooling_until = gw.health.detail(ch.name, now)
     change = next_discount_change(ch, now, tz)
@@ -261,9 +267,9 @@ def _channel_status(
         "effective_price": effective_price(ch, now, tz),
         "discount_active": discount_active(ch, now, tz),
         "discount": discount,
-        "month_requests": month.get("requests", 0),
-        "month_tokens": month.get("total_tokens", 0),
-        "month_cost_usd": month.get("cost", 0.0),
+        "month_requests": month["requests"] if month else 0,
+        "month_tokens": month["prompt_tokens"] + month["completion_tokens"] if month else 0,
+        "month_cost_usd": month["cost"] if month else 0.0,
     }
 
 

@@ -4,7 +4,8 @@ The event loop never waits for SQLite on the request path. ``try_reserve``, ``se
 work on an in-memory ``CounterBook`` (the same counting as the memory backend); ``settle`` also
 appends the record to a pending list. A flush task hands that list to a worker thread every
 ``flush_interval`` seconds, which writes it in one transaction: counter deltas as UPSERTs (summed
-per window key first) and one request-log row per record. A crashed process loses at most the last
+per window key first), one request-log row per record, and the log's 15-minute rollup (``rollup``,
+what ``timeseries`` reads). A crashed process loses at most the last
 interval's records; ``close`` flushes the rest.
 
 If a write fails (disk full, database locked for too long, file removed...), the batch is put back
@@ -45,6 +46,14 @@ from .base import (
     epoch,
     group_column,
     window_keys,
+)
+from .rollup import (
+    ROLLUP_BACKFILL,
+    ROLLUP_SCHEMA,
+    ROLLUP_UPSERT,
+    SLOT,
+    rollup_rows,
+    timeseries_sql,
 )
 
 log = logging.getLogger(__name__)
@@ -207,11 +216,11 @@ class SqliteStore(InProcessCounters):
 
     async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
         column = group_column(group_by)
+        sql = timeseries_sql(column, rollup=all(e % SLOT == 0 for e in edges))
         await self.flush()
         try:
             rows = await asyncio.to_thread(
-                self._run,
-                lambda c: c.execute(_timeseries_sql(column), (json.dumps(edges),)).fetchall(),
+                self._run, lambda c: c.execute(sql, (json.dumps(edges),)).fetchall()
             )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read usage database {self.path}: {exc}") from exc
@@ -277,10 +286,13 @@ class SqliteStore(InProcessCounters):
             for r, _, _ in batch
         ]  # fmt: skip
 
+        rollup = rollup_rows(r for r, _, _ in batch)
+
         def write(conn: sqlite3.Connection) -> None:
             with conn:  # one transaction: all of the batch or none of it
                 conn.executemany(_UPSERT, [(*k, *d) for k, d in deltas.items()])
                 conn.executemany(_INSERT_LOG, log_rows)
+                conn.executemany(ROLLUP_UPSERT, rollup)
 
         self._run(write)
 
@@ -301,7 +313,13 @@ class SqliteStore(InProcessCounters):
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
-                conn.executescript(_SCHEMA)
+                had_rollup = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage_rollup'"
+                ).fetchone()
+                conn.executescript(_SCHEMA + ROLLUP_SCHEMA)
+                if had_rollup is None:
+                    with conn:
+                        conn.execute(ROLLUP_BACKFILL)
             except sqlite3.Error:
                 conn.close()
                 raise
@@ -329,18 +347,4 @@ def _select_sql(column: str) -> str:
         " COALESCE(SUM(status >= 400), 0) FROM request_log"
         " WHERE (? IS NULL OR ts >= ?) AND (? IS NULL OR ts < ?)"
         f" GROUP BY {column} ORDER BY {column}"
-    )
-
-
-def _timeseries_sql(column: str) -> str:
-    # The edges arrive as one JSON array; each bucket is an index range scan on request_log_ts.
-    # ``column`` comes from GROUP_COLUMNS, never from the caller's text.
-    return (
-        "WITH e AS (SELECT CAST(key AS INTEGER) AS i, value AS lo FROM json_each(?)),"
-        " b AS (SELECT e1.i AS i, e1.lo AS lo, e2.lo AS hi FROM e e1 JOIN e e2 ON e2.i = e1.i + 1)"
-        f" SELECT b.i, r.{column}, COUNT(*), COALESCE(SUM(r.prompt_tokens), 0),"
-        " COALESCE(SUM(r.completion_tokens), 0), COALESCE(SUM(r.cost), 0.0),"
-        " COALESCE(SUM(r.status >= 400), 0)"
-        " FROM b JOIN request_log r ON r.ts >= b.lo AND r.ts < b.hi"
-        f" GROUP BY b.i, r.{column} ORDER BY b.i, r.{column}"
     )
