@@ -30,7 +30,7 @@ try:
 except ImportError:  # pragma: no cover - the test extra installs it
     async_playwright = None  # type: ignore[assignment]
 
-pytestmark = pytest.mark.skipif(
+needs_browser = pytest.mark.skipif(
     (CHROMIUM is None or async_playwright is None) and not IN_CI,
     reason="headless Chromium or playwright missing (.ci/run installs both)",
 )
@@ -96,6 +96,7 @@ def dollars(text: str) -> float:
     return float(match.group(1).replace(",", ""))
 
 
+@needs_browser
 async def test_signed_in_dashboard_shows_channels_quota_and_cost(
     upstream_factory, gateway_factory, browser
 ):
@@ -198,6 +199,7 @@ def foreign_token(secret: str, *, expired: bool = False) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+@needs_browser
 async def test_without_or_with_a_wrong_token_only_the_form(
     upstream_factory, gateway_factory, browser
 ):
