@@ -138,11 +138,13 @@
         "(make one with: smartproxy token --sub your-name).";
     }
     if (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
-      return `This token expired at ${fmtWhen(claims.exp * 1000)}. ` +
+      return `This token expired at ${fmtWhen(claims.exp * 1000)} ${state.tz}. ` +
         "Make a fresh one with: smartproxy token --sub your-name";
     }
-    return `The gateway refused this token (${serverMessage}). It must be signed with this ` +
-      "gateway's JWT secret and not be expired: smartproxy token --sub your-name --config <its config>";
+    const valid = typeof claims.exp === "number" ? ` It is valid until ${fmtWhen(claims.exp * 1000)} ${state.tz}, so` : " It";
+    return `The gateway refused this token (${serverMessage}).${valid} was most likely made ` +
+      "with another gateway's JWT secret. Make one for this gateway: " +
+      "smartproxy token --sub your-name --config <its config>";
   }
 
   // ------------------------------------------------------------------ sign in / out
