@@ -73,8 +73,11 @@ def chat_to_messages(
             continue
         if key not in _NEUTRAL:
             raise refuse(key, "Anthropic's Messages API has no such field")
-        if value not in _NEUTRAL[key]:
-            raise refuse(key, f"only {_NEUTRAL[key][-1]!r} (or leaving it out) can be translated")
+        allowed = _NEUTRAL[key]
+        if value not in allowed:
+            if allowed == (None,):
+                raise refuse(key, "Anthropic has no such option")
+            raise refuse(key, f"only the default {allowed[-1]!r} can be translated, not {value!r}")
     system, messages = _messages(body.get("messages"))
     out: dict[str, Any] = {"model": model}
     if system:
