@@ -507,3 +507,50 @@ async def test_stream_broken_after_its_first_event_ends_with_the_sse_error_event
     with pytest.raises(openai.APIError):
         async for _ in stream:
             pass
+
+
+async def test_sdk_streamed_tool_call_round_trip_with_an_image(anthropic_factory, gateway_factory):
+    """The same round trip as above, streamed both ways, the question carrying an image."""
+    fake, gw = await start(anthropic_factory, gateway_factory)
+    sdk = gw.openai()
+    image = {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}}
+    messages: list[Any] = [{"role": "user", "content": [
+        {"type": "text", "text": "Weather where this photo was taken?"}, image]}]  # fmt: skip
+    fake.script = ["tools"]
+    stream = await sdk.chat.completions.create(
+        model="gpt-4o", messages=messages, tools=[WEATHER_TOOL], stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    text, calls, usage = "", {}, None
+    async for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            for d in choice.delta.tool_calls or []:
+                entry = calls.setdefault(d.index, {"id": d.id, "name": d.function.name, "args": ""})
+                entry["args"] += d.function.arguments or ""
+    assert fake.seen[-1].body["messages"][0]["content"][1] == {
+        "type": "image", "source": {"type": "base64", "media_type": "image/jpeg",
+                                    "data": "/9j/4AAQ"}}  # fmt: skip
+    assert fake.seen[-1].body["stream"] is True
+    assert text == "Let me check." and usage.prompt_tokens == 21
+    assert calls == {0: {"id": "toolu_01A", "name": "get_weather", "args": '{"city": "Paris"}'}}
+    messages.append({"role": "assistant", "content": text, "tool_calls": [
+        {"id": "toolu_01A", "type": "function",
+         "function": {"name": "get_weather", "arguments": calls[0]["args"]}}]})  # fmt: skip
+    messages.append({"role": "tool", "tool_call_id": "toolu_01A", "content": "18°C"})
+    stream = await sdk.chat.completions.create(
+        model="gpt-4o", messages=messages, tools=[WEATHER_TOOL], stream=True
+    )
+    final = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert final == "Hello from Claude." and not fake.rejected
+    assert fake.seen[-1].body["messages"][1:] == [
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Let me check."},
+            {"type": "tool_use", "id": "toolu_01A", "name": "get_weather",
+             "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "18°C"}]},
+    ]  # fmt: skip
+    row = await usage_of(gw)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["requests"]) == (42, 18, 2)
