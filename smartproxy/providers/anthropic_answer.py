@@ -134,7 +134,8 @@ def error_to_openai(status: int, body: bytes) -> bytes:
 class MessagesStreamToChat:
     """One stream's translator: ``feed`` an Anthropic SSE event, get OpenAI SSE events back."""
 
-    __slots__ = ("tally", "_include_usage", "_created", "_id", "_model", "_tools", "_args", "_raw")
+    __slots__ = ("tally", "_include_usage", "_created", "_id", "_model", "_tools", "_args", "_raw",
+                 "_text_head", "_text_tail")  # fmt: skip
 
     def __init__(self, *, include_usage: bool, created: int) -> None:
         self.tally = StreamTally()
@@ -145,6 +146,9 @@ class MessagesStreamToChat:
         self._tools: dict[int, int] = {}  # Anthropic content block index -> tool call index
         self._args: dict[int, int] = {}  # tool call index -> argument characters sent
         self._raw: dict[str, Any] = {}  # Anthropic usage so far (message_delta updates it)
+        # A text chunk's bytes around its content, built once (most events of a stream are text).
+        self._text_head = b""
+        self._text_tail = b""
 
     def feed(self, event: bytes) -> list[bytes]:
         data = event_data(event)
@@ -208,7 +212,11 @@ class MessagesStreamToChat:
             if not text:
                 return []
             self.tally.content_events += 1
-            return [self._chunk({"content": text})]
+            if not self._text_head:
+                self._text_head, _, self._text_tail = self._chunk({"content": None}).partition(
+                    b'"content":null'
+                )
+            return [self._text_head + b'"content":' + orjson.dumps(text) + self._text_tail]
         if kind == "input_json_delta":
             part = delta.get("partial_json")
             call = self._tools.get(obj.get("index", -1))
