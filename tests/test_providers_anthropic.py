@@ -186,6 +186,11 @@ def test_request_translation_everything_at_once():
         ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {
             "name": "f", "arguments": "{oops"}}]}]}, "messages[0].tool_calls[0].function.arguments"),
         ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x",
+                                                      "annotations": [1]}]}]},
+         "messages[0].content[0].annotations"),
+        ({"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {
+            "url": "https://x/y.png"}}]}]}, "messages[0].content[0].type"),
     ],
 )  # fmt: skip
 def test_untranslatable_requests_name_the_field(change, param):
@@ -193,3 +198,19 @@ def test_untranslatable_requests_name_the_field(change, param):
     with pytest.raises(Untranslatable) as info:
         chat_to_messages(body, model="m")
     assert info.value.param == param and info.value.status == 400
+
+
+def test_cache_control_and_document_title_go_through():
+    cached = {"type": "ephemeral"}
+    body = {"model": "m", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Long rules", "cache_control": cached}]},
+        {"role": "user", "content": [
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JV"}},
+            {"type": "text", "text": "Summarise", "cache_control": cached}]},
+    ]}  # fmt: skip
+    out = chat_to_messages(body, model="m")
+    assert out["system"] == [{"type": "text", "text": "Long rules", "cache_control": cached}]
+    assert out["messages"] == [{"role": "user", "content": [
+        {"type": "document", "title": "a.pdf",
+         "source": {"type": "base64", "media_type": "application/pdf", "data": "JV"}},
+        {"type": "text", "text": "Summarise", "cache_control": cached}]}]  # fmt: skip

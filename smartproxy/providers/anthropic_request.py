@@ -53,6 +53,14 @@ _HANDLED = frozenset(
     }
 )  # fmt: skip
 _MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name"})
+# The keys each OpenAI content part may have (``cache_control``: Anthropic prompt caching, which
+# clients that know Anthropic put on OpenAI parts; it is passed on).
+_PART_KEYS = {
+    "text": frozenset({"type", "text", "cache_control"}),
+    "refusal": frozenset({"type", "refusal"}),
+    "image_url": frozenset({"type", "image_url", "cache_control"}),
+    "file": frozenset({"type", "file", "cache_control"}),
+}
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 
@@ -80,8 +88,8 @@ def chat_to_messages(
             raise refuse(key, f"only the default {allowed[-1]!r} can be translated, not {value!r}")
     system, messages = _messages(body.get("messages"))
     out: dict[str, Any] = {"model": model}
-    if system:
-        out["system"] = system[0]["text"] if len(system) == 1 else system
+    if system:  # one plain block reads better as a string (a cache_control keeps the block)
+        out["system"] = system[0]["text"] if len(system) == 1 and len(system[0]) == 2 else system
     out["messages"] = messages
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     out["max_tokens"] = max_tokens if max_tokens is not None else default_max_tokens
@@ -211,18 +219,26 @@ def _blocks(content: Any, where: str, *, text_only: bool = False) -> list[dict[s
     out = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
+        block: dict[str, Any]
+        if kind not in _PART_KEYS or (text_only and kind in ("image_url", "file")):
+            raise refuse(f"{where}[{j}].type", f"a {kind!r} part cannot be translated here")
+        for key in part:
+            if key not in _PART_KEYS[kind]:
+                raise refuse(f"{where}[{j}].{key}", "Anthropic content blocks have no such field")
         if kind in ("text", "refusal"):
             text = part.get(kind)
             if not isinstance(text, str):
                 raise refuse(f"{where}[{j}].{kind}", "must be a string")
-            if text:
-                out.append({"type": "text", "text": text})
-        elif kind == "image_url" and not text_only:
-            out.append(_image(part.get("image_url"), f"{where}[{j}].image_url"))
-        elif kind == "file" and not text_only:
-            out.append(_document(part.get("file"), f"{where}[{j}].file"))
+            if not text:
+                continue  # Anthropic refuses empty text blocks
+            block = {"type": "text", "text": text}
+        elif kind == "image_url":
+            block = _image(part.get("image_url"), f"{where}[{j}].image_url")
         else:
-            raise refuse(f"{where}[{j}].type", f"a {kind!r} part cannot be translated here")
+            block = _document(part.get("file"), f"{where}[{j}].file")
+        if part.get("cache_control") is not None:  # prompt caching breakpoints go through
+            block["cache_control"] = part["cache_control"]
+        out.append(block)
     return out
 
 
@@ -247,7 +263,11 @@ def _document(spec: Any, where: str) -> dict[str, Any]:
     media_type, data = _data_url(data_url, f"{where}.file_data")
     if media_type != "application/pdf":
         raise refuse(f"{where}.file_data", f"only PDF documents are supported, not {media_type!r}")
-    return {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    source = {"type": "base64", "media_type": media_type, "data": data}
+    out: dict[str, Any] = {"type": "document", "source": source}
+    if spec.get("filename"):
+        out["title"] = str(spec["filename"])
+    return out
 
 
 def _data_url(url: str, where: str) -> tuple[str, str]:
