@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .configmodel import (
+from ..errors import ConfigError
+from .model import (
     ANTHROPIC_ENDPOINT,
     ANTHROPIC_VERSION,
     CHANNEL_TYPES,
@@ -32,7 +33,7 @@ from .configmodel import (
     StorageConfig,
     UsageConfig,
 )
-from .configread import (
+from .read import (
     T,
     _bool,
     _count,
@@ -52,7 +53,6 @@ from .configread import (
     _windows,
     parse_listen,
 )
-from .errors import ConfigError
 
 # SmartAIProxy keys that load without meaning here (path of the section -> keys).
 _SMARTAIPROXY_IGNORED: dict[str, tuple[str, ...]] = {
@@ -153,7 +153,7 @@ _CHANNEL_DEFAULTS = ChannelConfig(name="", type="openai", endpoint="")
 
 
 def parse_rule(data: Any, path: str, problems: list[str]) -> RuleConfig | None:
-    from .routing.rules import RuleError, check_expression
+    from .expr import RuleError, check_expression
 
     s = _Section(data, path, problems)
     before = len(problems)
