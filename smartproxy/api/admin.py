@@ -123,7 +123,9 @@ async def route_dry_run(request: web.Request) -> web.Response:
          description: 'evaluate rules as this gateway key name'}
       - {name: endpoint, in: query, required: false,
          schema: {type: string, enum: [chat/completions, completions, embeddings]},
-         description: 'the proxy endpoint the body is for (sets the token reservation)'}
+         description: 'the proxy endpoint the body is for (sets the token reservation and
+           excludes channels whose type cannot serve it); the body may say it instead as
+           "path": "/v1/embeddings"'}
     requestBody:
       required: true
       content:
