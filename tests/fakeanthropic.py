@@ -28,6 +28,7 @@ from aiohttp import web
 _FIELDS = {
     "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p",
     "top_k", "metadata", "stream", "tools", "tool_choice", "thinking", "service_tier",
+    "output_config",
 }  # fmt: skip
 _STATUS_TYPES = {
     400: "invalid_request_error",

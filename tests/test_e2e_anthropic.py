@@ -353,8 +353,7 @@ async def test_pitfall_whitespace_only_stop_sequences_are_dropped(
     [
         ("n", {"n": 2}),
         ("logprobs", {"logprobs": True}),
-        ("response_format", {"response_format": {"type": "json_schema", "json_schema": {
-            "name": "x", "schema": {"type": "object"}}}}),
+        ("response_format", {"response_format": {"type": "json_object"}}),
         ("frequency_penalty", {"frequency_penalty": 0.5}),
         ("messages[0].content[0].type", {"messages": [{"role": "user", "content": [
             {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}),
@@ -554,3 +553,18 @@ async def test_sdk_streamed_tool_call_round_trip_with_an_image(anthropic_factory
     ]  # fmt: skip
     row = await usage_of(gw)
     assert (row["prompt_tokens"], row["completion_tokens"], row["requests"]) == (42, 18, 2)
+
+
+async def test_json_schema_response_format_becomes_structured_outputs(
+    anthropic_factory, gateway_factory
+):
+    fake, gw = await start(anthropic_factory, gateway_factory)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"], "additionalProperties": False}  # fmt: skip
+    await gw.openai().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}],
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "place", "schema": schema, "strict": True}},
+    )  # fmt: skip
+    assert fake.seen[-1].body["output_config"] == {"format": {"type": "json_schema",
+                                                              "schema": schema}}  # fmt: skip

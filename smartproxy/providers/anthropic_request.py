@@ -14,6 +14,8 @@ is translated or refused, never dropped. What is done (and why):
 - ``stop`` -> ``stop_sequences`` without whitespace-only entries (Anthropic refuses those).
 - images: a ``data:`` URL becomes a base64 source with its media type, http(s) a url source;
   ``detail`` has no Anthropic counterpart (the model picks the resolution) and is not sent.
+- ``response_format: json_schema`` -> ``output_config.format`` (Anthropic structured outputs);
+  ``json_object`` has no counterpart (Anthropic needs the schema) and is refused.
 - ``n: 1``, ``logprobs: false``, zero penalties and other values that mean "the default" pass.
 """
 
@@ -43,13 +45,12 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "web_search_options": (None,),
     "functions": (None, []),
     "function_call": (None,),
-    "response_format": (None, {"type": "text"}),
 }
 _HANDLED = frozenset(
     {
         "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
         "stop", "temperature", "top_p", "top_k", "user", "tools", "tool_choice",
-        "parallel_tool_calls",
+        "parallel_tool_calls", "response_format",
     }
 )  # fmt: skip
 _MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name"})
@@ -108,6 +109,9 @@ def chat_to_messages(
         out["metadata"] = {"user_id": str(body["user"])}
     if body.get("stream"):
         out["stream"] = True
+    output_format = _output_format(body.get("response_format"))
+    if output_format is not None:
+        out["output_config"] = {"format": output_format}
     tools = body.get("tools")
     if tools:
         out["tools"] = [_tool(t, i) for i, t in enumerate(tools)]
@@ -118,6 +122,18 @@ def chat_to_messages(
         else:
             out["tool_choice"] = choice
     return out
+
+
+def _output_format(spec: Any) -> dict[str, Any] | None:
+    """``response_format`` -> Anthropic structured outputs (``output_config.format``)."""
+    if spec is None or spec == {"type": "text"}:
+        return None
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    schema = (spec.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
+    if not isinstance(schema, dict):
+        why = "only json_schema (with its schema) or text can be translated"
+        raise refuse("response_format", f"{why}, not {kind!r}" if kind else why)
+    return {"type": "json_schema", "schema": schema}
 
 
 # ----------------------------------------------------------------------------- tools
