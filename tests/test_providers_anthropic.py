@@ -214,3 +214,13 @@ def test_cache_control_and_document_title_go_through():
         {"type": "document", "title": "a.pdf",
          "source": {"type": "base64", "media_type": "application/pdf", "data": "JV"}},
         {"type": "text", "text": "Summarise", "cache_control": cached}]}]  # fmt: skip
+
+
+def test_tool_input_given_whole_at_block_start():
+    tr = MessagesStreamToChat(include_usage=False, created=1)
+    start = {"type": "content_block_start", "index": 0, "content_block": {
+        "type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}}}  # fmt: skip
+    out = tr.feed(b"data: " + json.dumps(start).encode() + b"\n\n")
+    out += tr.feed(b'data: {"type": "content_block_stop", "index": 0}\n\n')
+    deltas = [json.loads(e[6:])["choices"][0]["delta"]["tool_calls"][0] for e in out]
+    assert [d["function"]["arguments"] for d in deltas] == ['{"a":1}']

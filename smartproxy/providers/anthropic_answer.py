@@ -200,8 +200,12 @@ class MessagesStreamToChat:
             return []
         call = self._tools[obj.get("index", -1)] = len(self._tools)
         self.tally.content_events += 1
+        # Anthropic starts with ``input: {}`` and streams the arguments; a proxy in between may
+        # send the whole input here instead.
+        args = orjson.dumps(block["input"]).decode() if block.get("input") else ""
+        self._args[call] = len(args)
         head = {"index": call, "id": block.get("id"), "type": "function",
-                "function": {"name": block.get("name"), "arguments": ""}}  # fmt: skip
+                "function": {"name": block.get("name"), "arguments": args}}  # fmt: skip
         return [self._chunk({"tool_calls": [head]})]
 
     def _delta(self, obj: dict[str, Any]) -> list[bytes]:
