@@ -186,6 +186,7 @@ def test_request_translation_everything_at_once():
         ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {
             "name": "f", "arguments": "{oops"}}]}]}, "messages[0].tool_calls[0].function.arguments"),
         ({"messages": []}, "messages"),
+        ({"tool_choice": "required"}, "tool_choice"),
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x",
                                                       "annotations": [1]}]}]},
          "messages[0].content[0].annotations"),
@@ -224,3 +225,10 @@ def test_tool_input_given_whole_at_block_start():
     out += tr.feed(b'data: {"type": "content_block_stop", "index": 0}\n\n')
     deltas = [json.loads(e[6:])["choices"][0]["delta"]["tool_calls"][0] for e in out]
     assert [d["function"]["arguments"] for d in deltas] == ['{"a":1}']
+
+
+def test_tool_choice_without_tools_and_null_max_completion_tokens():
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "auto",
+            "parallel_tool_calls": False, "max_completion_tokens": None, "max_tokens": 9}
+    out = chat_to_messages(body, model="m")
+    assert "tool_choice" not in out and out["max_tokens"] == 9

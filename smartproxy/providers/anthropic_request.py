@@ -92,7 +92,9 @@ def chat_to_messages(
     if system:  # one plain block reads better as a string (a cache_control keeps the block)
         out["system"] = system[0]["text"] if len(system) == 1 and len(system[0]) == 2 else system
     out["messages"] = messages
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
     out["max_tokens"] = max_tokens if max_tokens is not None else default_max_tokens
     stop = body.get("stop")
     if stop is not None:
@@ -116,11 +118,10 @@ def chat_to_messages(
     if tools:
         out["tools"] = [_tool(t, i) for i, t in enumerate(tools)]
     choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
-    if choice is not None:
-        if choice.get("type") == "none" and not tools:
-            pass  # nothing to choose from: "none" is what no tools means
-        else:
-            out["tool_choice"] = choice
+    if choice is not None and tools:
+        out["tool_choice"] = choice
+    elif choice is not None and choice["type"] in ("any", "tool"):
+        raise refuse("tool_choice", "a required or named tool needs tools")
     return out
 
 
