@@ -102,6 +102,11 @@ async def test_sdk_text_non_stream_request_translated_field_by_field(
     assert (row["prompt_tokens"], row["completion_tokens"], row["requests"]) == (21, 9, 1)
     assert await metric(gw, "smartproxy_tokens_total", channel="claude", kind="prompt") == 21
     assert await metric(gw, "smartproxy_tokens_total", channel="claude", kind="completion") == 9
+    log = await gw.client.get("/api/usage", params={"group_by": "channel"},
+                              headers=gw.admin_headers())  # fmt: skip
+    (logged,) = (await log.json())["rows"]
+    assert (logged["channel"], logged["prompt_tokens"], logged["completion_tokens"]) == (
+        "claude", 21, 9)
 
 
 async def test_default_max_tokens_and_the_v1_endpoint_form(anthropic_factory, gateway_factory):
