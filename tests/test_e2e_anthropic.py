@@ -573,3 +573,20 @@ async def test_json_schema_response_format_becomes_structured_outputs(
     )  # fmt: skip
     assert fake.seen[-1].body["output_config"] == {"format": {"type": "json_schema",
                                                               "schema": schema}}  # fmt: skip
+
+
+async def test_stream_cut_short_is_billed_for_what_it_sent(anthropic_factory, gateway_factory):
+    """Anthropic's real output count comes at the end (message_delta): a stream cut after three
+    text deltas counts the exact input tokens and at least a token per delta sent."""
+    fake, gw = await start(anthropic_factory, gateway_factory)
+    fake.script = ["cut-after-6"]  # message_start, block start, ping, 3 text deltas
+    resp = await gw.client.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True},
+        headers=AUTH,
+    )
+    raw = await resp.read()
+    assert b"Hello" in raw and b" Claude" in raw and raw.endswith(b"\n\n")
+    assert b"event: error" in raw
+    row = await usage_of(gw)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (21, 3)

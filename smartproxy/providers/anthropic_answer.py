@@ -194,12 +194,12 @@ class MessagesStreamToChat:
         block = obj.get("content_block") or {}
         kind = block.get("type")
         if kind == "text" and block.get("text"):
-            self.tally.content_events += 1
+            self._counted()
             return [self._chunk({"content": block["text"]})]
         if kind != "tool_use":
             return []
         call = self._tools[obj.get("index", -1)] = len(self._tools)
-        self.tally.content_events += 1
+        self._counted()
         # Anthropic starts with ``input: {}`` and streams the arguments; a proxy in between may
         # send the whole input here instead.
         args = orjson.dumps(block["input"]).decode() if block.get("input") else ""
@@ -215,7 +215,7 @@ class MessagesStreamToChat:
             text = delta.get("text")
             if not text:
                 return []
-            self.tally.content_events += 1
+            self._counted()
             if not self._text_head:
                 self._text_head, _, self._text_tail = self._chunk({"content": None}).partition(
                     b'"content":null'
@@ -227,7 +227,7 @@ class MessagesStreamToChat:
             if not part or call is None:
                 return []  # "" says nothing; "{}" comes at the block's end if nothing else did
             self._args[call] = self._args.get(call, 0) + len(part)
-            self.tally.content_events += 1
+            self._counted()
             return [self._chunk({"tool_calls": [{"index": call, "function": {"arguments": part}}]})]
         return []  # thinking/signature/citations deltas: not requested by a translated request
 
@@ -239,6 +239,17 @@ class MessagesStreamToChat:
         return [self._chunk({}, FINISH_REASONS.get(reason, "stop"))]
 
     # -- helpers
+    def _counted(self) -> None:
+        """One more content event. Until message_delta brings the real output count, usage says
+        at least one token per event sent, so a stream cut short is billed for what it sent
+        (message_start's ``output_tokens`` is a placeholder)."""
+        tally = self.tally
+        tally.content_events += 1
+        usage = tally.usage
+        if usage is not None and usage["completion_tokens"] < tally.content_events:
+            usage["completion_tokens"] = tally.content_events
+            usage["total_tokens"] = usage["prompt_tokens"] + tally.content_events
+
     def _update_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
             # message_delta counts are cumulative; keys it leaves out (or null) keep their value.
