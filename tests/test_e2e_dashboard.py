@@ -172,6 +172,21 @@ async def test_signed_in_dashboard_shows_channels_quota_and_cost(
     assert await page.evaluate("document.documentElement.scrollWidth") <= 390
     assert await page.locator(".card").first.bounding_box() is not None
 
+    # numbers for people
+    formats = await page.evaluate(
+        """() => { const f = window.SmartProxyDashboard; return [
+          f.fmtTokens(1234567), f.fmtTokens(950), f.fmtTokens(12345), f.fmtTokens(1),
+          f.fmtUSD(3.4149), f.fmtUSD(0), f.fmtUSD(0.0000172), f.fmtUSD(0.054), f.fmtUSD(12345.6),
+          f.fmtPrice(0.0000006), f.fmtPrice(0), f.fmtIn(3 * 3600), f.fmtIn(3 * 3600 + 12 * 60 + 5),
+          f.fmtIn(20), f.fmtIn(26 * 3600)]; }"""
+    )
+    assert [x.replace("\u202f", " ") for x in formats] == [
+        "1.2 M tokens", "950 tokens", "12.3 k tokens", "1 token",
+        "$3.41", "$0.00", "$0.000017", "$0.05", "$12,346",
+        "$0.60 / 1M tokens", "free", "in 3 h", "in 3 h 12 min",
+        "in less than a minute", "in 1 d 2 h",
+    ]  # fmt: skip
+
     assert watch.errors == []
     assert_token_only_as_bearer(watch, token, gw.root)
 

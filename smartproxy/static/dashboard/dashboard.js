@@ -609,5 +609,7 @@
     }
   }
 
+  // The number formats, for tests and for the curious in the console (no data, no token).
+  window.SmartProxyDashboard = Object.freeze({ compact, fmtTokens, fmtUSD, fmtPrice, fmtIn });
   start();
 })();
