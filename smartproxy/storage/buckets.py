@@ -20,6 +20,7 @@ from typing import TypedDict
 from .base import BucketRow, RequestRecord, group_column
 
 BUCKETS = ("hour", "day")
+SLOT = 900  # seconds: every zone offset and DST change in use falls on a quarter hour
 MAX_BUCKETS = 10_000  # a year of hours (8,784) fits; more is a mistake or an attack
 
 
@@ -86,6 +87,59 @@ def sum_into_buckets(
                   completion_tokens=int(c), cost=cost, errors=int(e))
         for (i, key), (n, p, c, cost, e) in sorted(sums.items())
     ]  # fmt: skip
+
+
+_GROUP_INDEX = {"channel": 0, "api_key": 1, "model": 2}
+
+
+class SlotSums:
+    """The request log summed per 15-minute slot and (channel, key name, model), kept next to a
+    bounded in-memory log (``add`` what is appended, ``remove`` what falls off), so buckets on
+    slot boundaries are summed over slots, not records: the memory backend's rollup."""
+
+    def __init__(self) -> None:
+        self._slots: dict[int, dict[tuple[str, str, str], list[float]]] = {}
+
+    def add(self, r: RequestRecord, sign: int = 1) -> None:
+        slot = int(r.ts // SLOT) * SLOT
+        groups = self._slots.setdefault(slot, {})
+        key = (r.channel, r.api_key_name, r.model)
+        s = groups.setdefault(key, [0, 0, 0, 0.0, 0])
+        s[0] += sign
+        s[1] += sign * r.prompt_tokens
+        s[2] += sign * r.completion_tokens
+        s[3] += sign * r.cost
+        s[4] += sign * (r.status >= 400)
+        if s[0] == 0:
+            del groups[key]
+            if not groups:
+                del self._slots[slot]
+
+    def remove(self, r: RequestRecord) -> None:
+        self.add(r, -1)
+
+    def rows(self, edges: list[float], group_by: str) -> list[BucketRow]:
+        """``sum_into_buckets`` for edges that all fall on slot boundaries."""
+        group_column(group_by)
+        index = _GROUP_INDEX[group_by]
+        lo, hi = edges[0], edges[-1]
+        sums: dict[tuple[int, str], list[float]] = {}
+        for slot, groups in self._slots.items():
+            if not lo <= slot < hi:
+                continue
+            i = bisect_right(edges, slot) - 1
+            for key, (n, p, c, cost, e) in groups.items():
+                s = sums.setdefault((i, key[index]), [0, 0, 0, 0.0, 0])
+                s[0] += n
+                s[1] += p
+                s[2] += c
+                s[3] += cost
+                s[4] += e
+        return [
+            BucketRow(bucket=i, key=key, requests=int(n), prompt_tokens=int(p),
+                      completion_tokens=int(c), cost=cost, errors=int(e))
+            for (i, key), (n, p, c, cost, e) in sorted(sums.items())
+        ]  # fmt: skip
 
 
 class _Totals(TypedDict):

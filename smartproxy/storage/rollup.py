@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .base import RequestRecord
-
-SLOT = 900  # seconds
+from .buckets import SLOT
 
 ROLLUP_SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage_rollup (

@@ -47,11 +47,11 @@ from .base import (
     group_column,
     window_keys,
 )
+from .buckets import SLOT
 from .rollup import (
     ROLLUP_BACKFILL,
     ROLLUP_SCHEMA,
     ROLLUP_UPSERT,
-    SLOT,
     rollup_rows,
     timeseries_sql,
 )
