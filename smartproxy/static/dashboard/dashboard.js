@@ -217,7 +217,12 @@
       $("signout").hidden = false;
       $("banner").hidden = true;
       render();
-      await refreshRoute();
+      try {
+        await refreshRoute();
+      } catch (e) {  // the rest of the page is fine: say so where the order would be
+        if (e instanceof AuthError) throw e;
+        fill("route", el("p", { class: "error", text: "Routing dry run failed: " + e.message }));
+      }
       $("updated").textContent = "Updated " + fmtClockSec(serverNow()) + " · every 10 s";
       $("main").dataset.refreshes = String(Number($("main").dataset.refreshes || 0) + 1);
       return true;
