@@ -23,6 +23,7 @@ from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResourc
 
 from . import __version__
 from .api.admin import create_admin_app
+from .api.dashboard import setup_dashboard
 from .api.docs import setup_docs
 from .api.fronts.routes import add_fronts
 from .api.ops import create_ops_app
@@ -105,6 +106,7 @@ def create_app(
     app.add_subapp("/v1", proxy)
     app.add_subapp("/api", create_admin_app(gateway))
     ops = create_ops_app()
+    setup_dashboard(ops)
     setup_docs(
         ops,
         title="SmartProxy",

@@ -2,7 +2,7 @@
 API reference (https://docs.anthropic.com/en/api/messages, .../messages-streaming, .../errors).
 
 It checks requests the way Anthropic does where the gateway's translation could go wrong, and
-answers 400 ``invalid_request_error`` like Anthropic: no ``x-api-key`` (401) or
+answers 400 ``invalid_request_error`` like Anthropic: no key (401) or
 ``anthropic-version``, fields the Messages API does not have ("Extra inputs are not permitted"),
 a missing ``max_tokens``, ``system`` inside ``messages``, empty text blocks, whitespace-only stop
 sequences, and ``tool_use`` blocks without their ``tool_result`` blocks first in the next user
@@ -28,6 +28,7 @@ from aiohttp import web
 _FIELDS = {
     "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p",
     "top_k", "metadata", "stream", "tools", "tool_choice", "thinking", "service_tier",
+    "output_config",
 }  # fmt: skip
 _STATUS_TYPES = {
     400: "invalid_request_error",
@@ -67,7 +68,10 @@ class FakeAnthropic:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = json.loads(await request.read())
         self.seen.append(AnthropicSeen(request.path, dict(request.headers), body))
-        if request.headers.get("x-api-key") != self.api_key:
+        # The API takes the key as x-api-key (what the gateway sends) or as a Bearer token (what
+        # the anthropic SDK 2.x sends).
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.api_key not in (request.headers.get("x-api-key"), bearer):
             return _error(401, "invalid x-api-key")
         problem = self.check(request, body)
         if problem:

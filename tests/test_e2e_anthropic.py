@@ -102,6 +102,11 @@ async def test_sdk_text_non_stream_request_translated_field_by_field(
     assert (row["prompt_tokens"], row["completion_tokens"], row["requests"]) == (21, 9, 1)
     assert await metric(gw, "smartproxy_tokens_total", channel="claude", kind="prompt") == 21
     assert await metric(gw, "smartproxy_tokens_total", channel="claude", kind="completion") == 9
+    log = await gw.client.get("/api/usage", params={"group_by": "channel"},
+                              headers=gw.admin_headers())  # fmt: skip
+    (logged,) = (await log.json())["rows"]
+    assert (logged["channel"], logged["prompt_tokens"], logged["completion_tokens"]) == (
+        "claude", 21, 9)
 
 
 async def test_default_max_tokens_and_the_v1_endpoint_form(anthropic_factory, gateway_factory):
@@ -353,8 +358,7 @@ async def test_pitfall_whitespace_only_stop_sequences_are_dropped(
     [
         ("n", {"n": 2}),
         ("logprobs", {"logprobs": True}),
-        ("response_format", {"response_format": {"type": "json_schema", "json_schema": {
-            "name": "x", "schema": {"type": "object"}}}}),
+        ("response_format", {"response_format": {"type": "json_object"}}),
         ("frequency_penalty", {"frequency_penalty": 0.5}),
         ("messages[0].content[0].type", {"messages": [{"role": "user", "content": [
             {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}),
@@ -507,3 +511,82 @@ async def test_stream_broken_after_its_first_event_ends_with_the_sse_error_event
     with pytest.raises(openai.APIError):
         async for _ in stream:
             pass
+
+
+async def test_sdk_streamed_tool_call_round_trip_with_an_image(anthropic_factory, gateway_factory):
+    """The same round trip as above, streamed both ways, the question carrying an image."""
+    fake, gw = await start(anthropic_factory, gateway_factory)
+    sdk = gw.openai()
+    image = {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}}
+    messages: list[Any] = [{"role": "user", "content": [
+        {"type": "text", "text": "Weather where this photo was taken?"}, image]}]  # fmt: skip
+    fake.script = ["tools"]
+    stream = await sdk.chat.completions.create(
+        model="gpt-4o", messages=messages, tools=[WEATHER_TOOL], stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    text, calls, usage = "", {}, None
+    async for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            for d in choice.delta.tool_calls or []:
+                entry = calls.setdefault(d.index, {"id": d.id, "name": d.function.name, "args": ""})
+                entry["args"] += d.function.arguments or ""
+    assert fake.seen[-1].body["messages"][0]["content"][1] == {
+        "type": "image", "source": {"type": "base64", "media_type": "image/jpeg",
+                                    "data": "/9j/4AAQ"}}  # fmt: skip
+    assert fake.seen[-1].body["stream"] is True
+    assert text == "Let me check." and usage.prompt_tokens == 21
+    assert calls == {0: {"id": "toolu_01A", "name": "get_weather", "args": '{"city": "Paris"}'}}
+    messages.append({"role": "assistant", "content": text, "tool_calls": [
+        {"id": "toolu_01A", "type": "function",
+         "function": {"name": "get_weather", "arguments": calls[0]["args"]}}]})  # fmt: skip
+    messages.append({"role": "tool", "tool_call_id": "toolu_01A", "content": "18°C"})
+    stream = await sdk.chat.completions.create(
+        model="gpt-4o", messages=messages, tools=[WEATHER_TOOL], stream=True
+    )
+    final = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert final == "Hello from Claude." and not fake.rejected
+    assert fake.seen[-1].body["messages"][1:] == [
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Let me check."},
+            {"type": "tool_use", "id": "toolu_01A", "name": "get_weather",
+             "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "18°C"}]},
+    ]  # fmt: skip
+    row = await usage_of(gw)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["requests"]) == (42, 18, 2)
+
+
+async def test_json_schema_response_format_becomes_structured_outputs(
+    anthropic_factory, gateway_factory
+):
+    fake, gw = await start(anthropic_factory, gateway_factory)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"], "additionalProperties": False}  # fmt: skip
+    await gw.openai().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}],
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "place", "schema": schema, "strict": True}},
+    )  # fmt: skip
+    assert fake.seen[-1].body["output_config"] == {"format": {"type": "json_schema",
+                                                              "schema": schema}}  # fmt: skip
+
+
+async def test_stream_cut_short_is_billed_for_what_it_sent(anthropic_factory, gateway_factory):
+    """Anthropic's real output count comes at the end (message_delta): a stream cut after three
+    text deltas counts the exact input tokens and at least a token per delta sent."""
+    fake, gw = await start(anthropic_factory, gateway_factory)
+    fake.script = ["cut-after-6"]  # message_start, block start, ping, 3 text deltas
+    resp = await gw.client.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True},
+        headers=AUTH,
+    )
+    raw = await resp.read()
+    assert b"Hello" in raw and b" Claude" in raw and raw.endswith(b"\n\n")
+    assert b"event: error" in raw
+    row = await usage_of(gw)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (21, 3)

@@ -134,7 +134,8 @@ def error_to_openai(status: int, body: bytes) -> bytes:
 class MessagesStreamToChat:
     """One stream's translator: ``feed`` an Anthropic SSE event, get OpenAI SSE events back."""
 
-    __slots__ = ("tally", "_include_usage", "_created", "_id", "_model", "_tools", "_args", "_raw")
+    __slots__ = ("tally", "_include_usage", "_created", "_id", "_model", "_tools", "_args", "_raw",
+                 "_text_head", "_text_tail")  # fmt: skip
 
     def __init__(self, *, include_usage: bool, created: int) -> None:
         self.tally = StreamTally()
@@ -145,6 +146,9 @@ class MessagesStreamToChat:
         self._tools: dict[int, int] = {}  # Anthropic content block index -> tool call index
         self._args: dict[int, int] = {}  # tool call index -> argument characters sent
         self._raw: dict[str, Any] = {}  # Anthropic usage so far (message_delta updates it)
+        # A text chunk's bytes around its content, built once (most events of a stream are text).
+        self._text_head = b""
+        self._text_tail = b""
 
     def feed(self, event: bytes) -> list[bytes]:
         data = event_data(event)
@@ -192,14 +196,18 @@ class MessagesStreamToChat:
         block = obj.get("content_block") or {}
         kind = block.get("type")
         if kind == "text" and block.get("text"):
-            self.tally.content_events += 1
+            self._counted()
             return [self._chunk({"content": block["text"]})]
         if kind != "tool_use":
             return []
         call = self._tools[obj.get("index", -1)] = len(self._tools)
-        self.tally.content_events += 1
+        self._counted()
+        # Anthropic starts with ``input: {}`` and streams the arguments; a proxy in between may
+        # send the whole input here instead.
+        args = orjson.dumps(block["input"]).decode() if block.get("input") else ""
+        self._args[call] = len(args)
         head = {"index": call, "id": block.get("id"), "type": "function",
-                "function": {"name": block.get("name"), "arguments": ""}}  # fmt: skip
+                "function": {"name": block.get("name"), "arguments": args}}  # fmt: skip
         return [self._chunk({"tool_calls": [head]})]
 
     def _delta(self, obj: dict[str, Any]) -> list[bytes]:
@@ -209,15 +217,19 @@ class MessagesStreamToChat:
             text = delta.get("text")
             if not text:
                 return []
-            self.tally.content_events += 1
-            return [self._chunk({"content": text})]
+            self._counted()
+            if not self._text_head:
+                self._text_head, _, self._text_tail = self._chunk({"content": None}).partition(
+                    b'"content":null'
+                )
+            return [self._text_head + b'"content":' + orjson.dumps(text) + self._text_tail]
         if kind == "input_json_delta":
             part = delta.get("partial_json")
             call = self._tools.get(obj.get("index", -1))
             if not part or call is None:
                 return []  # "" says nothing; "{}" comes at the block's end if nothing else did
             self._args[call] = self._args.get(call, 0) + len(part)
-            self.tally.content_events += 1
+            self._counted()
             return [self._chunk({"tool_calls": [{"index": call, "function": {"arguments": part}}]})]
         return []  # thinking/signature/citations deltas: not requested by a translated request
 
@@ -229,6 +241,17 @@ class MessagesStreamToChat:
         return [self._chunk({}, FINISH_REASONS.get(reason, "stop"))]
 
     # -- helpers
+    def _counted(self) -> None:
+        """One more content event. Until message_delta brings the real output count, usage says
+        at least one token per event sent, so a stream cut short is billed for what it sent
+        (message_start's ``output_tokens`` is a placeholder)."""
+        tally = self.tally
+        tally.content_events += 1
+        usage = tally.usage
+        if usage is not None and usage["completion_tokens"] < tally.content_events:
+            usage["completion_tokens"] = tally.content_events
+            usage["total_tokens"] = usage["prompt_tokens"] + tally.content_events
+
     def _update_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
             # message_delta counts are cumulative; keys it leaves out (or null) keep their value.

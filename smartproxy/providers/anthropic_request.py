@@ -14,6 +14,8 @@ is translated or refused, never dropped. What is done (and why):
 - ``stop`` -> ``stop_sequences`` without whitespace-only entries (Anthropic refuses those).
 - images: a ``data:`` URL becomes a base64 source with its media type, http(s) a url source;
   ``detail`` has no Anthropic counterpart (the model picks the resolution) and is not sent.
+- ``response_format: json_schema`` -> ``output_config.format`` (Anthropic structured outputs);
+  ``json_object`` has no counterpart (Anthropic needs the schema) and is refused.
 - ``n: 1``, ``logprobs: false``, zero penalties and other values that mean "the default" pass.
 """
 
@@ -43,16 +45,23 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "web_search_options": (None,),
     "functions": (None, []),
     "function_call": (None,),
-    "response_format": (None, {"type": "text"}),
 }
 _HANDLED = frozenset(
     {
         "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
         "stop", "temperature", "top_p", "top_k", "user", "tools", "tool_choice",
-        "parallel_tool_calls",
+        "parallel_tool_calls", "response_format",
     }
 )  # fmt: skip
 _MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name"})
+# The keys each OpenAI content part may have (``cache_control``: Anthropic prompt caching, which
+# clients that know Anthropic put on OpenAI parts; it is passed on).
+_PART_KEYS = {
+    "text": frozenset({"type", "text", "cache_control"}),
+    "refusal": frozenset({"type", "refusal"}),
+    "image_url": frozenset({"type", "image_url", "cache_control"}),
+    "file": frozenset({"type", "file", "cache_control"}),
+}
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 
@@ -73,14 +82,19 @@ def chat_to_messages(
             continue
         if key not in _NEUTRAL:
             raise refuse(key, "Anthropic's Messages API has no such field")
-        if value not in _NEUTRAL[key]:
-            raise refuse(key, f"only {_NEUTRAL[key][-1]!r} (or leaving it out) can be translated")
+        allowed = _NEUTRAL[key]
+        if value not in allowed:
+            if allowed == (None,):
+                raise refuse(key, "Anthropic has no such option")
+            raise refuse(key, f"only the default {allowed[-1]!r} can be translated, not {value!r}")
     system, messages = _messages(body.get("messages"))
     out: dict[str, Any] = {"model": model}
-    if system:
-        out["system"] = system[0]["text"] if len(system) == 1 else system
+    if system:  # one plain block reads better as a string (a cache_control keeps the block)
+        out["system"] = system[0]["text"] if len(system) == 1 and len(system[0]) == 2 else system
     out["messages"] = messages
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
     out["max_tokens"] = max_tokens if max_tokens is not None else default_max_tokens
     stop = body.get("stop")
     if stop is not None:
@@ -97,16 +111,30 @@ def chat_to_messages(
         out["metadata"] = {"user_id": str(body["user"])}
     if body.get("stream"):
         out["stream"] = True
+    output_format = _output_format(body.get("response_format"))
+    if output_format is not None:
+        out["output_config"] = {"format": output_format}
     tools = body.get("tools")
     if tools:
         out["tools"] = [_tool(t, i) for i, t in enumerate(tools)]
     choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
-    if choice is not None:
-        if choice.get("type") == "none" and not tools:
-            pass  # nothing to choose from: "none" is what no tools means
-        else:
-            out["tool_choice"] = choice
+    if choice is not None and tools:
+        out["tool_choice"] = choice
+    elif choice is not None and choice["type"] in ("any", "tool"):
+        raise refuse("tool_choice", "a required or named tool needs tools")
     return out
+
+
+def _output_format(spec: Any) -> dict[str, Any] | None:
+    """``response_format`` -> Anthropic structured outputs (``output_config.format``)."""
+    if spec is None or spec == {"type": "text"}:
+        return None
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    schema = (spec.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
+    if not isinstance(schema, dict):
+        why = "only json_schema (with its schema) or text can be translated"
+        raise refuse("response_format", f"{why}, not {kind!r}" if kind else why)
+    return {"type": "json_schema", "schema": schema}
 
 
 # ----------------------------------------------------------------------------- tools
@@ -210,18 +238,26 @@ def _blocks(content: Any, where: str, *, text_only: bool = False) -> list[dict[s
     out = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
+        block: dict[str, Any]
+        if kind not in _PART_KEYS or (text_only and kind in ("image_url", "file")):
+            raise refuse(f"{where}[{j}].type", f"a {kind!r} part cannot be translated here")
+        for key in part:
+            if key not in _PART_KEYS[kind]:
+                raise refuse(f"{where}[{j}].{key}", "Anthropic content blocks have no such field")
         if kind in ("text", "refusal"):
             text = part.get(kind)
             if not isinstance(text, str):
                 raise refuse(f"{where}[{j}].{kind}", "must be a string")
-            if text:
-                out.append({"type": "text", "text": text})
-        elif kind == "image_url" and not text_only:
-            out.append(_image(part.get("image_url"), f"{where}[{j}].image_url"))
-        elif kind == "file" and not text_only:
-            out.append(_document(part.get("file"), f"{where}[{j}].file"))
+            if not text:
+                continue  # Anthropic refuses empty text blocks
+            block = {"type": "text", "text": text}
+        elif kind == "image_url":
+            block = _image(part.get("image_url"), f"{where}[{j}].image_url")
         else:
-            raise refuse(f"{where}[{j}].type", f"a {kind!r} part cannot be translated here")
+            block = _document(part.get("file"), f"{where}[{j}].file")
+        if part.get("cache_control") is not None:  # prompt caching breakpoints go through
+            block["cache_control"] = part["cache_control"]
+        out.append(block)
     return out
 
 
@@ -249,10 +285,11 @@ def _document(spec: Any, where: str) -> dict[str, Any]:
     media_type, data = _data_url(data_url, f"{where}.file_data")
     if media_type != "application/pdf":
         raise refuse(f"{where}.file_data", f"only PDF documents are supported, not {media_type!r}")
-    return {
-        "type": "document",
-        "source": {"type": "base64", "media_type": media_type, "data": data},
-    }
+    source = {"type": "base64", "media_type": media_type, "data": data}
+    out: dict[str, Any] = {"type": "document", "source": source}
+    if spec.get("filename"):
+        out["title"] = str(spec["filename"])
+    return out
 
 
 def _data_url(url: str, where: str) -> tuple[str, str]:

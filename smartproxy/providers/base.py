@@ -2,8 +2,10 @@
 
 A provider turns (channel, endpoint path, query, headers, body) into an ``UpstreamReply``: status,
 headers and a body that can be read whole or iterated chunk by chunk as it arrives. The OpenAI
-provider sends over the shared ``aiohttp.ClientSession``; the mock provider answers in-process.
-Later providers (azure, anthropic) add URL/auth rules or translate bodies in their own module.
+provider sends over the shared ``aiohttp.ClientSession``; azure and anthropic reuse it with their
+own URL and auth rules; the mock provider answers in-process. A channel that speaks another API
+shape than the client gets an ``Adapter`` (below) for each attempt, which translates the request,
+the answer, the stream events and the error bodies with pure functions.
 
 Failures are translated where they enter: a provider raises only ``upstream.errors.AttemptError``
 (``UpstreamConnectError`` / ``UpstreamTimeoutError``) from ``send``, ``read`` and

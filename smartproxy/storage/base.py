@@ -29,7 +29,7 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypedDict, runtime_checkable
 
 from ..errors import SmartProxyError
 from ..localtime import MinuteClock, window_keys_of
@@ -38,12 +38,9 @@ Clock = Callable[[], datetime]  # returns an aware datetime; injected so tests n
 
 DAY, HOUR, TOTAL = "day", "hour", "total"
 TOTAL_KEY = "total"
-GROUP_COLUMNS = {
-    "channel": "channel",
-    "api_key": "api_key_name",
-    "model": "model",
-    "endpoint": "endpoint",
-}
+GROUP_COLUMNS = {"channel": "channel", "api_key": "api_key_name", "model": "model"}
+# ``query`` (``GET /api/usage?group_by=``) may also group by the front a request came through.
+QUERY_COLUMNS = {**GROUP_COLUMNS, "endpoint": "endpoint"}
 RESPONSE_TTL = 30 * 86400.0  # seconds a response id -> channel mapping is kept
 
 
@@ -120,6 +117,18 @@ class RequestRecord:
         return self.prompt_tokens + self.completion_tokens
 
 
+class BucketRow(TypedDict):
+    """The request-log sums of one group in one time bucket (see :mod:`.buckets`)."""
+
+    bucket: int  # index into the edges: covers edges[bucket] <= ts < edges[bucket + 1]
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    errors: int
+
+
 @runtime_checkable
 class UsageStore(Protocol):
     """Where counters, reservations and the request log live. Every method takes ``now``."""
@@ -156,6 +165,10 @@ class UsageStore(Protocol):
     async def response_channel(self, response_id: str, now: datetime) -> str | None:
         """The channel that answered ``response_id``, or None (unknown or older than the TTL)."""
 
+    async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
+        """Sum the request log into the buckets between consecutive epoch ``edges``, grouped by
+        channel|api_key|model, ordered by (bucket, key) (see :mod:`.buckets`)."""
+
     def status(self) -> dict[str, object]: ...
 
 
@@ -177,10 +190,10 @@ def epoch(dt: datetime | None, tz: tzinfo) -> float | None:
 
 def group_column(group_by: str) -> str:
     try:
-        return GROUP_COLUMNS[group_by]
+        return QUERY_COLUMNS[group_by]
     except KeyError:
         raise ValueError(
-            f"group_by must be one of {', '.join(GROUP_COLUMNS)}, got {group_by!r}"
+            f"group_by must be one of {', '.join(QUERY_COLUMNS)}, got {group_by!r}"
         ) from None
 
 
