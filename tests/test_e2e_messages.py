@@ -370,3 +370,39 @@ async def test_count_tokens_goes_to_an_anthropic_channel_unmetered(
     assert seen[0]["body"]["messages"] == [{"role": "user", "content": "Hello"}]
     usage = await usage_of(gw, "claude")
     assert usage["requests"] == 1 and usage["total_tokens"] == 0
+
+
+async def test_fronts_fail_over_before_the_first_byte(
+    anthropic_factory: Any, serve: Any, gateway_factory: Any
+) -> None:
+    from aiohttp import web
+
+    claude, claude_url = await anthropic_factory(script=["fail-529", "fail-529"])
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "down"}}, status=503)
+
+    down = web.Application()
+    down.router.add_post("/v1/responses", broken)
+    down.router.add_post("/v1/chat/completions", broken)
+    down_url = await serve(down)
+    fake = FakeChat(responses=FakeResponses(name="ok"))
+    ok_url = await serve(fake.app())
+    cfg = base_config(
+        channels=[
+            ant_channel(claude_url, price_per_token=0),
+            channel("down", down_url, price_per_token=0),
+            channel("ok", ok_url, price_per_token=1e-6),
+        ]
+    )
+    gw = await gateway_factory(cfg)
+    # Messages: the anthropic channel is overloaded (529), "down" answers 503; "ok" answers,
+    # translated.
+    msg = await ant(gw).messages.create(
+        model="m1", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert msg.content[0].type == "text" and len(claude.seen) == 1 and len(fake.seen) == 1
+    # Responses: 503 from the free channel, then the paid one.
+    stream = await gw.openai().responses.create(model="m1", input="hi", stream=True)
+    last = [e async for e in stream][-1]
+    assert last.type == "response.completed" and last.response.id.startswith("resp_ok_")
