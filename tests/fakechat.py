@@ -22,6 +22,7 @@ ARGS = '{"city": "Paris"}'
 class FakeChat:
     seen: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
     usage: dict[str, Any] = field(
         default_factory=lambda: {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50}
     )
@@ -47,6 +48,7 @@ class FakeChat:
         body = json.loads(await request.read())
         self.seen.append(body)
         self.headers.append(dict(request.headers))
+        self.queries.append(request.query_string)
         message, finish = self.message(body)
         base = {"id": "chatcmpl-f1", "created": 1764500000, "model": body["model"]}
         if not body.get("stream"):

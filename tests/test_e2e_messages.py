@@ -184,12 +184,16 @@ async def test_messages_stream_to_an_openai_channel(serve: Any, gateway_factory:
     assert tool.type == "tool_use" and tool.input == {"city": "Paris"} and tool.id == "call_w1"
     assert final.usage.output_tokens == 10 and final.usage.input_tokens == 40
     assert fake.seen[0]["stream_options"] == {"include_usage": True}
-    # Text only, with the SDK's text stream.
+    # Text only, with the SDK's text stream; Claude Code's ?beta=true stays with the gateway.
     async with sdk.messages.stream(
-        model="gpt-4o", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        model="gpt-4o",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_query={"beta": "true"},
     ) as stream:
         text = "".join([t async for t in stream.text_stream])
     assert text == "It is 18C in Paris."
+    assert fake.queries == ["", ""]
     usage = await usage_of(gw, "gpt")
     assert usage["total_tokens"] == 100 and usage["requests"] == 2
 

@@ -279,7 +279,8 @@ class Dispatcher:
         return OutgoingRequest(
             method=ex.request.method,
             path=path,
-            query_string=ex.request.query_string,
+            # A translated request leaves the client API's own query (Claude Code's ?beta=true).
+            query_string=ex.request.query_string if adapter is None else "",
             headers=ex.headers,
             body=body,
             stream=ex.facts.stream,
