@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from .. import fastjson
 from ..errors import anthropic_error
 
@@ -103,7 +105,7 @@ def chat_error_to_anthropic(status: int, body: bytes) -> bytes:
 
 # ----------------------------------------------------------------------------- stream
 def sse(event: str, payload: Json) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
 class ChatToMessagesStream:
