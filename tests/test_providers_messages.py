@@ -276,3 +276,17 @@ def test_stream_translation_event_by_event() -> None:
     assert events[11][1]["usage"]["output_tokens"] == 12
     assert events[11][1]["usage"]["input_tokens"] == 30
     assert stream.finish() == []
+
+
+def test_claude_code_hints_are_left_out() -> None:
+    body = {
+        "model": "claude-x",
+        "max_tokens": 32000,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}],
+    }  # fmt: skip
+    out = messages_to_chat(body)
+    assert out == {"model": "claude-x", "max_tokens": 32000,
+                   "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip

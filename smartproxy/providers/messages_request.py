@@ -7,9 +7,10 @@ rest of their user turn, as OpenAI wants them right after the assistant's calls)
 functions; ``tool_choice`` any -> required, tool -> a named function;
 ``disable_parallel_tool_use`` -> ``parallel_tool_calls: false``; ``stop_sequences`` -> ``stop``;
 ``metadata.user_id`` -> ``user``; streams ask for usage (``stream_options.include_usage``).
-Left out on purpose: ``thinking`` blocks and settings, ``top_k``, ``cache_control`` (hints a chat
-server has no use for). What has no chat equivalent (server tools, ``mcp_servers``,
-``container``, documents) is a ``TranslationError`` naming the field (a 400).
+Left out on purpose: ``thinking`` blocks and settings, ``top_k``, ``cache_control``,
+``context_management`` (hints a chat server has no use for). What has no chat equivalent
+(server tools, ``mcp_servers``, ``container``, documents) is a ``TranslationError`` naming the
+field (a 400).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 
 Json = dict[str, Any]
 
-_UNTRANSLATABLE = frozenset({"mcp_servers", "container", "context_management"})
+# Features that run on Anthropic's servers: without them the answer would differ, so a 400.
+# (``context_management`` only trims old context server-side: a chat server sees it whole.)
+_UNTRANSLATABLE = frozenset({"mcp_servers", "container"})
 
 
 class TranslationError(ValueError):
