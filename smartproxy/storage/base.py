@@ -120,7 +120,8 @@ class UsageStore(Protocol):
     async def try_reserve(
         self, channel: str, tokens: int, limits: Limits, now: datetime
     ) -> Reservation | None:
-        """Reserve ``tokens`` and one request if every limit > 0 still has room, else None."""
+        """Reserve ``tokens`` and one request if every limit > 0 still has room (used plus
+        reserved below the limit), else None."""
 
     async def settle(
         self, reservation: Reservation | None, record: RequestRecord, now: datetime
@@ -267,14 +268,16 @@ class CounterBook:
             raise ValueError(f"cannot reserve a negative number of tokens ({tokens})")
         day, hour = self.window_keys(now)
         held_tokens, held_requests = self._inflight.get(channel, (0, 0))
+        # Admission (contract §4): room while used + reserved is below the limit; the request
+        # then reserves its whole estimate, so a quota overruns by at most one request.
         if limits.day_tokens > 0:
-            if self._peek(channel, DAY, day).tokens + held_tokens + tokens > limits.day_tokens:
+            if self._peek(channel, DAY, day).tokens + held_tokens >= limits.day_tokens:
                 return None
         if limits.hour_tokens > 0:
-            if self._peek(channel, HOUR, hour).tokens + held_tokens + tokens > limits.hour_tokens:
+            if self._peek(channel, HOUR, hour).tokens + held_tokens >= limits.hour_tokens:
                 return None
         if limits.day_requests > 0:
-            if self._peek(channel, DAY, day).requests + held_requests + 1 > limits.day_requests:
+            if self._peek(channel, DAY, day).requests + held_requests >= limits.day_requests:
                 return None
         res = Reservation(next(self._ids), channel, tokens, day, hour)
         self._cache.pop(channel, None)
