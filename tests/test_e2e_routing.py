@@ -125,9 +125,14 @@ async def test_small_quotas_are_spent_to_their_end_by_requests_without_max_token
     served = []
     for _ in range(20):
         served.append(await ask(gw, gw.openai(), max_tokens=None))
-        used = (await usage_of(gw))["free"]["day_tokens"]
+        row = (await usage_of(gw))["free"]
+        used = row["day_tokens"] + row["reserved_tokens"]
         route = [c["channel"] for c in (await dry_run(gw, body))["candidates"]]
         assert route == (["free", "paid"] if used < 1000 else ["paid"]), used
+        health = await (await gw.client.get("/health")).json()
+        (free_health,) = [c for c in health["channels"] if c["name"] == "free"]
+        assert free_health["day_tokens_used"] == used  # the same numbers everywhere
+        assert free_health["day_quota_left"] == row["day_quota_left"] == max(0, 1000 - used)
     n_free = served.count("free")
     assert served == ["free"] * n_free + ["paid"] * (20 - n_free)
     assert n_free == 15  # 14 x 70 = 980 < 1000 takes one more: 1050, overrun < one request

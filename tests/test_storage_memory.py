@@ -282,5 +282,11 @@ async def test_create_store_picks_the_backend(tmp_path: object) -> None:
     assert isinstance(create_store(StorageConfig(backend="memory"), UTC), MemoryStore)
     sqlite = create_store(StorageConfig(backend="sqlite", path=f"{tmp_path}/u.db"), UTC)
     assert isinstance(sqlite, SqliteStore)
-    with pytest.raises(ConfigError, match="redis.*later"):
-        create_store(StorageConfig(backend="redis", url="redis://localhost"), UTC)
+    from smartproxy.storage.redis import RedisStore
+
+    redis = create_store(
+        StorageConfig(backend="redis", url="redis://localhost", path=f"{tmp_path}/log.db"), UTC
+    )
+    assert isinstance(redis, RedisStore)
+    with pytest.raises(ConfigError, match="unknown backend"):
+        create_store(StorageConfig(backend="nope"), UTC)
