@@ -270,3 +270,12 @@ async def test_start_without_redis_serves_offline_and_recovers(tmp_path, stores)
         assert store.online
     finally:
         server.stop()
+
+
+async def test_response_ids_are_shared_and_expire_with_their_ttl(stores):
+    a, b = await stores(), await stores()
+    await a.remember_response("resp_123", "azure-east", NOW)
+    assert await b.response_channel("resp_123", NOW) == "azure-east"
+    assert await b.response_channel("resp_unknown", NOW) is None
+    ttl = await b._redis.ttl(f"{b._k}resp:resp_123")
+    assert 29 * 86400 < ttl <= 30 * 86400

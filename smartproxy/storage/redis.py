@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,6 +58,11 @@ REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 POLL_INTERVAL = 0.5
 MAX_BATCH = 256
 MAX_REPLAY = 200_000  # settlements kept while Redis is away; beyond, the oldest are dropped
+RESPONSE_TTL = 30 * 86400  # seconds a response id -> channel mapping is kept (as OpenAI does)
+
+
+class _Unreachable(Exception):
+    """An admit's batch could not reach Redis (the store is offline now)."""
 
 
 class StorageUnavailable(NoChannelAvailable):
@@ -163,8 +169,13 @@ class RedisStore:
         self._live: dict[int, SharedReservation] = {}
         self._view: dict[str, tuple[str, str, Usage]] = {}
         self._pending: list[Settlement] = []
+        self._admits: list[tuple[Sequence[str], Sequence[Any], asyncio.Future[list[Any]]]] = []
+        self._admitter: asyncio.Task[None] | None = None
+        self._abandoned_tasks: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._replay: list[Settlement] = []
+        # response ids remembered while Redis was away (this process only; bounded)
+        self._responses: dict[str, str] = _Bounded()
         self.online = True
         self.errors = 0
         self.dropped = 0
@@ -190,6 +201,9 @@ class RedisStore:
             log.info("usage store: redis %s (key prefix %r)", safe_url(self.url), self._k)
 
     async def close(self) -> None:
+        for task in (self._admitter, self._flusher, *self._abandoned_tasks):
+            if task is not None and not task.done():
+                await asyncio.wait([task], timeout=self.timeout * 4)
         if self._pending:
             await self._flush()
         if self._replay and await self._reachable():
@@ -270,12 +284,18 @@ class RedisStore:
                 0,
                 0,
             )
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._admits.append((keys, args, done))
+        if self._admitter is None or self._admitter.done():
+            self._admitter = asyncio.ensure_future(self._flush_admits())
         try:
-            async with asyncio.timeout(self.timeout):
-                r = await self._admit(keys=keys, args=args)
-        except REDIS_ERRORS as exc:
-            self._outage(exc)
+            r = await asyncio.shield(done)
+        except _Unreachable:
             return self._admit_offline(channel, tokens, limits, now)
+        except asyncio.CancelledError:
+            # The client went away while the batch was in flight: give back what it reserves.
+            done.add_done_callback(partial(self._abandoned, channel, rid, tokens, day, hour))
+            raise
         code = int(r[0])
         adm = Admission(
             code,
@@ -304,6 +324,41 @@ class RedisStore:
             self._live[rid] = res
             adm.reservation = res
         return adm
+
+    async def _flush_admits(self) -> None:
+        """Send the admits queued so far as one script call (they were made in one event-loop
+        turn, or while the previous batch was in flight); one batch in flight at a time."""
+        while self._admits:
+            batch, self._admits = self._admits[:MAX_BATCH], self._admits[MAX_BATCH:]
+            keys = [k for item in batch for k in item[0]]
+            args = [a for item in batch for a in item[1]]
+            try:
+                if not self.online:
+                    raise ConnectionError("redis is unreachable")
+                async with asyncio.timeout(self.timeout):
+                    rows = await self._admit(keys=keys, args=args)
+            except REDIS_ERRORS as exc:
+                if self.online:
+                    self._outage(exc)
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(_Unreachable())
+                        done.exception()  # retrieved: a cancelled waiter must not warn
+                continue
+            for (_, _, done), row in zip(batch, rows, strict=True):
+                if not done.done():
+                    done.set_result(row)
+
+    def _abandoned(self, channel: str, rid: int, tokens: int, day: str, hour: str,
+                   done: asyncio.Future[list[Any]]) -> None:
+        if done.cancelled() or done.exception() is not None or int(done.result()[0]) != 0:
+            return
+        res = SharedReservation(rid, channel, tokens, day, hour,
+                                member=f"{self._inst}.{rid}:{tokens}")
+        self._live[rid] = res
+        task = asyncio.ensure_future(self.release(res))
+        self._abandoned_tasks.add(task)
+        task.add_done_callback(self._abandoned_tasks.discard)
 
     def _admit_offline(self, channel: str, tokens: int, limits: Limits, now: datetime) -> Admission:
         if self.on_error == "closed":
@@ -351,14 +406,23 @@ class RedisStore:
     async def settle(
         self, reservation: Reservation | None, record: RequestRecord, now: datetime
     ) -> None:
+        done = self.settle_nowait(reservation, record, now)
+        if done is not None:
+            await asyncio.shield(done)
+
+    def settle_nowait(
+        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+    ) -> asyncio.Future[None] | None:
+        """``settle`` without a coroutine (the request path's way): queued for the next batch;
+        the future is done once it is written (or kept for the write-back)."""
         if not self._forget(reservation):
-            return
+            return None
         day, hour = self._book.window_keys(now)
         budget_day = self._book.window_keys(datetime.fromtimestamp(record.ts, UTC))[0]
         self.log.add(record)
         item = self._settlement(record.channel, day, hour, reservation, record)
         item.budget_day = budget_day
-        await self._submit(item)
+        return self._queue(item)
 
     async def release(self, reservation: Reservation) -> None:
         if not self._forget(reservation):
@@ -387,14 +451,19 @@ class RedisStore:
         return item
 
     async def _submit(self, item: Settlement) -> None:
+        done = self._queue(item)
+        if done is not None:
+            await asyncio.shield(done)
+
+    def _queue(self, item: Settlement) -> asyncio.Future[None] | None:
         if not self.online:
             self._keep_for_replay([item])
-            return
+            return None
         item.done = asyncio.get_running_loop().create_future()
         self._pending.append(item)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
-        await asyncio.shield(item.done)
+        return item.done
 
     async def _flush(self) -> None:
         """Write everything pending, one script call per batch (settlements of one loop turn)."""
@@ -645,6 +714,36 @@ class RedisStore:
             return 0.0
         return float(raw or 0.0)
 
+    async def timeseries(self, edges: list[float], group_by: str) -> Any:
+        """The request log of this host in buckets (the dashboard's charts): the SQLite log's."""
+        return await getattr(self.log, "timeseries")(edges, group_by)  # noqa: B009
+
+    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
+        """Keep ``response_id -> channel`` for 30 days, for every process and host (a later
+        ``previous_response_id`` goes to the same channel whichever process answers it)."""
+        if not self.online:
+            self._responses[response_id] = channel
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._redis.set(f"{self._k}resp:{response_id}", channel, ex=RESPONSE_TTL)
+        except REDIS_ERRORS as exc:
+            self._outage(exc)
+            self._responses[response_id] = channel
+
+    async def response_channel(self, response_id: str, now: datetime) -> str | None:
+        """The channel that answered ``response_id``, or None (unknown or expired)."""
+        if self.online:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    raw = await self._redis.get(f"{self._k}resp:{response_id}")
+            except REDIS_ERRORS as exc:
+                self._outage(exc)
+            else:
+                if raw is not None:
+                    return raw.decode() if isinstance(raw, bytes) else str(raw)
+        return self._responses.get(response_id)
+
     async def query(
         self, start: datetime | None, end: datetime | None, group_by: str
     ) -> list[dict[str, object]]:
@@ -671,6 +770,15 @@ class RedisStore:
                 "pending_writes": self.log.status()["pending_writes"],
             },
         }
+
+
+class _Bounded(dict[str, str]):
+    """A dict keeping its 10,000 newest entries."""
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        if len(self) > 10_000:
+            del self[next(iter(self))]
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
