@@ -316,4 +316,6 @@ async def test_workers_need_redis_and_serve_with_it(tmp_path, http, procs, share
     assert all(status == 200 for status, _, _ in results)
     usage = await gw.usage(http)
     assert usage["up"]["requests"] == 60  # both workers counted in one place
-    assert gw.stop() == 0
+    assert gw.stop() == 0  # SIGTERM forwarded: every worker drained and exited 0
+    # the workers of one host share its request log file (WAL, one writer at a time)
+    assert gw.log_rows() == {"up": {"requests": 60, "total_tokens": 60 * 17}}

@@ -71,6 +71,14 @@ class RedisStore(RedisView):
         else:
             log.info("usage store: redis %s (key prefix %r)", safe_url(self.url), self._k)
 
+    async def drain(self) -> None:
+        """Wait until the admits and settlements queued so far are written (or kept)."""
+        while True:
+            busy = [t for t in (self._admitter, self._flusher) if t is not None and not t.done()]
+            if not busy:
+                return
+            await asyncio.wait(busy)
+
     async def close(self) -> None:
         for task in (self._admitter, self._flusher, *self._abandoned_tasks):
             if task is not None and not task.done():
