@@ -292,6 +292,7 @@ async def test_workers_need_redis_and_serve_with_it(tmp_path, http, procs, share
     await gw.start(http)
     results = await asyncio.gather(*(gw.chat(http) for _ in range(40)))
     assert all(status == 200 for status, _, _ in results)
+    await asyncio.sleep(1.0)  # the request log is written every 0.5 s: let both workers flush
     import psutil
 
     parent = psutil.Process(gw.proc.pid)
