@@ -279,3 +279,14 @@ async def test_response_ids_are_shared_and_expire_with_their_ttl(stores):
     assert await b.response_channel("resp_unknown", NOW) is None
     ttl = await b._redis.ttl(f"{b._k}resp:resp_123")
     assert 29 * 86400 < ttl <= 30 * 86400
+
+
+async def test_request_log_reports_come_from_this_hosts_sqlite_log(stores):
+    a = await stores()
+    adm = await admit(a, "free", 5, Limits())
+    await a.settle(adm.reservation, rec(prompt=3, completion=4), NOW)
+    t0 = NOW.timestamp()
+    rows = await a.timeseries([t0 - 3600, t0 + 3600], "channel")
+    assert [(r["key"], r["requests"], r["prompt_tokens"]) for r in rows] == [("free", 1, 3)]
+    (row,) = await a.query(None, None, "channel")
+    assert (row["channel"], row["total_tokens"]) == ("free", 7)

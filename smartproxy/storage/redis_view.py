@@ -31,6 +31,7 @@ from . import redis_scripts as lua
 from .base import (
     DAY,
     HOUR,
+    BucketRow,
     Clock,
     Counter,
     CounterBook,
@@ -353,9 +354,9 @@ class RedisView:
             return 0.0
         return float(raw or 0.0)
 
-    async def timeseries(self, edges: list[float], group_by: str) -> Any:
+    async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
         """The request log of this host in buckets (the dashboard's charts): the SQLite log's."""
-        return await getattr(self.log, "timeseries")(edges, group_by)  # noqa: B009
+        return await self.log.timeseries(edges, group_by)
 
     async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
         """Keep ``response_id -> channel`` for 30 days, for every process and host (a later
