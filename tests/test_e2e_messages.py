@@ -184,15 +184,27 @@ async def test_messages_stream_to_an_openai_channel(serve: Any, gateway_factory:
     assert tool.type == "tool_use" and tool.input == {"city": "Paris"} and tool.id == "call_w1"
     assert final.usage.output_tokens == 10 and final.usage.input_tokens == 40
     assert fake.seen[0]["stream_options"] == {"include_usage": True}
-    # Text only, with the SDK's text stream; Claude Code's ?beta=true stays with the gateway.
+    # The round trip, streamed: the tool result goes back, the answer streams as text (the
+    # SDK's text stream); Claude Code's ?beta=true stays with the gateway.
     async with sdk.messages.stream(
         model="gpt-4o",
         max_tokens=50,
-        messages=[{"role": "user", "content": "hi"}],
+        tools=TOOLS,
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [b.model_dump() for b in final.content]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": tool.id, "content": "18C"}],
+            },
+        ],
         extra_query={"beta": "true"},
     ) as stream:
         text = "".join([t async for t in stream.text_stream])
-    assert text == "It is 18C in Paris."
+        last = await stream.get_final_message()
+    assert text == "It is 18C in Paris." and last.stop_reason == "end_turn"
+    assert fake.seen[1]["messages"][2] == {"role": "tool", "tool_call_id": "call_w1",
+                                           "content": "18C"}  # fmt: skip
     assert fake.queries == ["", ""]
     usage = await usage_of(gw, "gpt")
     assert usage["total_tokens"] == 100 and usage["requests"] == 2
