@@ -33,6 +33,7 @@ from .configmodel import (
 from .configread import (
     T,
     _bool,
+    _cidrs,
     _count,
     _integer,
     _kind,
@@ -41,6 +42,7 @@ from .configread import (
     _number,
     _one_of,
     _positive,
+    _proxy_url,
     _Section,
     _str_list,
     _str_map,
@@ -78,6 +80,9 @@ def _server(data: Any, problems: list[str], ignored: list[str]) -> ServerConfig:
         enable_https=s.get("enable_https", _bool, False),
         cert_file=s.get("cert_file", _text, "") or None,
         key_file=s.get("key_file", _text, "") or None,
+        queue_timeout=s.get("queue_timeout", _number, d.queue_timeout),
+        proxy=s.get("proxy", _proxy_url, "") or None,
+        trusted_proxies=s.get("trusted_proxies", _cidrs, ()),
     )
     if cfg.enable_https and not (cfg.cert_file and cfg.key_file):
         s.error("enable_https", "needs cert_file and key_file")
@@ -113,11 +118,15 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
         first_byte_timeout=s.get("first_byte_timeout", _positive, None),
         fail_max=s.get("fail_max", _count, None),
         reset_timeout=s.get("reset_timeout", _positive, None),
+        proxy=s.get("proxy", _proxy_url, "") or None,
+        max_concurrency=s.get("max_concurrency", _count, None),
     )
     if cfg.discount_time and cfg.discount_price is None:
         s.error("discount_price", "is required when discount_time is set")
     if cfg.fail_max == 0:
         s.error("fail_max", "must be at least 1")
+    if cfg.max_concurrency == 0:
+        s.error("max_concurrency", "must be at least 1 (leave it out for no cap)")
     s.finish()
     return cfg if len(problems) == before else None
 
