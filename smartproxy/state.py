@@ -36,6 +36,7 @@ from .security.ratelimit import FailurePenalty, RateLimiter
 from .storage.base import InProcessCounters, UsageStore
 from .upstream.health import HealthBook
 from .upstream.retry import Jitter, Sleep
+from .upstream.slots import LocalSlots, SlotBook
 
 log = logging.getLogger("smartproxy")
 
@@ -122,6 +123,7 @@ class Gateway:
     config_path: str | None = None
     clock: Callable[[], datetime] = utc_now
     health: HealthBook = field(default_factory=HealthBook)
+    slots: SlotBook = field(default_factory=LocalSlots)  # max_concurrency: in flight, queue
     limiter: RateLimiter = field(default_factory=RateLimiter)
     penalty: FailurePenalty = field(default_factory=FailurePenalty)
     providers: dict[str, Provider] = field(default_factory=dict)

@@ -16,6 +16,7 @@ from aiohttp import web
 from ..audit import Actor
 from ..errors import BadRequest, ConfigError, GatewayError
 from ..routing.pricing import effective_price
+from ..routing.router import Candidate
 from ..security.jwt import admin_auth_middleware
 from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
@@ -158,6 +159,12 @@ async def route_dry_run(request: web.Request) -> web.Response:
     path = "/" + request.query.get("endpoint", "chat/completions").strip("/")
     reserve = reservation(snap, facts, body, path)
     decision = await decide(gw, snap, facts, reserve, explain=True)
+    slots = gw.slots
+    candidates: list[Candidate] = []
+    full: list[Candidate] = []
+    for c in decision.candidates:
+        cap = c.channel.max_concurrency
+        (full if cap and slots.in_flight(c.channel.name) >= cap else candidates).append(c)
     return web.json_response(
         {
             "model": facts.model,
@@ -173,10 +180,22 @@ async def route_dry_run(request: web.Request) -> web.Response:
                     "priority": c.channel.priority,
                     "rule": c.rule,
                     "upstream_model": c.channel.upstream_model(facts.model),
+                    "in_flight": slots.in_flight(c.channel.name),
+                    "max_concurrency": c.channel.max_concurrency,
                 }
-                for c in decision.candidates
+                for c in candidates
             ],
-            "excluded": [{"channel": e.channel, "reason": e.reason} for e in decision.excluded],
+            "excluded": [
+                {
+                    "channel": c.channel.name,
+                    "reason": f"at max_concurrency ({c.channel.max_concurrency} in flight); "
+                    "a request waits for a slot when every candidate is full",
+                }
+                for c in full
+            ]
+            + [{"channel": e.channel, "reason": e.reason} for e in decision.excluded],
+            "queued": slots.queued(),
+            "queue_timeout": snap.config.server.queue_timeout,
             "rules": [
                 {"rule": t.rule, "channel": t.channel, "matched": t.matched, "error": t.error}
                 for t in decision.rules

@@ -34,6 +34,7 @@ from .exchange import Verdict as Verdict
 from .exchange import header_safe as header_safe
 from .relay import relay_stream
 from .retry import RetryPolicy, is_breaker_failure_status, is_retryable_status, parse_retry_after
+from .slots import Slot, SlotQueue
 from .sse import usage_of_body
 
 log = logging.getLogger("smartproxy.upstream")
@@ -94,47 +95,80 @@ class Dispatcher:
         skipped: list[str] = []
         tried = 0
         waited = False
-        while queue and tried < policy.max_attempts:
-            ch = queue[0].channel
-            plan = self._plan(ch)
-            health = gw.health.get(ch.name, *plan.breaker)
-            if tried and not waited and health.available():
-                # Wait before taking a permit or a reservation: a client that goes away during
-                # the backoff then leaves no half-open trial slot or reserved tokens behind.
-                # (A channel known to be unavailable is skipped below without a wait.)
-                await policy.wait(tried - 1)
-                waited = True
-            permit = health.begin_attempt()
-            if permit is None:
-                queue.pop(0)
-                skipped.append(f"{ch.name}: {_UNAVAILABLE.get(health.status(), 'unavailable')}")
-                continue
-            # The first attempt starts at the request's start; a retry may be seconds later.
-            now = gw.clock() if tried or waited else ex.started
-            counters = gw.counters
-            if counters is not None:
-                reservation = counters.try_reserve_now(ch.name, ex.reserve_tokens, plan.limits, now)
-            else:
-                reservation = await gw.store.try_reserve(
-                    ch.name, ex.reserve_tokens, plan.limits, now
-                )
-            if reservation is None:
-                health.release(permit)
-                queue.pop(0)
-                skipped.append(f"{ch.name}: quota used")
-                continue
-            if tried:
-                gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
-            tried += 1
-            waited = False
-            outcome = await self._attempt(ex, plan, Verdict(health, permit), reservation)
-            if isinstance(outcome, web.StreamResponse):
-                return outcome
-            if outcome is not None:
-                last_reply = outcome
-            # Fall back down the list; with one candidate left, retry that one.
-            if len(queue) > 1:
-                queue.pop(0)
+        full: dict[str, Candidate] = {}  # skipped at max_concurrency: the queue waits for them
+        granted: Slot | None = None  # a slot the queue handed over, for queue[0]
+        queuing: SlotQueue | None = None  # made when the request first has to wait
+        slot: Slot | None = None
+        try:
+            while tried < policy.max_attempts:
+                if not queue:
+                    if not full:
+                        break
+                    queuing = queuing or SlotQueue(
+                        gw.slots, ex.snap.config.server.queue_timeout, gw.metrics.queue_wait
+                    )
+                    if (granted := await queuing.wait(_caps(full))) is None:
+                        skipped += queuing.why_not(_caps(full))
+                        break
+                    queue.insert(0, full.pop(granted.channel))
+                    waited = True  # the wait in the queue stands in for a backoff
+                ch = queue[0].channel
+                plan = self._plan(ch)
+                health = gw.health.get(ch.name, *plan.breaker)
+                if tried and not waited and health.available():
+                    # Wait before taking a permit or a reservation: a client that goes away during
+                    # the backoff then leaves no half-open trial slot or reserved tokens behind.
+                    # (A channel known to be unavailable is skipped below without a wait.)
+                    await policy.wait(tried - 1)
+                    waited = True
+                permit = health.begin_attempt()
+                if permit is None:
+                    queue.pop(0)
+                    skipped.append(f"{ch.name}: {_UNAVAILABLE.get(health.status(), 'unavailable')}")
+                    if granted is not None:
+                        granted.release()
+                        granted = None
+                    continue
+                slot, granted = granted or gw.slots.try_acquire(ch.name, ch.max_concurrency), None
+                if slot is None:  # full: skipped like a used-up quota; waited for if all are full
+                    health.release(permit)
+                    full[ch.name] = queue.pop(0)
+                    continue
+                # The first attempt starts at the request's start; a retry may be seconds later.
+                now = gw.clock() if tried or waited else ex.started
+                counters = gw.counters
+                if counters is not None:
+                    reservation = counters.try_reserve_now(ch.name, ex.reserve_tokens, plan.limits, now)
+                else:
+                    reservation = await gw.store.try_reserve(
+                        ch.name, ex.reserve_tokens, plan.limits, now
+                    )
+                if reservation is None:
+                    health.release(permit)
+                    slot.release()
+                    queue.pop(0)
+                    skipped.append(f"{ch.name}: quota used")
+                    continue
+                if tried:
+                    gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
+                tried += 1
+                waited = False
+                try:  # a stream holds its slot until it ends (the relay returns then)
+                    outcome = await self._attempt(ex, plan, Verdict(health, permit), reservation)
+                finally:
+                    slot.release()
+                if isinstance(outcome, web.StreamResponse):
+                    return outcome
+                if outcome is not None:
+                    last_reply = outcome
+                # Fall back down the list; with one candidate left, retry that one — unless its key
+                # was refused (401/403): retrying a broken key cannot help.
+                if len(queue) > 1 or (outcome is not None and outcome[1] in (401, 403)):
+                    queue.pop(0)
+        finally:  # a client gone mid-wait leaves no slot taken
+            for held in (granted, slot):
+                if held is not None:
+                    held.release()
         return self._all_failed(ex, last_reply, skipped)
 
     def _plan(self, ch: ChannelConfig) -> _Plan:
@@ -381,6 +415,10 @@ class Dispatcher:
             if k.lower() != "retry-after":
                 out[k] = v
         return out
+
+
+def _caps(full: dict[str, Candidate]) -> dict[str, int]:
+    return {name: c.channel.max_concurrency or 1 for name, c in full.items()}
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,0 +1,172 @@
+"""Per-channel concurrency caps (``max_concurrency``) and the queue of requests waiting for a slot.
+
+The failover loop takes a ``Slot`` before each attempt (``try_acquire``) and gives it back when the
+attempt ends — for a stream, when the stream ends. A full channel is skipped like a used-up quota.
+When every candidate is full, the request waits (``wait_any``) for the first slot on any of them,
+first come first served, up to ``server.queue_timeout``.
+
+Fairness: a freed slot is handed straight to the oldest waiter that can use it (the in-flight count
+does not drop in between), and ``try_acquire`` refuses a channel while anyone waits for it, so a
+newcomer never overtakes the queue.
+
+``SlotBook`` is the interface; ``LocalSlots`` keeps the counts in this process. A shared
+implementation (redis) keeps the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Slot:
+    """One request's place on one channel; ``release`` is idempotent."""
+
+    __slots__ = ("channel", "_book", "_released")
+
+    def __init__(self, channel: str, book: LocalSlots | None) -> None:
+        self.channel = channel
+        self._book = book
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            if self._book is not None:
+                self._book.release(self.channel)
+
+
+class SlotBook(Protocol):
+    def in_flight(self, channel: str) -> int: ...
+
+    def queued(self) -> int: ...
+
+    def try_acquire(self, channel: str, cap: int | None) -> Slot | None:
+        """A slot now, or None when ``cap`` requests are in flight (or others wait for it)."""
+        ...
+
+    async def wait_any(self, caps: Mapping[str, int], timeout: float) -> Slot | None:
+        """The first slot freed on any of ``caps``' channels, or None after ``timeout`` s."""
+        ...
+
+
+@dataclass(eq=False)
+class _Waiter:
+    caps: Mapping[str, int]
+    future: asyncio.Future[Slot]
+    since: float = field(default_factory=time.monotonic)
+
+
+class LocalSlots:
+    """In-flight counts of this process, and its FIFO queue of waiting requests."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._waiters: deque[_Waiter] = deque()
+        self._wanted: Counter[str] = Counter()  # channel -> requests waiting for it
+
+    def in_flight(self, channel: str) -> int:
+        return self._counts[channel]
+
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def try_acquire(self, channel: str, cap: int | None) -> Slot | None:
+        if cap is not None and (self._counts[channel] >= cap or self._wanted[channel]):
+            return None
+        self._counts[channel] += 1
+        return Slot(channel, self)
+
+    def release(self, channel: str) -> None:
+        count = self._counts[channel] - 1
+        if count > 0:
+            self._counts[channel] = count
+        else:
+            del self._counts[channel]  # names come and go with reloads: keep the map small
+        if self._wanted[channel]:
+            self._hand_over(channel)
+
+    def _hand_over(self, channel: str) -> None:
+        """Give the freed slot on ``channel`` to the oldest waiter that can use it."""
+        for waiter in self._waiters:
+            cap = waiter.caps.get(channel)
+            if cap is None or waiter.future.done() or self._counts[channel] >= cap:
+                continue
+            self._counts[channel] += 1
+            self._dequeue(waiter)
+            waiter.future.set_result(Slot(channel, self))
+            return
+
+    def _dequeue(self, waiter: _Waiter) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            return
+        for name in waiter.caps:
+            self._wanted[name] -= 1
+            if self._wanted[name] <= 0:
+                del self._wanted[name]
+
+    async def wait_any(self, caps: Mapping[str, int], timeout: float) -> Slot | None:
+        # Room may have appeared since the caller looked (a reload raised a cap): take it.
+        for name, cap in caps.items():
+            if not self._wanted[name] and self._counts[name] < cap:
+                return self.try_acquire(name, cap)
+        if timeout <= 0:
+            return None
+        waiter = _Waiter(dict(caps), asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        for name in caps:
+            self._wanted[name] += 1
+        got: Slot | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                got = await asyncio.shield(waiter.future)
+            return got
+        except TimeoutError:
+            return None
+        finally:
+            self._dequeue(waiter)
+            future = waiter.future
+            if not future.done():
+                future.cancel()
+            elif got is None and not future.cancelled():
+                # A slot handed over just as the wait ended (timeout, client gone): give it back.
+                future.result().release()
+
+
+class SlotQueue:
+    """One request's waits for a slot: one ``queue_timeout`` in all, however often it queues."""
+
+    __slots__ = ("_book", "_timeout", "_observe", "_deadline", "_timed_out")
+
+    def __init__(
+        self, book: SlotBook, timeout: float, observe: Callable[[float], None] | None = None
+    ) -> None:
+        self._book = book
+        self._timeout = timeout
+        self._observe = observe
+        self._deadline: float | None = None
+        self._timed_out = False
+
+    async def wait(self, caps: Mapping[str, int]) -> Slot | None:
+        """A slot on one of ``caps``' (full) channels, or None when the time is up."""
+        t0 = time.monotonic()
+        if self._deadline is None:
+            self._deadline = t0 + self._timeout
+        slot = await self._book.wait_any(caps, self._deadline - t0)
+        if self._observe is not None:
+            self._observe(time.monotonic() - t0)
+        self._timed_out = slot is None
+        return slot
+
+    def why_not(self, caps: Mapping[str, int]) -> list[str]:
+        """What a 503 says about the channels that stayed full."""
+        waited = (f"; no slot freed within server.queue_timeout ({self._timeout:g} s)"
+                  if self._timed_out else "")
+        return [f"{name}: at max_concurrency ({cap} in flight){waited}"
+                for name, cap in caps.items()]
