@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 
 from ..config import ChannelConfig, Config, RetryConfig
 from ..errors import NoChannelAvailable, UpstreamFailed, UpstreamTimeout
-from ..providers.base import OutgoingRequest, Timeouts, UpstreamReply
+from ..providers.base import OutgoingRequest, ProxyRoute, Timeouts, UpstreamReply
 from ..routing.pricing import cost_local
 from ..routing.router import Candidate
 from ..state import Gateway, Snapshot
@@ -32,6 +32,7 @@ from .exchange import AttemptLog as AttemptLog
 from .exchange import Exchange as Exchange
 from .exchange import Verdict as Verdict
 from .exchange import header_safe as header_safe
+from .proxyconf import proxy_route
 from .relay import relay_stream
 from .retry import RetryPolicy, is_breaker_failure_status, is_retryable_status, parse_retry_after
 from .slots import Slot, SlotQueue
@@ -193,6 +194,7 @@ class Dispatcher:
                 first_byte=ch.first_byte_timeout or total,
             ),
             breaker=(ch.fail_max or cb.fail_max, ch.reset_timeout or cb.reset_timeout),
+            proxy=proxy_route(ch, server),
         )
         if len(self._plans) > 4 * len(config.channels) + 16:  # channels renamed by reloads
             self._plans = {ch.name: plan}
@@ -214,6 +216,7 @@ class Dispatcher:
         ch = plan.channel
         provider = gw.providers[ch.provider]
         outgoing = self._outgoing(ex, ch)
+        outgoing.proxy = plan.proxy
         t0 = time.monotonic()
         reply: UpstreamReply | None = None
         try:
@@ -430,6 +433,7 @@ class _Plan:
     limits: Limits
     timeouts: Timeouts
     breaker: tuple[int, float]  # fail_max, reset_timeout
+    proxy: ProxyRoute | None  # outbound proxy (upstream.proxyconf)
 
 
 def _is_sse(headers: Any) -> bool:
