@@ -20,6 +20,7 @@ from ..routing.router import Candidate
 from ..security.jwt import admin_auth_middleware
 from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
+from .channel_test import add_test_route
 from .proxy import decide, parse_body, reservation
 
 log = logging.getLogger("smartproxy.admin")
@@ -277,4 +278,5 @@ def create_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/route", route_dry_run)
     app.router.add_post("/reload", reload)
     add_config_routes(app)
+    add_test_route(app)
     return app
