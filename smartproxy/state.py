@@ -31,6 +31,7 @@ from .providers.base import Provider
 from .routing.router import ChannelState, Ranked, rank_by_price
 from .routing.rules import RuleSet, compile_rules
 from .security.apikeys import KeyRing, Principal
+from .security.authlog import FailureLines
 from .security.jwt import JwtVerifier, generate_secret
 from .security.ratelimit import FailurePenalty, RateLimiter
 from .storage.base import InProcessCounters, UsageStore
@@ -126,6 +127,7 @@ class Gateway:
     slots: SlotBook = field(default_factory=LocalSlots)  # max_concurrency: in flight, queue
     limiter: RateLimiter = field(default_factory=RateLimiter)
     penalty: FailurePenalty = field(default_factory=FailurePenalty)
+    auth_lines: FailureLines = field(default_factory=FailureLines)  # failed-auth lines, limited
     providers: dict[str, Provider] = field(default_factory=dict)
     session: aiohttp.ClientSession | None = None
     # How the failover loop waits between attempts; tests inject a recording sleep and no jitter.

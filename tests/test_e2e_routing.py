@@ -69,7 +69,7 @@ async def test_free_until_daily_quota_then_paid_then_free_after_local_midnight(
         server={"listen": "127.0.0.1:0", "timeout": 5, "timezone": tz},
         channels=[
             channel("paid", paid_url, price_per_token=1e-6),  # listed first on purpose
-            channel("free", free_url, price_per_token=0, daily_limit=1000),
+            channel("free", free_url, price_per_token=0, daily_limit=990),
         ],
         storage=storage,
     )
@@ -77,30 +77,30 @@ async def test_free_until_daily_quota_then_paid_then_free_after_local_midnight(
     sdk = gw.openai()
     body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 40}
     reserve = (await dry_run(gw, body))["reserve_tokens"]
-    assert 40 < reserve < 1000 // 5  # prompt estimate (len(body)/4) + max_tokens
+    assert 40 < reserve < 990 // 5  # prompt estimate (text chars / 4) + max_tokens
 
     # Each request reserves `reserve` and settles 50: the free channel takes a request only while
     # its whole reservation still fits under the limit (never overrunning it).
-    expected_free = sum(1 for k in range(100) if 50 * k + reserve <= 1000)
+    expected_free = sum(1 for k in range(100) if 50 * k + reserve <= 990)
     served = [await ask(gw, sdk) for _ in range(expected_free + 3)]
     assert served == ["free"] * expected_free + ["paid"] * 3
     used = 50 * expected_free
     row = (await usage_of(gw))["free"]
-    assert row["day_tokens"] == used and row["day_quota_left"] == 1000 - used < reserve
+    assert row["day_tokens"] == used and row["day_quota_left"] == 990 - used < reserve
     assert row["requests"] == expected_free and row["cost_usd"] == 0
     decision = await dry_run(gw, body)
     assert [c["channel"] for c in decision["candidates"]] == ["paid"]
     assert decision["excluded"] == [
         {
             "channel": "free",
-            "reason": f"daily token quota: {1000 - used} of 1000 left, "
+            "reason": f"daily token quota: {990 - used} of 990 left, "
             f"this request reserves {reserve}",
         }
     ]
 
     # A smaller request whose reservation fits the rest still goes free (the rest is not wasted).
     small = (await dry_run(gw, {**body, "max_tokens": 5}))["reserve_tokens"]
-    assert used + small <= 1000 < used + reserve
+    assert used + small <= 990 < used + reserve
     free_up.usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     assert await ask(gw, sdk, max_tokens=5) == "free"
     free_up.usage = dict(USAGE_50)

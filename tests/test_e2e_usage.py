@@ -292,7 +292,7 @@ async def test_sqlite_restart_keeps_counters_and_request_log(
     clock = Clock(datetime(2026, 11, 26, 12, 30, tzinfo=UTC))
     cfg = base_config(
         channels=[
-            channel("free", free_url, daily_limit=330, hour_limit=1000),
+            channel("free", free_url, daily_limit=301, hour_limit=1000),  # 3 x 100 + a reservation
             channel("paid", paid_url, price_per_token=1e-6),
         ],
         storage={"backend": "sqlite", "path": str(tmp_path / "usage.db")},

@@ -17,6 +17,7 @@ from ..audit import Actor
 from ..errors import BadRequest, ConfigError, GatewayError
 from ..routing.pricing import effective_price
 from ..routing.router import Candidate
+from ..security.authlog import left_out_note
 from ..security.jwt import admin_auth_middleware
 from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
@@ -262,11 +263,18 @@ async def admin_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 
 def create_admin_app(gateway: Gateway) -> web.Application:
-    def on_auth_failure(request: web.Request, reason: str) -> None:
+    def on_auth_failure(request: web.Request, reason: str) -> bool:
         gateway.metrics.auth_failure(f"admin_{reason.replace(' ', '_')}")
+        address = request.remote or "unknown"
+        left_out = gateway.auth_lines.take(address)  # one line per address per second
+        if left_out is None:
+            return False
+        note = left_out_note(left_out)
+        log.warning("admin auth failed from %s: %s%s", address, reason, note)
         # The reason is a fixed label from the verifier; nothing of the token is kept.
         gateway.audit.record(Actor(sub=None, address=request.remote), "auth_failed",
-                             f"{request.method} {request.path}", ok=False, reason=reason)
+                             f"{request.method} {request.path}", ok=False, reason=reason + note)
+        return False  # logged here
 
     app = web.Application(
         middlewares=[

@@ -10,6 +10,7 @@ in ``exchange`` and are re-exported from here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -239,12 +240,17 @@ class Dispatcher:
             if (pending := self._release(reservation)) is not None:
                 await pending
             return None
-        except BaseException:
+        except BaseException as exc:
             if reply is not None:
                 reply.close()
-            if not ex.settled:  # cancelled before any verdict: give everything back
+            if not ex.settled:  # cancelled before any verdict: no verdict for the breaker
                 health.release()
-                if (pending := self._release(reservation)) is not None:
+                if isinstance(exc, asyncio.CancelledError) and not outgoing.stream:
+                    # The client left before the answer, but upstream did the work: bill the
+                    # prompt estimate (a stream cut before its first byte is not billed).
+                    self._settle(ex, ch, reservation, 499, None, 0, "client disconnected",
+                                 estimate=True)
+                elif (pending := self._release(reservation)) is not None:
                     gw.spawn(pending)
             raise
         seconds = time.monotonic() - t0
@@ -287,6 +293,8 @@ class Dispatcher:
         usage: dict[str, Any] | None,
         content_events: int,
         error: str | None = None,
+        *,
+        estimate: bool = False,
     ) -> None:
         """Record tokens and cost; runs as a task so a cancelled request still gets billed."""
         gw, snap = self.gw, ex.snap
@@ -297,7 +305,7 @@ class Dispatcher:
             completion = int(usage.get("completion_tokens") or 0)
             if not completion and usage.get("total_tokens"):
                 completion = max(0, int(usage["total_tokens"]) - prompt)
-        elif status < 400 or content_events > 0:
+        elif estimate or status < 400 or content_events > 0:
             # Upstream said nothing: estimate (prompt from the request, one token per chunk sent).
             source = "estimated"
             prompt = ex.facts.prompt_tokens
