@@ -259,13 +259,14 @@ class Gateway:
 
 
 def keep_listener(running: Config, new: Config, *, note: bool = True) -> Config:
-    """The socket is bound: a reload keeps the running address (``--listen`` may have set it)."""
-    if note and new.server.listen != running.server.listen:
-        log.info("server.listen %s in the file differs from the running listener %s: a restart "
-                 "applies it", new.server.listen, running.server.listen)
-    server = replace(new.server, listen=running.server.listen, host=running.server.host,
-                     port=running.server.port)
-    return replace(new, server=server)
+    """The socket is bound: a new config keeps the running host and port (``--listen`` may have
+    set them). ``server.listen`` keeps the file's text, so there is something to say only when the
+    file's address changed and differs from the one in use: then a restart applies it."""
+    r, n = running.server, new.server
+    if note and n.listen != r.listen and (n.host, n.port) != (r.host, r.port):
+        log.info("server.listen %s in the file differs from the running listener %s:%d: a restart "
+                 "applies it", n.listen, r.host, r.port)
+    return replace(new, server=replace(n, host=r.host, port=r.port))
 
 
 def _warn_restart_only(old: Config, new: Config) -> None:

@@ -243,17 +243,22 @@ class JwtVerifier:
             return pyjwt.encode(claims, key, algorithm=alg)
 
 
+NO_SECRET_HELP = (
+    f"{_CFG}.secret: no secret is configured, so no token can be minted. Do this: run\n"
+    "    export SMARTPROXY_JWT_SECRET=$(openssl rand -hex 32)\n"
+    "  in the shell that starts the gateway and in the one that runs `smartproxy token`, then "
+    "restart the gateway (the shipped config reads secret: \"${SMARTPROXY_JWT_SECRET:-}\"; a "
+    "config of your own needs that line too). Or, without a secret, use the admin token the "
+    "gateway logs at start (\"Admin token (valid 12 h): ...\"): it makes a new random secret "
+    "each start."
+)
+
+
 def mint_token_cli(cfg: Config, sub: str, minutes: int | None) -> str:
     """What ``smartproxy token`` prints: a token signed with the configured secret or key."""
     jcfg = cfg.security.jwt
     if not jcfg.secret and not jcfg.private_key_file:
-        raise ConfigError(
-            [
-                f"{_CFG}.secret: no secret or private_key_file configured, so no token can be "
-                "minted (a gateway without one uses a random secret per start and logs its own "
-                'admin token); set secret, e.g. secret: "${SMARTPROXY_JWT_SECRET}"'
-            ]
-        )
+        raise ConfigError([NO_SECRET_HELP])
     return JwtVerifier(jcfg).mint(sub, jcfg.expiry_minutes if minutes is None else minutes)
 
 
