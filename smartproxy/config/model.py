@@ -1,6 +1,6 @@
 """Config value objects: the frozen, slotted dataclasses a loaded config is made of.
 
-Only the loader builds them (:mod:`smartproxy.configparse`); everything here is re-exported by
+Only the loader builds them (:mod:`smartproxy.config.parse`); everything here is re-exported by
 :mod:`smartproxy.config`, which is where the rest of the package imports them from.
 """
 
@@ -221,3 +221,13 @@ class Config:
             if ch.name == name:
                 return ch
         return None
+
+def mask_secret(secret: str) -> str:
+    """``sk-...abcd``: a short scheme prefix and the last 4 chars, for showing stored keys."""
+    if not secret:
+        return ""
+    if len(secret) < 12:
+        return "****"
+    dash = secret.find("-")
+    prefix = secret[: dash + 1] if 0 < dash <= 2 else ""
+    return f"{prefix}...{secret[-4:]}"

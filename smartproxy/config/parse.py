@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .configmodel import (
+from ..errors import ConfigError
+from .model import (
     CHANNEL_TYPES,
     JWT_ALGORITHMS,
     STORAGE_BACKENDS,
@@ -30,7 +31,7 @@ from .configmodel import (
     StorageConfig,
     UsageConfig,
 )
-from .configread import (
+from .read import (
     T,
     _bool,
     _cidrs,
@@ -52,7 +53,6 @@ from .configread import (
     _windows,
     parse_listen,
 )
-from .errors import ConfigError
 
 # SmartAIProxy keys that load without meaning here (path of the section -> keys).
 _SMARTAIPROXY_IGNORED: dict[str, tuple[str, ...]] = {
@@ -132,7 +132,7 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
 
 
 def parse_rule(data: Any, path: str, problems: list[str]) -> RuleConfig | None:
-    from .routing.rules import RuleError, check_expression
+    from .expr import RuleError, check_expression
 
     s = _Section(data, path, problems)
     before = len(problems)
