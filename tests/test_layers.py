@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "smartproxy.upstream.breaker",
         "smartproxy.upstream.health",
         "smartproxy.upstream.sse",
+        "smartproxy.upstream.slots",
     ),
     ("smartproxy.state",),
     ("smartproxy.upstream",),
