@@ -246,6 +246,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.storage_errors_total = Counter(
+            "smartproxy_storage_errors",
+            "Calls to the shared usage store (redis) that failed or timed out.",
+            registry=r,
+        )
         self.in_flight = Gauge(
             "smartproxy_in_flight_requests", "Client requests being answered.", registry=r
         )
@@ -338,6 +343,9 @@ class Metrics:
     def queue_wait(self, seconds: float) -> None:
         """One wait for a channel slot (whether a slot came or the queue timed out)."""
         self.queue_wait_seconds.observe(seconds)
+
+    def storage_error(self) -> None:
+        self.storage_errors_total.inc()
 
     def config_reload(self, ok: bool) -> None:
         self._reloads.get("success" if ok else "failure").inc()

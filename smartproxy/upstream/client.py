@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from ..routing.pricing import cost_local
 from ..routing.router import Candidate
 from ..state import Gateway, Snapshot
 from ..storage.base import Limits, RequestRecord, Reservation
+from . import shared
 from .errors import AttemptError
 from .exchange import AttemptLog as AttemptLog
 from .exchange import Exchange as Exchange
@@ -138,25 +140,28 @@ class Dispatcher:
                     continue
                 # The first attempt starts at the request's start; a retry may be seconds later.
                 now = gw.clock() if tried or waited else ex.started
-                counters = gw.counters
-                if counters is not None:
-                    reservation = counters.try_reserve_now(ch.name, ex.reserve_tokens, plan.limits, now)
-                else:
-                    reservation = await gw.store.try_reserve(
-                        ch.name, ex.reserve_tokens, plan.limits, now
-                    )
+                try:
+                    reservation, why = await self._reserve(ex, ch, plan, now)
+                except BaseException:
+                    health.release(permit)
+                    raise
                 if reservation is None:
                     health.release(permit)
                     slot.release()
                     queue.pop(0)
-                    skipped.append(f"{ch.name}: quota used")
+                    skipped.append(f"{ch.name}: {why}")
                     continue
                 if tried:
                     gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
                 tried += 1
                 waited = False
+                verdict = (
+                    shared.verdict(gw, health, permit, reservation)
+                    if gw.shared
+                    else Verdict(health, permit)
+                )
                 try:  # a stream holds its slot until it ends (the relay returns then)
-                    outcome = await self._attempt(ex, plan, Verdict(health, permit), reservation)
+                    outcome = await self._attempt(ex, plan, verdict, reservation)
                 finally:
                     slot.release()
                 if isinstance(outcome, web.StreamResponse):
@@ -172,6 +177,23 @@ class Dispatcher:
                 if held is not None:
                     held.release()
         return self._all_failed(ex, last_reply, skipped)
+
+    async def _reserve(
+        self, ex: Exchange, ch: ChannelConfig, plan: _Plan, now: datetime
+    ) -> tuple[Reservation | None, str]:
+        """Quota tokens for one attempt: (reservation, "") or (None, why the channel is skipped)."""
+        gw = self.gw
+        counters = gw.counters
+        if counters is not None:
+            return counters.try_reserve_now(ch.name, ex.reserve_tokens, plan.limits, now), (
+                "quota used"
+            )
+        if gw.shared:  # one round trip: key limits (first attempt), breaker, quota
+            return await shared.admit(
+                gw, ex, ch, plan.limits, plan.timeouts.total, plan.breaker, now
+            )
+        reservation = await gw.store.try_reserve(ch.name, ex.reserve_tokens, plan.limits, now)
+        return reservation, "quota used"
 
     def _plan(self, ch: ChannelConfig) -> _Plan:
         """The channel's limits, timeouts and breaker settings, derived once per config."""
