@@ -253,6 +253,7 @@ class RedisStore:
                 check.tpm,
                 check.tpm_tokens,
                 check.budget,
+                limits.concurrency,
             )
         else:
             keys = (ud, uh, rz, rs, cb, cd, *self._key_keys("", day))
@@ -269,6 +270,7 @@ class RedisStore:
                 0,
                 0,
                 0,
+                limits.concurrency,
             )
         try:
             async with asyncio.timeout(self.timeout):

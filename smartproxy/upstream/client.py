@@ -43,6 +43,8 @@ from .sse import usage_of_body
 
 log = logging.getLogger("smartproxy.upstream")
 
+SHARED_POLL = 0.05  # with redis, a waiting request looks for a freed slot this often (seconds)
+
 # Upstream response headers never relayed (hop-by-hop, or recomputed by our server).
 _DROP_RESPONSE = frozenset(
     h.lower()
@@ -111,10 +113,16 @@ class Dispatcher:
                     queuing = queuing or SlotQueue(
                         gw.slots, ex.snap.config.server.queue_timeout, gw.metrics.queue_wait
                     )
-                    if (granted := await queuing.wait(_caps(full))) is None:
+                    if gw.shared:  # the count is in Redis: look again every 50 ms
+                        if not await queuing.pause(SHARED_POLL):
+                            skipped += queuing.why_not(_caps(full))
+                            break
+                        queue, full = list(full.values()), {}
+                    elif (granted := await queuing.wait(_caps(full))) is None:
                         skipped += queuing.why_not(_caps(full))
                         break
-                    queue.insert(0, full.pop(granted.channel))
+                    else:
+                        queue.insert(0, full.pop(granted.channel))
                     waited = True  # the wait in the queue stands in for a backoff
                 ch = queue[0].channel
                 plan = self._plan(ch)
@@ -133,7 +141,8 @@ class Dispatcher:
                         granted.release()
                         granted = None
                     continue
-                slot, granted = granted or gw.slots.try_acquire(ch.name, ch.max_concurrency), None
+                cap = None if gw.shared else ch.max_concurrency  # shared: Redis counts them all
+                slot, granted = granted or gw.slots.try_acquire(ch.name, cap), None
                 if slot is None:  # full: skipped like a used-up quota; waited for if all are full
                     health.release(permit)
                     full[ch.name] = queue.pop(0)
@@ -148,9 +157,14 @@ class Dispatcher:
                 if reservation is None:
                     health.release(permit)
                     slot.release()
-                    queue.pop(0)
-                    skipped.append(f"{ch.name}: {why}")
+                    if why == shared.AT_MAX_CONCURRENCY:
+                        full[ch.name] = queue.pop(0)
+                    else:
+                        queue.pop(0)
+                        skipped.append(f"{ch.name}: {why}")
                     continue
+                if queuing is not None:
+                    queuing.stop()  # served after waiting: how long it waited
                 if tried:
                     gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
                 tried += 1
@@ -210,6 +224,7 @@ class Dispatcher:
                 day_tokens=ch.daily_limit,
                 hour_tokens=ch.hour_limit,
                 day_requests=ch.daily_request_limit,
+                concurrency=ch.max_concurrency or 0,
             ),
             timeouts=Timeouts(
                 total=total,

@@ -140,9 +140,10 @@ class LocalSlots:
 
 
 class SlotQueue:
-    """One request's waits for a slot: one ``queue_timeout`` in all, however often it queues."""
+    """One request's waits for a slot: one ``queue_timeout`` in all, however often it queues.
+    ``observe`` is told the time waited once, when the request is served or gives up."""
 
-    __slots__ = ("_book", "_timeout", "_observe", "_deadline", "_timed_out")
+    __slots__ = ("_book", "_timeout", "_observe", "_started", "_deadline", "_timed_out")
 
     def __init__(
         self, book: SlotBook, timeout: float, observe: Callable[[float], None] | None = None
@@ -150,19 +151,42 @@ class SlotQueue:
         self._book = book
         self._timeout = timeout
         self._observe = observe
-        self._deadline: float | None = None
+        self._started: float | None = None
+        self._deadline = 0.0
         self._timed_out = False
 
+    def _left(self) -> float:
+        now = time.monotonic()
+        if self._started is None:
+            self._started, self._deadline = now, now + self._timeout
+        return self._deadline - now
+
     async def wait(self, caps: Mapping[str, int]) -> Slot | None:
-        """A slot on one of ``caps``' (full) channels, or None when the time is up."""
-        t0 = time.monotonic()
-        if self._deadline is None:
-            self._deadline = t0 + self._timeout
-        slot = await self._book.wait_any(caps, self._deadline - t0)
-        if self._observe is not None:
-            self._observe(time.monotonic() - t0)
-        self._timed_out = slot is None
+        """A slot on one of ``caps``' (full) channels of this process, or None when time is up."""
+        slot = await self._book.wait_any(caps, self._left())
+        if slot is None:
+            self.stop()
         return slot
+
+    async def pause(self, interval: float) -> bool:
+        """Wait ``interval`` before looking again (the count is elsewhere: redis); False when
+        the time is up."""
+        left = self._left()
+        if left <= 0:
+            self.stop()
+            return False
+        await asyncio.sleep(min(interval, left))
+        return True
+
+    def stop(self) -> None:
+        """The waiting is over (served, or timed out): observe how long it took, once."""
+        if self._started is None:
+            return
+        now = time.monotonic()
+        self._timed_out = now >= self._deadline
+        if self._observe is not None:
+            self._observe(now - self._started)
+            self._observe = None
 
     def why_not(self, caps: Mapping[str, int]) -> list[str]:
         """What a 503 says about the channels that stayed full."""
