@@ -119,3 +119,22 @@ async def test_an_unreachable_channel_says_why(gateway_factory: Any) -> None:
                                          headers=gw.admin_headers())).json()
     assert result["ok"] is False and result["status"] is None
     assert "cannot connect" in result["error"]
+
+
+async def test_an_anthropic_channel_is_tested_in_its_own_api(
+    anthropic_factory: Any, gateway_factory: Any
+) -> None:
+    fake, url = await anthropic_factory()
+    good = {"name": "claude", "type": "anthropic", "endpoint": url, "api_key": "sk-ant-test",
+            "models": ["claude-x"]}
+    bad = {**good, "name": "claude-bad", "api_key": "sk-ant-wrong"}
+    gw = await gateway_factory(base_config(channels=[good, bad]))
+    c, admin = gw.client, gw.admin_headers()
+    ok = await (await c.post("/api/channels/claude/test", headers=admin)).json()
+    assert ok["ok"] is True and ok["status"] == 200 and ok["model"] == "claude-x", ok
+    usage = {r["channel"]: r for r in (await (await c.get("/api/usage", headers=admin)).json())
+             ["channels"]}
+    assert usage["claude"]["total_tokens"] == 30  # the fake's input 21 + output 9
+    broken = await (await c.post("/api/channels/claude-bad/test", headers=admin)).json()
+    assert broken["ok"] is False and broken["status"] == 401
+    assert "invalid x-api-key" in broken["error"]

@@ -152,7 +152,8 @@ SCHEMAS.update({
         **_obj("name", "type",
                name={**_STR, "description": "Unique; the id everywhere."},
                type={**_STR, "enum": ["openai", "azure", "anthropic", "claude", "mock"]},
-               endpoint={**_STR, "description": "Base URL (http/https); not needed for mock."},
+               endpoint={**_STR, "description": "Base URL (http/https); not needed for mock; "
+                         "anthropic default https://api.anthropic.com."},
                api_key={**_STR, "description": "Masked on read. Leave out, or send back masked, "
                         "to keep the stored key."},
                models={**_STRS, "description": "Absent or empty: any model."},
@@ -169,7 +170,13 @@ SCHEMAS.update({
                "Outbound HTTP proxy (http://user:pass@host:3128); the password is masked on "
                "read. null: server.proxy, else HTTPS_PROXY/NO_PROXY."},
                max_concurrency={**_NULL_COUNT, "description": "At most this many requests in "
-               "flight; more wait up to server.queue_timeout. null: no cap."}),
+               "flight; more wait up to server.queue_timeout. null: no cap."},
+               api_version={**_STR, "description": "azure: deployments URL with ?api-version=; "
+                            "absent: the v1 URL."},
+               anthropic_version={**_STR, "description": "anthropic: the anthropic-version "
+                                  "header (default 2023-06-01)."},
+               default_max_tokens={**_COUNT, "minimum": 1, "description": "anthropic: "
+                                   "max_tokens sent when a request sets none (default 4096)."}),
         **_CLOSED,
         "example": CHANNEL_EXAMPLE,
     },

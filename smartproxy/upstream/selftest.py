@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 from .. import __version__
 from ..audit import config_secrets, scrub
 from ..config import ChannelConfig
+from ..providers import adapter_for
 from ..providers.base import OutgoingRequest, Timeouts
 from ..routing.pricing import cost_local
 from ..state import Gateway
@@ -64,11 +65,16 @@ async def run_channel_test(gw: Gateway, ch: ChannelConfig, model: str) -> Channe
     upstream_model = ch.upstream_model(model)
     body = {"model": upstream_model, "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": 1}
+    # A channel of another API shape (anthropic) gets the same request in its own words.
+    adapter = adapter_for(ch.provider, "/chat/completions")
+    path, raw = ("/chat/completions", json.dumps(body).encode())
+    if adapter is not None:
+        path, raw = adapter.request(body, model=upstream_model, channel=ch)
     outgoing = OutgoingRequest(
-        method="POST", path="/chat/completions", query_string="",
+        method="POST", path=path, query_string="",
         headers=CIMultiDict({"Content-Type": "application/json",
                              "User-Agent": f"SmartProxy/{__version__} (channel test)"}),
-        body=json.dumps(body).encode(), stream=False, proxy=proxy_route(ch, server),
+        body=raw, stream=False, model=upstream_model, proxy=proxy_route(ch, server),
     )
     request_id = f"test-{os.urandom(8).hex()}"
     started, t0 = gw.clock(), time.monotonic()
@@ -85,11 +91,17 @@ async def run_channel_test(gw: Gateway, ch: ChannelConfig, model: str) -> Channe
         error = exc.message
     seconds = time.monotonic() - t0
     ok = status is not None and 200 <= status < 300
-    if status is not None and not ok:
-        error = f"HTTP {status}: {_error_message(answer)}"
+    usage: dict[str, Any] | None = None
+    if ok:
+        try:
+            answer, usage = adapter.answer(answer) if adapter else (answer, usage_of_body(answer))
+        except AttemptError as exc:
+            ok, error = False, f"unreadable answer: {exc.message}"
+    elif status is not None:
+        shown = adapter.error(status, answer) if adapter else answer
+        error = f"HTTP {status}: {_error_message(shown)}"
     error = scrub(error, config_secrets(gw.config)) if error else None
     gw.metrics.observe_upstream(ch.name, status if status is not None else "error", seconds)
-    usage = usage_of_body(answer) if ok else None
     prompt = int((usage or {}).get("prompt_tokens") or 0)
     completion = int((usage or {}).get("completion_tokens") or 0)
     cost = cost_local(ch, prompt, completion, gw.snapshot.minutes.at(started).hhmm)
