@@ -12,6 +12,7 @@ import yaml
 from conftest import DEV_KEY, Clock, base_config, channel
 
 from smartproxy.config import ConfigError, parse_config
+from smartproxy.storage.base import RequestRecord
 
 DATA = Path(__file__).parent / "data"
 AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
@@ -23,7 +24,7 @@ async def test_go_sample_config_routes_to_its_claude_channel(
 ):
     """tests/data/go-configs-config.yaml as published, its endpoints pointed at fakes (the claude
     channel keeps the ``.../v1`` form) and a dev key added: at 03:00 the night rule puts the
-    claude channel first once the free channel's 10000-token day cannot hold the request."""
+    claude channel first once the free channel's 10000-token day is used."""
     fake, ant_url = await anthropic_factory(api_key="claude-night")
     free, free_url = await upstream_factory("free")
     paid, paid_url = await upstream_factory("paid")
@@ -37,7 +38,14 @@ async def test_go_sample_config_routes_to_its_claude_channel(
     doc["storage"] = {"backend": "memory"}
     path = tmp_path / "go.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True))
-    gw = await gateway_factory(path, clock=Clock(datetime(2026, 11, 26, 3, 0, tzinfo=UTC)))
+    night = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
+    gw = await gateway_factory(path, clock=Clock(night))
+    # The free channel's 10000-token day is used up (a channel stays a candidate while its used
+    # tokens are below the limit: contract §4), so the night rule decides.
+    earlier = RequestRecord(ts=night.timestamp() - 60, request_id="earlier", api_key_name="dev",
+                            channel="免费渠道A", model="m", prompt_tokens=10000,
+                            completion_tokens=0, cost=0.0, status=200, latency_ms=1.0)
+    gw.gateway.store.settle_now(None, earlier, night)
     big = {**CHAT, "max_tokens": 20000}
     route = await gw.client.post("/api/route", json=big, headers=gw.admin_headers())
     decision = await route.json()

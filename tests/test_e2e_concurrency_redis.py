@@ -25,45 +25,34 @@ def ask(text: str) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": text}], "max_tokens": 1}
 
 
-async def test_a_cap_of_one_holds_across_two_processes_and_the_waiter_wakes_soon(
+async def test_a_cap_of_one_holds_across_two_processes_then_the_waiter_wakes_or_times_out(
     held: Any, http: Any, procs: Any, shared_redis: Any, tmp_path: Path  # noqa: F811
 ) -> None:
     up, url = held
     redis_url, prefix = shared_redis
-    server = {"listen": "127.0.0.1:0", "timeout": 5, "queue_timeout": 5}
+    server = {"listen": "127.0.0.1:0", "timeout": 5, "queue_timeout": 1.5}
     a, b = await two_gateways(http, procs, tmp_path, [channel("c", url, max_concurrency=1)],
                               redis_url, prefix, server=server)
     first = asyncio.create_task(a.chat(http, **ask("r0")))
     await until(lambda: up.arrived == ["r0"], "r0 running through a")
     second = asyncio.create_task(b.chat(http, **ask("r1")))
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.4)
     assert up.arrived == ["r0"] and not second.done()  # b waits: a holds the only slot
     freed = time.monotonic()
     up.let_go("r0")
     await until(lambda: "r1" in up.arrived, "r1 after the slot freed")
     woke = time.monotonic() - freed
-    up.let_go("r1")
-    (status_a, _, _), (status_b, _, _) = await asyncio.gather(first, second)
-    assert status_a == status_b == 200
+    (status_a, _, _), = await asyncio.gather(first)
+    assert status_a == 200
     # Polled every 50 ms: well within a second even on a loaded machine (measured: README).
     print(f"woke after {woke * 1000:.0f} ms")
     assert woke < 1.0, woke
 
-
-async def test_the_waiter_in_the_other_process_gets_503_after_queue_timeout(
-    held: Any, http: Any, procs: Any, shared_redis: Any, tmp_path: Path  # noqa: F811
-) -> None:
-    up, url = held
-    redis_url, prefix = shared_redis
-    server = {"listen": "127.0.0.1:0", "timeout": 5, "queue_timeout": 0.5}
-    a, b = await two_gateways(http, procs, tmp_path, [channel("c", url, max_concurrency=1)],
-                              redis_url, prefix, server=server)
-    first = asyncio.create_task(a.chat(http, **ask("r0")))
-    await until(lambda: up.arrived == ["r0"], "r0 running through a")
-    status, _, body = await b.chat(http, **ask("r1"))
+    # r1 (through b) now holds the slot: a request through a waits queue_timeout, then 503.
+    status, _, body = await a.chat(http, **ask("r2"))
     assert status == 503 and body["error"]["code"] == "no_channel_available"
     assert "max_concurrency" in body["error"]["message"]
     assert "queue_timeout" in body["error"]["message"]
-    up.let_go("r0")
-    assert (await first)[0] == 200
-    assert up.arrived == ["r0"]
+    up.let_go("r1")
+    assert (await second)[0] == 200
+    assert up.arrived == ["r0", "r1"]
