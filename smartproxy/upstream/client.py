@@ -115,16 +115,10 @@ class Dispatcher:
                     queuing = queuing or SlotQueue(
                         gw.slots, ex.snap.config.server.queue_timeout, gw.metrics.queue_wait
                     )
-                    if gw.shared:  # the count is in Redis: look again every 50 ms
-                        if not await queuing.pause(SHARED_POLL):
-                            skipped += queuing.why_not(_caps(full))
-                            break
-                        queue, full = list(full.values()), {}
-                    elif (granted := await queuing.wait(_caps(full))) is None:
+                    if (step := await self._queue_for_slot(queuing, full)) is None:
                         skipped += queuing.why_not(_caps(full))
                         break
-                    else:
-                        queue.insert(0, full.pop(granted.channel))
+                    queue, granted = step
                     waited = True  # the wait in the queue stands in for a backoff
                 ch = queue[0].channel
                 plan = self._plan(ch)
@@ -209,6 +203,22 @@ class Dispatcher:
         if refused is not None and not ex.attempts:
             raise refused  # nothing was sent anywhere: the client's field is the reason
         return self._all_failed(ex, last_reply, skipped)
+
+    async def _queue_for_slot(
+        self, queuing: SlotQueue, full: dict[str, Candidate]
+    ) -> tuple[list[Candidate], Slot | None] | None:
+        """Every candidate is at max_concurrency: wait for a slot. The candidates to try next
+        (and the slot the queue handed over), or None when ``server.queue_timeout`` is up."""
+        if self.gw.shared:  # the count is in Redis: look again every 50 ms
+            if not await queuing.pause(SHARED_POLL):
+                return None
+            again = list(full.values())
+            full.clear()
+            return again, None
+        granted = await queuing.wait(_caps(full))
+        if granted is None:
+            return None
+        return [full.pop(granted.channel)], granted
 
     async def _reserve(
         self, ex: Exchange, ch: ChannelConfig, plan: _Plan, now: datetime
