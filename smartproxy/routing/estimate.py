@@ -23,8 +23,8 @@ def text_tokens(text: str, chars_per_token: float) -> float:
     """Tokens of one string (a fraction: the caller sums, then rounds once)."""
     if text.isascii():
         return len(text) / chars_per_token
-    cjk = len(_CJK.findall(text))
-    return cjk + (len(text) - cjk) / chars_per_token
+    other = len(_CJK.sub("", text))  # one C-level pass; no list of matches
+    return (len(text) - other) + other / chars_per_token
 
 
 def prompt_tokens(body: Any, chars_per_token: float) -> int:

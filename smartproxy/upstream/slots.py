@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -65,38 +65,42 @@ class LocalSlots:
     """In-flight counts of this process, and its FIFO queue of waiting requests."""
 
     def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
+        # Plain dicts with .get: this runs twice per request (Counter's __missing__ is slow).
+        self._counts: dict[str, int] = {}
         self._waiters: deque[_Waiter] = deque()
-        self._wanted: Counter[str] = Counter()  # channel -> requests waiting for it
+        self._wanted: dict[str, int] = {}  # channel -> requests waiting for it
 
     def in_flight(self, channel: str) -> int:
-        return self._counts[channel]
+        return self._counts.get(channel, 0)
 
     def queued(self) -> int:
         return len(self._waiters)
 
     def try_acquire(self, channel: str, cap: int | None) -> Slot | None:
-        if cap is not None and (self._counts[channel] >= cap or self._wanted[channel]):
+        counts = self._counts
+        count = counts.get(channel, 0)
+        if cap is not None and (count >= cap or self._wanted.get(channel)):
             return None
-        self._counts[channel] += 1
+        counts[channel] = count + 1
         return Slot(channel, self)
 
     def release(self, channel: str) -> None:
-        count = self._counts[channel] - 1
+        count = self._counts.get(channel, 0) - 1
         if count > 0:
             self._counts[channel] = count
         else:
-            del self._counts[channel]  # names come and go with reloads: keep the map small
-        if self._wanted[channel]:
+            self._counts.pop(channel, None)  # names come and go with reloads: keep it small
+        if self._wanted.get(channel):
             self._hand_over(channel)
 
     def _hand_over(self, channel: str) -> None:
         """Give the freed slot on ``channel`` to the oldest waiter that can use it."""
         for waiter in self._waiters:
             cap = waiter.caps.get(channel)
-            if cap is None or waiter.future.done() or self._counts[channel] >= cap:
+            count = self._counts.get(channel, 0)
+            if cap is None or waiter.future.done() or count >= cap:
                 continue
-            self._counts[channel] += 1
+            self._counts[channel] = count + 1
             self._dequeue(waiter)
             waiter.future.set_result(Slot(channel, self))
             return
@@ -107,21 +111,23 @@ class LocalSlots:
         except ValueError:
             return
         for name in waiter.caps:
-            self._wanted[name] -= 1
-            if self._wanted[name] <= 0:
-                del self._wanted[name]
+            left = self._wanted.get(name, 0) - 1
+            if left > 0:
+                self._wanted[name] = left
+            else:
+                self._wanted.pop(name, None)
 
     async def wait_any(self, caps: Mapping[str, int], timeout: float) -> Slot | None:
         # Room may have appeared since the caller looked (a reload raised a cap): take it.
         for name, cap in caps.items():
-            if not self._wanted[name] and self._counts[name] < cap:
+            if not self._wanted.get(name) and self._counts.get(name, 0) < cap:
                 return self.try_acquire(name, cap)
         if timeout <= 0:
             return None
         waiter = _Waiter(dict(caps), asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         for name in caps:
-            self._wanted[name] += 1
+            self._wanted[name] = self._wanted.get(name, 0) + 1
         got: Slot | None = None
         try:
             async with asyncio.timeout(timeout):
