@@ -35,6 +35,7 @@ from .security.authlog import FailureLines
 from .security.jwt import JwtVerifier, generate_secret
 from .security.ratelimit import FailurePenalty, RateLimiter
 from .storage.base import InProcessCounters, KeyCheck, UsageStore
+from .upstream.failures import RecentFailures
 from .upstream.health import HealthBook
 from .upstream.retry import Jitter, Sleep
 from .upstream.slots import LocalSlots, SlotBook
@@ -125,6 +126,7 @@ class Gateway:
     clock: Callable[[], datetime] = utc_now
     health: HealthBook = field(default_factory=HealthBook)
     slots: SlotBook = field(default_factory=LocalSlots)  # max_concurrency: in flight, queue
+    failures: RecentFailures = field(default_factory=RecentFailures)  # for the dashboard
     limiter: RateLimiter = field(default_factory=RateLimiter)
     penalty: FailurePenalty = field(default_factory=FailurePenalty)
     auth_lines: FailureLines = field(default_factory=FailureLines)  # failed-auth lines, limited

@@ -21,6 +21,7 @@ from ..security.authlog import left_out_note
 from ..security.jwt import admin_auth_middleware
 from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
+from .admin_status import add_status_routes
 from .channel_test import add_test_route
 from .proxy import decide, parse_body, reservation
 
@@ -291,5 +292,6 @@ def create_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/route", route_dry_run)
     app.router.add_post("/reload", reload)
     add_config_routes(app)
+    add_status_routes(app)
     add_test_route(app)
     return app

@@ -24,7 +24,7 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypedDict, runtime_checkable
 
 from ..errors import SmartProxyError
 from ..localtime import MinuteClock, window_keys_of
@@ -134,8 +134,8 @@ class Admission:
     """What one check-and-reserve of a shared store answered.
 
     ``code``: 0 reserved, 1 quota used, 2 circuit open, 3 half-open trial in flight, 4 cooling
-    down after 429, 5 at max_concurrency (in flight in all processes); 10/11/12 the key's requests per minute / tokens per minute / daily budget
-    refused it (nothing reserved). ``offline``: the store was unreachable and this process
+    down after 429, 5 at max_concurrency (in flight in all processes); 10/11/12 the key's
+    requests per minute / tokens per minute / daily budget refused it (nothing reserved). ``offline``: the store was unreachable and this process
     counted alone (``storage.on_error: open``); the key's checks were not made.
     """
 
@@ -146,6 +146,18 @@ class Admission:
     spent: float = 0.0  # the key's spend today (code 12)
     requests: tuple[int, int, int] = (0, 0, 0)  # key bucket: remaining, limit, reset ms
     tokens: tuple[int, int, int] = (0, 0, 0)  # key tokens-per-minute bucket: the same
+
+
+class BucketRow(TypedDict):
+    """The request-log sums of one group in one time bucket (see :mod:`.buckets`)."""
+
+    bucket: int  # index into the edges: covers edges[bucket] <= ts < edges[bucket + 1]
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    errors: int
 
 
 @runtime_checkable
@@ -177,6 +189,10 @@ class UsageStore(Protocol):
         self, start: datetime | None, end: datetime | None, group_by: str
     ) -> list[dict[str, object]]:
         """Sum the request log over ``start <= ts < end``, grouped by channel|api_key|model."""
+
+    async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
+        """Sum the request log into the buckets between consecutive epoch ``edges``, grouped by
+        channel|api_key|model, ordered by (bucket, key) (see :mod:`.buckets`)."""
 
     def status(self) -> dict[str, object]: ...
 

@@ -40,6 +40,7 @@ from .base import (
     DAY,
     HOUR,
     Admission,
+    BucketRow,
     Clock,
     Counter,
     CounterBook,
@@ -652,6 +653,10 @@ class RedisStore:
     ) -> list[dict[str, object]]:
         """The request log of this host (every worker of it shares the file)."""
         return await self.log.query(start, end, group_by)
+
+    async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
+        """The request log of this host, in time buckets (the dashboard's charts)."""
+        return await self.log.timeseries(edges, group_by)
 
     def status(self) -> dict[str, object]:
         return {
