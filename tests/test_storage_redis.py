@@ -270,3 +270,30 @@ async def test_start_without_redis_serves_offline_and_recovers(tmp_path, stores)
         assert store.online
     finally:
         server.stop()
+
+
+async def test_timeseries_reads_this_hosts_request_log(stores: Any) -> None:
+    store = await stores()
+    await store.settle(None, rec("free", 10, 20), NOW)
+    await store.settle(None, rec("paid", 1, 2, cost=0.5), NOW)
+    edges = [NOW.timestamp() - 900, NOW.timestamp() + 900]
+    rows = await store.timeseries(edges, "channel")
+    assert sorted((r["key"], r["requests"], r["prompt_tokens"] + r["completion_tokens"])
+                  for r in rows) == [("free", 1, 30), ("paid", 1, 3)]
+
+
+async def test_admit_refuses_at_max_concurrency_counting_every_process(stores: Any) -> None:
+    one, two = await stores(), await stores()
+    cap = Limits(concurrency=2)
+    first = await admit(one, "c", 5, cap)
+    second = await admit(two, "c", 5, cap)
+    assert first.code == second.code == 0
+    third = await admit(one, "c", 5, cap)
+    assert third.code == 5 and third.reservation is None  # two in flight, in two processes
+    await two.release(second.reservation)
+    for _ in range(100):  # releases are batched per loop turn
+        again = await admit(one, "c", 5, cap)
+        if again.code == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert again.code == 0
