@@ -264,6 +264,9 @@ class Gateway:
     async def drain_background(self) -> None:
         while self.background:
             await asyncio.gather(*list(self.background), return_exceptions=True)
+        drain = getattr(self.store, "drain", None)  # a shared store's queued writes
+        if drain is not None:
+            await drain()
 
 
 def keep_listener(running: Config, new: Config, *, note: bool = True) -> Config:

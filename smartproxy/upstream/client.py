@@ -435,6 +435,8 @@ class Dispatcher:
         counters = gw.counters
         if counters is not None:  # in-process counters: no task, nothing to cancel
             counters.settle_now(reservation, record, gw.clock())
+        elif gw.shared:  # queued for the shared store's next batch: no task either
+            shared.settle(gw, reservation, record)
         else:
             gw.spawn(gw.store.settle(reservation, record, gw.clock()))
         if ex.on_settle is not None:

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from ..config import ChannelConfig, Config
 from ..state import GATEWAY, KEY_CHECK, Gateway
-from ..storage.base import Limits, Reservation
+from ..storage.base import Limits, RequestRecord, Reservation
 from ..storage.redis import RedisStore, SharedReservation
 from .breaker import Permit
 from .exchange import Exchange, Verdict
@@ -98,6 +98,13 @@ async def admit(
     if adm.code in (2, 4) and adm.wait_ms > 0:  # learnt here first: mirror it now
         mirror(gw, ch, adm.wait_ms if adm.code == 2 else -2, adm.wait_ms if adm.code == 4 else 0)
     return None, _REFUSED.get(adm.code, "refused by the shared store")
+
+
+def settle(gw: Gateway, reservation: Reservation, record: RequestRecord) -> None:
+    """Queue the settlement for the store's next batch (the one round trip after the answer)."""
+    store = shared_store(gw)
+    assert store is not None
+    store.settle_nowait(reservation, record, gw.clock())
 
 
 @dataclass(slots=True)
