@@ -94,13 +94,19 @@ def print_token(path: str | None, sub: str, minutes: int | None) -> int:
     return 0
 
 
+def with_listen(config: Config, listen: str) -> Config:
+    """``--listen``: the address to bind. ``server.listen`` keeps the file's text, so reloads and
+    admin writes warn only when the file's address really changes (``state.keep_listener``)."""
+    host, port = parse_listen(listen)
+    return replace(config, server=replace(config.server, host=host, port=port))
+
+
 def run(path: str | None, listen: str | None, workers: int) -> int:
     path = find_config(path)
     try:
         config = load_config(path)
         if listen:
-            host, port = parse_listen(listen)
-            config = replace(config, server=replace(config.server, listen=listen, host=host, port=port))
+            config = with_listen(config, listen)
     except (ConfigError, ValueError) as exc:
         print(f"smartproxy: config refused:\n{exc}", file=sys.stderr)
         return 1

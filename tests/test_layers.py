@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "smartproxy.upstream.health",
         "smartproxy.upstream.failures",
         "smartproxy.upstream.sse",
+        "smartproxy.upstream.slots",
     ),
     ("smartproxy.state",),
     ("smartproxy.upstream",),

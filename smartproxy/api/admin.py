@@ -16,10 +16,13 @@ from aiohttp import web
 from ..audit import Actor
 from ..errors import BadRequest, ConfigError, GatewayError
 from ..routing.pricing import effective_price
+from ..routing.router import Candidate
+from ..security.authlog import left_out_note
 from ..security.jwt import admin_auth_middleware
 from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
 from .admin_status import add_status_routes
+from .channel_test import add_test_route
 from .fronts.routes import FRONT_PARSERS
 from .proxy import decide, parse_body, reservation
 
@@ -167,6 +170,12 @@ async def route_dry_run(request: web.Request) -> web.Response:
         facts = replace(facts, api_key_name=name or facts.api_key_name, path=path)
     reserve = reservation(snap, facts, body, path)
     decision = await decide(gw, snap, facts, reserve, explain=True)
+    slots = gw.slots
+    candidates: list[Candidate] = []
+    full: list[Candidate] = []
+    for c in decision.candidates:
+        cap = c.channel.max_concurrency
+        (full if cap and slots.in_flight(c.channel.name) >= cap else candidates).append(c)
     return web.json_response(
         {
             "model": facts.model,
@@ -182,10 +191,22 @@ async def route_dry_run(request: web.Request) -> web.Response:
                     "priority": c.channel.priority,
                     "rule": c.rule,
                     "upstream_model": c.channel.upstream_model(facts.model),
+                    "in_flight": slots.in_flight(c.channel.name),
+                    "max_concurrency": c.channel.max_concurrency,
                 }
-                for c in decision.candidates
+                for c in candidates
             ],
-            "excluded": [{"channel": e.channel, "reason": e.reason} for e in decision.excluded],
+            "excluded": [
+                {
+                    "channel": c.channel.name,
+                    "reason": f"at max_concurrency ({c.channel.max_concurrency} in flight); "
+                    "a request waits for a slot when every candidate is full",
+                }
+                for c in full
+            ]
+            + [{"channel": e.channel, "reason": e.reason} for e in decision.excluded],
+            "queued": slots.queued(),
+            "queue_timeout": snap.config.server.queue_timeout,
             "rules": [
                 {"rule": t.rule, "channel": t.channel, "matched": t.matched, "error": t.error}
                 for t in decision.rules
@@ -251,11 +272,18 @@ async def admin_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 
 def create_admin_app(gateway: Gateway) -> web.Application:
-    def on_auth_failure(request: web.Request, reason: str) -> None:
+    def on_auth_failure(request: web.Request, reason: str) -> bool:
         gateway.metrics.auth_failure(f"admin_{reason.replace(' ', '_')}")
+        address = request.remote or "unknown"
+        left_out = gateway.auth_lines.take(address)  # one line per address per second
+        if left_out is None:
+            return False
+        note = left_out_note(left_out)
+        log.warning("admin auth failed from %s: %s%s", address, reason, note)
         # The reason is a fixed label from the verifier; nothing of the token is kept.
         gateway.audit.record(Actor(sub=None, address=request.remote), "auth_failed",
-                             f"{request.method} {request.path}", ok=False, reason=reason)
+                             f"{request.method} {request.path}", ok=False, reason=reason + note)
+        return False  # logged here
 
     app = web.Application(
         middlewares=[
@@ -268,4 +296,5 @@ def create_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/reload", reload)
     add_config_routes(app)
     add_status_routes(app)
+    add_test_route(app)
     return app

@@ -233,7 +233,7 @@ async def get_channels(request: web.Request) -> web.Response:
     summary: List channels
     responses:
       '200':
-        description: Channels as the config file holds them (defaults left out), keys masked.
+        description: Every field with the value in effect (defaults included), secrets masked.
         content:
           application/json:
             schema: {$ref: '#/components/schemas/ChannelList'}

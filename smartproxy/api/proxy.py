@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 
 from .. import __version__, fastjson
 from ..errors import BadRequest, GatewayError, NotFound
+from ..routing.estimate import prompt_tokens as estimate_prompt
 from ..routing.router import RequestFacts, RouteDecision, route, route_by_price
 from ..security.apikeys import Principal
 from ..state import GATEWAY, RATELIMIT_HEADERS, REQUEST_ID, Gateway, Snapshot
@@ -121,7 +122,7 @@ def parse_body(
     ):
         raise BadRequest("'max_tokens' must be a non-negative integer", param="max_tokens")
     usage_cfg = snap.config.usage
-    prompt_tokens = max(1, int(len(raw) / usage_cfg.chars_per_token))
+    prompt_tokens = estimate_prompt(body, usage_cfg.chars_per_token)
     facts = RequestFacts(
         model=model,
         stream=stream,

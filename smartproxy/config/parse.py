@@ -36,6 +36,7 @@ from .model import (
 from .read import (
     T,
     _bool,
+    _cidrs,
     _count,
     _integer,
     _kind,
@@ -44,6 +45,7 @@ from .read import (
     _number,
     _one_of,
     _positive,
+    _proxy_url,
     _Section,
     _str_list,
     _str_map,
@@ -80,6 +82,9 @@ def _server(data: Any, problems: list[str], ignored: list[str]) -> ServerConfig:
         enable_https=s.get("enable_https", _bool, False),
         cert_file=s.get("cert_file", _text, "") or None,
         key_file=s.get("key_file", _text, "") or None,
+        queue_timeout=s.get("queue_timeout", _number, d.queue_timeout),
+        proxy=s.get("proxy", _proxy_url, "") or None,
+        trusted_proxies=s.get("trusted_proxies", _cidrs, ()),
     )
     if cfg.enable_https and not (cfg.cert_file and cfg.key_file):
         s.error("enable_https", "needs cert_file and key_file")
@@ -117,6 +122,8 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
         first_byte_timeout=s.get("first_byte_timeout", _positive, None),
         fail_max=s.get("fail_max", _count, None),
         reset_timeout=s.get("reset_timeout", _positive, None),
+        proxy=s.get("proxy", _proxy_url, "") or None,
+        max_concurrency=s.get("max_concurrency", _count, None),
         api_version=s.get("api_version", _nonempty, "") or None,
         anthropic_version=s.get("anthropic_version", _nonempty, ANTHROPIC_VERSION),
         default_max_tokens=s.get("default_max_tokens", _positive_int, 4096),
@@ -126,6 +133,8 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
         s.error("discount_price", "is required when discount_time is set")
     if cfg.fail_max == 0:
         s.error("fail_max", "must be at least 1")
+    if cfg.max_concurrency == 0:
+        s.error("max_concurrency", "must be at least 1 (leave it out for no cap)")
     s.finish()
     return cfg if len(problems) == before else None
 

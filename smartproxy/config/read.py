@@ -7,6 +7,7 @@ the problem list shows. The sections built with them are in :mod:`smartproxy.con
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -116,7 +117,29 @@ def _number(v: Any) -> float:
         raise ValueError("must be a finite number")
     if f < 0:
         raise ValueError(f"must not be negative, got {v!r}")
+    if isinstance(v, int) or (isinstance(v, str) and re.fullmatch(r"\s*\d+\s*", v)):
+        return int(f)  # a configured 60 stays 60 in every answer (not 60.0)
     return f
+
+
+def _proxy_url(v: Any) -> str:
+    """An outbound proxy: ``http://[user:pass@]host:port`` (HTTP CONNECT)."""
+    s = _text(v).strip()
+    parts = urlsplit(s)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = s.replace(f"{parts.password}@", "****@") if parts.password else s
+        raise ValueError(f"must be a proxy URL like http://host:3128, got {shown!r}")
+    return s
+
+
+def _cidrs(v: Any) -> tuple[str, ...]:
+    out = []
+    for item in _str_list(v):
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR (e.g. 10.0.0.0/8)") from None
+    return tuple(out)
 
 
 def _positive(v: Any) -> float:

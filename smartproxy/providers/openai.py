@@ -18,7 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..config import ChannelConfig
 from ..upstream.errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
-from .base import OutgoingRequest, Timeouts, channel_headers, join_url
+from .base import OutgoingRequest, Timeouts, channel_headers, join_url, proxy_args
 
 
 class HttpReply:
@@ -100,14 +100,16 @@ class OpenAIProvider:
         # One deadline, from sending to the first chunk of the body: headers then silence
         # cannot stretch the first-byte wait to twice the configured time.
         deadline = asyncio.get_running_loop().time() + timeouts.first_byte
+        headers = self.headers(channel, request)
         call = self._session.request(
             request.method,
             url,
             data=request.body if request.method != "GET" else None,
-            headers=self.headers(channel, request),
+            headers=headers,
             timeout=timeout,
             allow_redirects=False,
             auto_decompress=False,
+            **proxy_args(request, url, headers),
         )
         try:
             if request.stream or timeouts.first_byte < timeouts.total:

@@ -243,17 +243,22 @@ class JwtVerifier:
             return pyjwt.encode(claims, key, algorithm=alg)
 
 
+NO_SECRET_HELP = (
+    f"{_CFG}.secret: no secret is configured, so no token can be minted. Do this: run\n"
+    "    export SMARTPROXY_JWT_SECRET=$(openssl rand -hex 32)\n"
+    "  in the shell that starts the gateway and in the one that runs `smartproxy token`, then "
+    "restart the gateway (the shipped config reads secret: \"${SMARTPROXY_JWT_SECRET:-}\"; a "
+    "config of your own needs that line too). Or, without a secret, use the admin token the "
+    "gateway logs at start (\"Admin token (valid 12 h): ...\"): it makes a new random secret "
+    "each start."
+)
+
+
 def mint_token_cli(cfg: Config, sub: str, minutes: int | None) -> str:
     """What ``smartproxy token`` prints: a token signed with the configured secret or key."""
     jcfg = cfg.security.jwt
     if not jcfg.secret and not jcfg.private_key_file:
-        raise ConfigError(
-            [
-                f"{_CFG}.secret: no secret or private_key_file configured, so no token can be "
-                "minted (a gateway without one uses a random secret per start and logs its own "
-                'admin token); set secret, e.g. secret: "${SMARTPROXY_JWT_SECRET}"'
-            ]
-        )
+        raise ConfigError([NO_SECRET_HELP])
     return JwtVerifier(jcfg).mint(sub, jcfg.expiry_minutes if minutes is None else minutes)
 
 
@@ -280,15 +285,16 @@ def _unauthorized(error: AdminAuthError) -> web.Response:
 def admin_auth_middleware(
     get_verifier: Callable[[], JwtVerifier],
     *,
-    on_failure: Callable[[web.Request, str], None] | None = None,
+    on_failure: Callable[[web.Request, str], bool | None] | None = None,
 ) -> Middleware:
     """Middleware for the ``/api`` sub-app: a valid admin JWT or a 401.
 
     ``get_verifier`` is called per request so that a reload swapping the snapshot swaps the keys.
     On success the claims are in ``request[ADMIN_CLAIMS]`` and the subject in
     ``request[ADMIN_SUB]`` (typed ``web.RequestKey``s named "admin_claims" / "admin_sub").
-    On failure ``on_failure(request, reason)`` is called (metrics, audit) and the reason
-    is logged with the client address; the token itself is never logged.
+    On failure ``on_failure(request, reason)`` is called (metrics, audit) and the reason is
+    logged with the client address, unless ``on_failure`` returns False (it logged the failure
+    itself); the token itself is never logged.
     """
 
     @web.middleware
@@ -296,13 +302,13 @@ def admin_auth_middleware(
         try:
             claims = get_verifier().verify(_bearer(request))
         except AdminAuthError as exc:
-            log.warning(
-                "admin auth failed from %s: %s",
-                request.remote or "unknown",
-                f"{exc.reason} ({exc.detail})" if exc.detail else exc.reason,
-            )
-            if on_failure is not None:
-                on_failure(request, exc.reason)
+            # ``on_failure`` returning False has logged the failure itself (rate limited).
+            if on_failure is None or on_failure(request, exc.reason) is not False:
+                log.warning(
+                    "admin auth failed from %s: %s",
+                    request.remote or "unknown",
+                    f"{exc.reason} ({exc.detail})" if exc.detail else exc.reason,
+                )
             return _unauthorized(exc)
         request[ADMIN_CLAIMS] = claims
         request[ADMIN_SUB] = claims["sub"]
