@@ -38,6 +38,7 @@ from .gate import (
     rate_limit,
     setup_gate,
 )
+from .validate import check_fields, require_utf8
 
 log = logging.getLogger("smartproxy.proxy")
 
@@ -102,13 +103,15 @@ def parse_body(
         raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
     try:
         body = fastjson.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest(f"could not parse the JSON body: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object", code="invalid_json")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", code="missing_model", param="model")
+    require_utf8(model, "model")
+    check_fields(body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false", param="stream")
@@ -135,8 +138,7 @@ def reservation(snap: Snapshot, facts: RequestFacts, body: dict[str, Any], path:
     Embeddings produce no completion tokens, so only the prompt is held."""
     if path == "/embeddings":
         return facts.prompt_tokens
-    n = body.get("n")
-    choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+    choices = check_fields(body)
     completion = (
         facts.max_tokens if facts.max_tokens is not None else snap.config.usage.default_max_tokens
     )

@@ -127,7 +127,12 @@ class Dispatcher:
                 gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
             tried += 1
             waited = False
-            outcome = await self._attempt(ex, plan, Verdict(health, permit), reservation)
+            verdict = Verdict(health, permit)
+            try:
+                outcome = await self._attempt(ex, plan, verdict, reservation)
+            except BaseException:
+                self._abandon(ex, verdict, reservation)
+                raise
             if isinstance(outcome, web.StreamResponse):
                 return outcome
             if outcome is not None:
@@ -172,6 +177,17 @@ class Dispatcher:
             return None
         return self.gw.store.release(reservation)
 
+    def _abandon(self, ex: Exchange, verdict: Verdict, reservation: Reservation) -> None:
+        """An attempt raised (a bug, a bad value, a cancelled client) before it settled: give
+        the breaker permit and the reserved tokens back. The one place between reserve and
+        settle that does so, so that no error path can leave a quota held until restart."""
+        if ex.settled:
+            return
+        verdict.release()
+        pending = self._release(reservation)
+        if pending is not None:
+            self.gw.spawn(pending)
+
     async def _attempt(
         self, ex: Exchange, plan: _Plan, health: Verdict, reservation: Reservation
     ) -> web.StreamResponse | tuple[AttemptLog, int, CIMultiDict[str], bytes] | None:
@@ -205,11 +221,7 @@ class Dispatcher:
         except BaseException:
             if reply is not None:
                 reply.close()
-            if not ex.settled:  # cancelled before any verdict: give everything back
-                health.release()
-                if (pending := self._release(reservation)) is not None:
-                    gw.spawn(pending)
-            raise
+            raise  # ``dispatch`` gives the permit and the reservation back (``_abandon``)
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
         gw.metrics.observe_upstream(ch.name, status, seconds)
