@@ -51,6 +51,14 @@ class ServerConfig:
     enable_https: bool = False
     cert_file: str | None = None
     key_file: str | None = None
+    max_body_mb: float = 32.0  # /v1 request bodies above it: 413 (admin bodies: 1 MiB)
+    client_header_timeout: float = 60.0  # a request's headers must arrive within it
+    client_body_timeout: float = 60.0  # longest pause between two parts of a request body
+    keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after it
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
 
     @property
     def tz(self) -> ZoneInfo:

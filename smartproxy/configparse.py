@@ -78,6 +78,10 @@ def _server(data: Any, problems: list[str], ignored: list[str]) -> ServerConfig:
         enable_https=s.get("enable_https", _bool, False),
         cert_file=s.get("cert_file", _text, "") or None,
         key_file=s.get("key_file", _text, "") or None,
+        max_body_mb=s.get("max_body_mb", _positive, d.max_body_mb),
+        client_header_timeout=s.get("client_header_timeout", _positive, d.client_header_timeout),
+        client_body_timeout=s.get("client_body_timeout", _positive, d.client_body_timeout),
+        keepalive_timeout=s.get("keepalive_timeout", _positive, d.keepalive_timeout),
     )
     if cfg.enable_https and not (cfg.cert_file and cfg.key_file):
         s.error("enable_https", "needs cert_file and key_file")

@@ -4,6 +4,7 @@ model name loses nobody's usage, any error between reserve and settle gives the 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sqlite3
 from pathlib import Path
@@ -39,7 +40,8 @@ async def held(gw: Any) -> tuple[int, int | None]:
 
 def post(gw: Any, raw: bytes | str) -> Any:
     data = raw.encode() if isinstance(raw, str) else raw
-    return gw.client.post("/v1/chat/completions", data=data, headers=AUTH)
+    body: Any = io.BytesIO(data) if len(data) > 1 << 20 else data  # aiohttp warns on large bytes
+    return gw.client.post("/v1/chat/completions", data=body, headers=AUTH)
 
 
 async def test_lone_surrogate_model_is_400_and_loses_no_usage(
@@ -116,3 +118,62 @@ async def test_any_error_between_reserve_and_settle_releases(
     assert await held(gw) == (0, DAILY)
     del dispatcher._outgoing
     assert (await post(gw, body)).status == 200
+
+
+# ----------------------------------------------------------------------------- body size
+async def big_upstream(aiohttp_server: Any) -> tuple[Any, str]:
+    """A fake upstream that itself accepts large bodies (aiohttp's default is 1 MiB)."""
+    from aiohttp import web
+    from fakeupstream import FakeUpstream
+
+    fake = FakeUpstream(name="big")
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/v1/{tail:.*}", fake.handle)
+    server = await aiohttp_server(app)
+    return fake, str(server.make_url("/v1"))
+
+
+async def test_a_5_mb_chat_body_is_proxied(gateway_factory: Any, aiohttp_server: Any) -> None:
+    fake, url = await big_upstream(aiohttp_server)
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    text = "x" * (5 * 1024 * 1024)
+    sdk = gw.openai()
+    answer = await sdk.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
+    )
+    assert answer.choices[0].message.content
+    assert len(fake.seen[-1].body) > 5 * 1024 * 1024
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_body_over_max_body_mb_is_an_openai_413(
+    gateway_factory: Any, aiohttp_server: Any, chunked: bool
+) -> None:
+    fake, url = await big_upstream(aiohttp_server)
+    cfg = base_config(channels=[channel("a", url)])
+    cfg["server"]["max_body_mb"] = 2
+    gw = await gateway_factory(cfg)
+    raw = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * (3 << 20)}]})
+
+    async def gen() -> Any:
+        for i in range(0, len(raw), 1 << 16):
+            yield raw[i : i + (1 << 16)].encode()
+
+    data: Any = gen() if chunked else io.BytesIO(raw.encode())
+    resp = await gw.client.post("/v1/chat/completions", data=data, headers=AUTH)
+    assert resp.status == 413
+    err = (await resp.json())["error"]
+    assert err["code"] == "request_too_large" and str(2 * 1024 * 1024) in err["message"]
+    assert set(err) == {"message", "type", "code", "param"}
+    assert fake.seen == []
+    small = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * (1 << 20)}]})
+    assert (await post(gw, small)).status == 200  # 1 MiB: above aiohttp's default, below ours
+
+
+async def test_admin_bodies_keep_a_small_limit(gateway_factory: Any) -> None:
+    gw = await gateway_factory(base_config())
+    body = {"name": "c", "type": "mock", "models": ["m" * 1000] * 1200}  # ~1.2 MB
+    data = io.BytesIO(json.dumps(body).encode())
+    resp = await gw.client.post("/api/channels", data=data, headers=gw.admin_headers())
+    assert resp.status == 413
+    assert (await resp.json())["error"]["code"] == "request_too_large"

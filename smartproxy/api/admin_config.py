@@ -33,6 +33,7 @@ from ..configkinds import API_KEYS, CHANNELS, RULES, Kind
 from ..errors import BadRequest, ConfigError, GatewayError
 from ..security.jwt import ADMIN_SUB, JwtVerifier
 from ..state import GATEWAY, Gateway, Snapshot, keep_listener
+from .limits import ADMIN_MAX_BODY, read_body
 
 log = logging.getLogger("smartproxy.admin")
 
@@ -106,8 +107,8 @@ def posted_problems(posted: Any) -> list[str]:
 
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
-        body = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(await read_body(request, ADMIN_MAX_BODY) or b"null")
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("the body must be JSON") from None
     problems = posted_problems(body)
     if problems:

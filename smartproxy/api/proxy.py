@@ -38,6 +38,7 @@ from .gate import (
     rate_limit,
     setup_gate,
 )
+from .limits import read_body, too_large_response
 from .validate import check_fields, require_utf8
 
 log = logging.getLogger("smartproxy.proxy")
@@ -151,7 +152,7 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     principal = await authenticate(request, gw, snap)
     rate_limit(request, gw, snap, principal)
     budget(request, gw, snap, principal)
-    raw = await request.read()
+    raw = await read_body(request, snap.config.server.max_body_bytes)
     body, facts = parse_body(raw, snap, principal)
     check_model_allowed(principal, facts.model)
     reserve = reservation(snap, facts, body, path)
@@ -365,8 +366,12 @@ async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResp
         resp: web.StreamResponse = await handler(request)
     except GatewayError as exc:
         resp = exc.to_response()
+        if exc.status == 413:
+            resp.force_close()  # the rest of the body may still be on its way
     except web.HTTPException as exc:
-        if exc.status == 404:
+        if exc.status == 413:  # a handler's own request.read() past the root's client_max_size
+            resp = too_large_response(request.app[GATEWAY].config.server.max_body_bytes)
+        elif exc.status == 404:
             resp = NotFound(f"unknown endpoint {request.method} {request.path}").to_response()
         elif exc.status == 405:
             resp = BadRequest(
@@ -386,7 +391,7 @@ async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 def create_proxy_app(gateway: Gateway) -> web.Application:
-    app = web.Application(middlewares=[proxy_middleware], client_max_size=32 * 1024 * 1024)
+    app = web.Application(middlewares=[proxy_middleware])  # body limit: the root's, read_body
     app[DISPATCHER] = Dispatcher(gateway)
     app[GATEWAY] = gateway  # request.app[...] is a dict lookup; config_dict builds a ChainMap
     setup_gate(app, gateway)

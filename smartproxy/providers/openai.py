@@ -19,6 +19,7 @@ from multidict import CIMultiDictProxy
 from ..config import ChannelConfig
 from ..upstream.errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
 from .base import OutgoingRequest, Timeouts, channel_headers, join_url
+from .bodies import upload
 
 
 class HttpReply:
@@ -95,7 +96,7 @@ class OpenAIProvider:
         call = self._session.request(
             request.method,
             url,
-            data=request.body if request.method != "GET" else None,
+            data=upload(request.body) if request.method != "GET" else None,
             headers=channel_headers(channel, request),
             timeout=timeout,
             allow_redirects=False,
