@@ -34,6 +34,8 @@ from .configread import (
     T,
     _bool,
     _count,
+    _expression,
+    _header_map,
     _integer,
     _kind,
     _listen,
@@ -41,6 +43,7 @@ from .configread import (
     _number,
     _one_of,
     _positive,
+    _secret_line,
     _Section,
     _str_list,
     _str_map,
@@ -48,7 +51,9 @@ from .configread import (
     _timezone,
     _url,
     _windows,
+    check_line,
     parse_listen,
+    printable,
 )
 from .errors import ConfigError
 
@@ -98,7 +103,7 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
         name=s.get("name", _nonempty, "", required=True),
         type=ch_type,
         endpoint=s.get("endpoint", _url, "", required=endpoint_required),
-        api_key=s.get("api_key", _text, ""),
+        api_key=s.get("api_key", _secret_line, ""),
         models=s.get("models", _str_list, ()),
         model_mapping=s.get("model_mapping", _str_map, {}),
         price_per_token=s.get("price_per_token", _number, 0.0),
@@ -111,7 +116,7 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
         discount_price=s.get("discount_price", _number, None),
         priority=s.get("priority", _integer, 0),
         status=s.get("status", _one_of({"active", "disabled"}), "active"),
-        headers=s.get("headers", _str_map, {}),
+        headers=s.get("headers", _header_map, {}),
         timeout=s.get("timeout", _positive, None),
         connect_timeout=s.get("connect_timeout", _positive, None),
         first_byte_timeout=s.get("first_byte_timeout", _positive, None),
@@ -134,7 +139,7 @@ def parse_rule(data: Any, path: str, problems: list[str]) -> RuleConfig | None:
     cfg = RuleConfig(
         name=s.get("name", _nonempty, "", required=True),
         channel=s.get("channel", _nonempty, "", required=True),
-        expression=s.get("expression", _nonempty, "", required=True),
+        expression=s.get("expression", _expression, "", required=True),
         priority=s.get("priority", _integer, 0),
     )
     s.finish()
@@ -164,13 +169,23 @@ def _api_keys(data: Any, problems: list[str]) -> tuple[ApiKeyConfig, ...]:
         problems.append(f"{path}: must be a mapping of name: key")
         return ()
     for name, value in items:
-        kpath = f"{path}.{name}"
+        kpath = f"{path}.{printable(str(name))}"
+        try:
+            check_line(str(name), "a key name")
+        except ValueError as exc:
+            problems.append(f"{kpath}: {exc}")
+            continue
         if isinstance(value, dict):
             key = parse_api_key(str(name), value, kpath, problems)
             if key:
                 out.append(key)
         elif isinstance(value, (str, int)) and str(value).strip():
-            out.append(_checked_key(ApiKeyConfig(name=str(name), key=str(value)), kpath, problems))
+            try:
+                secret = _secret_line(str(value))
+            except ValueError as exc:
+                problems.append(f"{kpath}: {exc}")
+                continue
+            out.append(_checked_key(ApiKeyConfig(name=str(name), key=secret), kpath, problems))
         else:
             problems.append(f"{kpath}: must be a key string or a mapping with key")
     return tuple(out)

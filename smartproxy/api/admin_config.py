@@ -384,4 +384,4 @@ def add_config_routes(app: web.Application) -> None:
     ):
         app.router.add_get(path, get)
         app.router.add_post(path, post)
-        app.router.add_delete(path + "/{name:.+}", delete)  # names may hold a "/"
+        app.router.add_delete(path + r"/{name:[\s\S]+}", delete)  # names may hold "/" (any text)
