@@ -89,6 +89,7 @@ class ChannelConfig:
     first_byte_timeout: float | None = None
     fail_max: int | None = None
     reset_timeout: float | None = None
+    forward_openai_org: bool = False  # pass the client's OpenAI-Organization/-Project upstream
 
     @property
     def active(self) -> bool:

@@ -122,6 +122,7 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
         first_byte_timeout=s.get("first_byte_timeout", _positive, None),
         fail_max=s.get("fail_max", _count, None),
         reset_timeout=s.get("reset_timeout", _positive, None),
+        forward_openai_org=s.get("forward_openai_org", _bool, False),
     )
     if cfg.discount_time and cfg.discount_price is None:
         s.error("discount_price", "is required when discount_time is set")

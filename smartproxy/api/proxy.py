@@ -28,6 +28,7 @@ from ..routing.router import RequestFacts, RouteDecision, route, route_by_price
 from ..security.apikeys import Principal
 from ..state import GATEWAY, RATELIMIT_HEADERS, REQUEST_ID, Gateway, Snapshot
 from ..upstream.client import Dispatcher, Exchange
+from ..upstream.headers import client_request_headers
 from .gate import (
     SPEND,
     authenticate,
@@ -51,28 +52,6 @@ def new_request_id() -> str:
     return f"req-{_ID_PREFIX}{next(_ID_SEQ) & 0xFFFFFFFFFFFF:012x}"
 
 
-# Request headers never forwarded upstream (hop-by-hop, ours, or recomputed by the client session).
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Host",
-        "Authorization",
-        "x-api-key",
-        "Content-Length",
-        "Accept-Encoding",
-        "Expect",
-    )
-)
-
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher", Dispatcher)
 
 
@@ -80,21 +59,8 @@ _USER_AGENT = f"SmartProxy/{__version__}"
 
 
 def forward_headers(request: web.Request) -> CIMultiDict[str]:
-    headers = request.headers
-    drop: frozenset[str] | set[str] = HOP_BY_HOP
-    if "Connection" in headers:
-        # Headers the client lists in Connection are hop-by-hop too (RFC 9110 7.6.1).
-        drop = set(HOP_BY_HOP)
-        for value in headers.getall("Connection"):
-            drop.update(v.strip().lower() for v in value.split(","))
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in headers.items():
-        if k.lower() not in drop:
-            out.add(k, v)
-    out["Accept-Encoding"] = "identity"  # usage is read from the body; relay bytes as they come
-    if "User-Agent" not in out:  # the client's own is forwarded; else say who calls, not aiohttp
-        out["User-Agent"] = _USER_AGENT
-    return out
+    """The client's headers that go upstream (the policy: ``upstream.headers``)."""
+    return client_request_headers(request.headers, _USER_AGENT)
 
 
 def parse_body(

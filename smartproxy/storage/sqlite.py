@@ -260,8 +260,11 @@ class SqliteStore(InProcessCounters):
             fixed = repair_record(record)
             if fixed is not record:
                 self._repaired += 1
-                log.warning("usage store: repaired a request-log row with invalid text or "
-                            "numbers (request %s)", _show(fixed.request_id))
+                log.warning(
+                    "usage store: repaired a request-log row with invalid text or "
+                    "numbers (request %s)",
+                    _show(fixed.request_id),
+                )
             records.append((fixed, day, hour))
         try:
             self._run(lambda conn: _write_rows(conn, records))
@@ -271,9 +274,13 @@ class SqliteStore(InProcessCounters):
                     self._run(lambda conn: _write_rows(conn, [one]))  # noqa: B023 - runs now
                 except _ROW_ERRORS as exc:
                     self._rejected += 1
-                    log.error("usage store: dropped one request-log row the database refuses "
-                              "(request %s): %s: %s", _show(one[0].request_id),
-                              type(exc).__name__, _show(str(exc)))
+                    log.error(
+                        "usage store: dropped one request-log row the database refuses "
+                        "(request %s): %s: %s",
+                        _show(one[0].request_id),
+                        type(exc).__name__,
+                        _show(str(exc)),
+                    )
 
     # ------------------------------------------------------------------ worker-thread helpers
     def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -325,8 +332,13 @@ def _select_sql(column: str) -> str:
 
 # A row the database (or the sqlite3 module) refuses for its values, not for the file's state.
 _ROW_ERRORS = (
-    sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError,
-    ValueError, TypeError, OverflowError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    ValueError,
+    TypeError,
+    OverflowError,
 )
 
 

@@ -32,31 +32,12 @@ from .exchange import AttemptLog as AttemptLog
 from .exchange import Exchange as Exchange
 from .exchange import Verdict as Verdict
 from .exchange import header_safe as header_safe
+from .headers import channel_secrets, for_channel, response_header_allowed
 from .relay import relay_stream
 from .retry import RetryPolicy, is_breaker_failure_status, is_retryable_status, parse_retry_after
 from .sse import usage_of_body
 
 log = logging.getLogger("smartproxy.upstream")
-
-# Upstream response headers never relayed (hop-by-hop, or recomputed by our server).
-_DROP_RESPONSE = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Content-Length",
-        "Content-Encoding",
-        "Date",
-        "Server",
-    )
-)
-
 
 _UNAVAILABLE = {
     "open": "circuit open",
@@ -248,7 +229,7 @@ class Dispatcher:
             method=ex.request.method,
             path=ex.path,
             query_string=ex.request.query_string,
-            headers=ex.headers,
+            headers=for_channel(ex.headers, ch),
             body=body,
             stream=ex.facts.stream,
         )
@@ -356,7 +337,10 @@ class Dispatcher:
         attempts_header = ", ".join(a.short() for a in ex.attempts)
         if last_reply is not None and ex.attempts and ex.attempts[-1] is last_reply[0]:
             _, status, headers, body = last_reply
-            out = self._response_headers(ex, None, headers)
+            # Not marked as this channel's answer, but filtered against its secrets all the same.
+            out = self._response_headers(
+                ex, None, headers, of=ex.snap.config.channel(last_reply[0].channel)
+            )
             out["x-smartproxy-attempts"] = attempts_header
             return web.Response(status=status, body=body, headers=out)
         parts = [a.describe() for a in ex.attempts] + skipped
@@ -377,14 +361,21 @@ class Dispatcher:
         )
 
     def _response_headers(
-        self, ex: Exchange, ch: ChannelConfig | None, upstream: Any
+        self,
+        ex: Exchange,
+        ch: ChannelConfig | None,
+        upstream: Any,
+        *,
+        of: ChannelConfig | None = None,
     ) -> CIMultiDict[str]:
         out: CIMultiDict[str] = CIMultiDict()
         # The client's key limits replace the channel account's (which describe our upstream key).
         ours = ex.limit_headers
+        secrets = channel_secrets(ch or of)
         for k, v in upstream.items():
-            lower = k.lower()
-            if lower not in _DROP_RESPONSE and not (ours and lower.startswith("x-ratelimit-")):
+            if response_header_allowed(k, v, secrets) and not (
+                ours and k.lower().startswith("x-ratelimit-")
+            ):
                 out.add(k, v)
         if ch is not None:
             out["x-smartproxy-channel"] = header_safe(ch.name)
