@@ -124,6 +124,7 @@ class JwtConfig:
     private_key_file: str | None = None
     expiry_minutes: int = 60
     leeway: float = 30.0
+    max_lifetime_minutes: int = 1440  # tokens valid longer (exp - iat) are refused
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

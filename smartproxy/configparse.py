@@ -232,7 +232,16 @@ def _jwt(data: Any, problems: list[str]) -> JwtConfig:
         private_key_file=s.get("private_key_file", _text, "") or None,
         expiry_minutes=s.get("expiry_minutes", _count, d.expiry_minutes),
         leeway=s.get("leeway", _number, d.leeway),
+        max_lifetime_minutes=s.get("max_lifetime_minutes", _count, d.max_lifetime_minutes),
     )
+    if cfg.max_lifetime_minutes < 1:
+        s.error("max_lifetime_minutes", "must be at least 1")
+    elif cfg.expiry_minutes > cfg.max_lifetime_minutes:
+        s.error(
+            "expiry_minutes",
+            f"{cfg.expiry_minutes} is longer than max_lifetime_minutes "
+            f"({cfg.max_lifetime_minutes}): tokens minted with it would be refused",
+        )
     if any(a.startswith(("RS", "ES")) for a in algorithms) and not cfg.public_key_file:
         s.error("public_key_file", "is required for RS*/ES* algorithms")
     s.finish()
