@@ -168,12 +168,14 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file."""
     from .app import create_app
+    from .server import ClientTimeouts, GatewayRunner
     from .state import GATEWAY
 
     app = create_app(config, config_path=path, jwt_secret=jwt_secret)
     gw = app[GATEWAY]
-    runner = web.AppRunner(
+    runner = GatewayRunner(
         app,
+        timeouts=ClientTimeouts.of(config.server),  # header/body/keep-alive timeouts
         handle_signals=False,
         handler_cancellation=True,  # a client that goes away cancels its upstream call
         shutdown_timeout=config.server.shutdown_timeout,
