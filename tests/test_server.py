@@ -10,7 +10,6 @@ import logging
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import pytest
 from aiohttp import web
