@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TypeVar
 
+from ..files import ensure_private_file
 from .base import (
     DAY,
     HOUR,
@@ -294,7 +295,8 @@ class SqliteStore(InProcessCounters):
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600 before SQLite creates it (its -wal/-shm files take the database file's mode).
+            ensure_private_file(self.path)
             conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
