@@ -19,3 +19,18 @@ def ensure_private_file(path: str | os.PathLike[str], mode: int = PRIVATE) -> No
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
     os.close(fd)
+
+
+def write_private_file(path: str | os.PathLike[str], text: str, mode: int = PRIVATE) -> None:
+    """Replace ``path`` atomically with ``text``, created with ``mode`` (never readable by others
+    at any moment: the temp file is created with it too)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, p)

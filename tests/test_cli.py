@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -108,11 +109,21 @@ def test_smartproxy_serves_default_config_and_stops_on_sigterm(tmp_path):
             assert resp.status == 200
             assert resp.headers["x-smartproxy-channel"] == "local-mock"
             assert b"chat.completion" in resp.read()
+        # No jwt secret configured: one generated, a ready admin token in a 0600 file, not the log.
+        token_file = tmp_path / "data" / "admin-token"
+        token = token_file.read_text().strip()
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        admin = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/channels", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(admin, timeout=5) as resp:
+            assert resp.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out.decode()
-    assert b"Admin token" in out  # no jwt secret configured: one generated, a ready token logged
+    assert b"Admin token" in out and str(token_file).encode() in out
+    assert token.encode() not in out and token.split(".")[2].encode() not in out
 
 
 def _spawn(
