@@ -89,7 +89,11 @@ def read_yaml(text: str, source: str = "<config>") -> Any:
     """Parse config text (aliases bounded: ``configyaml``); ``ConfigError`` naming the problem."""
     try:
         return configyaml.load(text)
-    except (configyaml.AliasBombError, configyaml.TooDeepError) as exc:
+    except (
+        configyaml.AliasBombError,
+        configyaml.TooDeepError,
+        configyaml.DuplicateKeyError,
+    ) as exc:
         raise ConfigError([f"{source}: {exc}"]) from None
     except RecursionError:
         raise ConfigError([f"{source}: YAML nested too deeply"]) from None

@@ -6,7 +6,8 @@ everything that walks the document afterwards (``${VAR}`` expansion, validation,
 editor) visits every one of them: minutes of CPU and gigabytes of memory. So the composed node
 graph is measured *before* anything is built from it: the nodes the document holds once every
 alias is expanded may exceed the nodes written in the file by at most ``ALIAS_BUDGET``. A file
-without aliases is never refused; an alias that refers to itself is.
+without aliases is never refused; an alias that refers to itself is. On the same walk a mapping
+that names a key twice is refused (PyYAML would keep the last value without a word).
 """
 
 from __future__ import annotations
@@ -68,6 +69,23 @@ def load(text: str, *, budget: int = ALIAS_BUDGET) -> Any:
         loader.dispose()
 
 
+class DuplicateKeyError(ValueError):
+    """A mapping names one key twice (YAML loaders keep the last silently)."""
+
+
+def _refuse_duplicate_keys(node: yaml.MappingNode) -> None:
+    seen: set[str] = set()
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+            if key.value in seen:
+                line = key.start_mark.line + 1
+                raise DuplicateKeyError(
+                    f"line {line}: key {key.value!r} appears twice in one mapping (the first "
+                    "value would be silently ignored)"
+                )
+            seen.add(key.value)
+
+
 def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.SequenceNode):
         return list(node.value)
@@ -101,6 +119,8 @@ def check_expansion(root: yaml.Node, budget: int) -> int:
             continue
         if key in open_:
             raise AliasBombError("a YAML alias refers to the node that contains it; refused")
+        if isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(node)
         open_.add(key)
         stack.append((node, True))
         stack.extend((c, False) for c in _children(node) if id(c) not in size)

@@ -84,3 +84,13 @@ async def test_reload_and_admin_writes_refuse_the_bomb(gateway_factory: Any) -> 
     assert time.perf_counter() - started < 1.0
     health = await (await gw.client.get("/health")).json()
     assert "alias bomb" in health["config"]["last_reload_error"]
+
+
+def test_a_key_named_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("server:\n  timeout: 30\n  timeout: 5\n")
+    with pytest.raises(ConfigError, match="line 3: key 'timeout' appears twice"):
+        load_config(path)
+    assert load("base: &b {x: 1}\nother:\n  <<: *b\n  y: 2\n") == {
+        "base": {"x": 1}, "other": {"x": 1, "y": 2}
+    }

@@ -166,6 +166,8 @@ async def test_a_body_over_max_body_mb_is_an_openai_413(
     assert err["code"] == "request_too_large" and str(2 * 1024 * 1024) in err["message"]
     assert set(err) == {"message", "type", "code", "param"}
     assert fake.seen == []
+    health = await (await gw.client.get("/health")).json()
+    assert health["storage"]["reservations"] == 0
     small = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * (1 << 20)}]})
     assert (await post(gw, small)).status == 200  # 1 MiB: above aiohttp's default, below ours
 
