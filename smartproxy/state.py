@@ -23,7 +23,7 @@ from aiohttp import web
 from . import __version__
 from .audit import SIGNAL, Actor, AuditLog, audit_path, config_diff, config_secrets, scrub
 from .config import ChannelConfig, Config, load_config
-from .configfile import ConfigFile
+from .config.file import ConfigFile
 from .errors import ConfigError
 from .localtime import MinuteClock
 from .metrics import Metrics

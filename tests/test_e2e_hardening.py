@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 from conftest import DEV_KEY, base_config, channel
 
-from smartproxy.api.proxy import DISPATCHER
-
 AUTH = {"Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json"}
 MESSAGES = [{"role": "user", "content": "hi"}]
 DAILY = 5000
@@ -102,21 +100,22 @@ async def test_bad_requests_are_400_and_hold_nothing(
 async def test_any_error_between_reserve_and_settle_releases(
     gateway_factory: Any, upstream_factory: Any, tmp_path: Path, stream: bool
 ) -> None:
-    """An exception nobody foresaw (here: building the upstream request) still gives the
-    reservation and the breaker permit back; the client gets a 500, the quota stays whole."""
+    """An exception nobody foresaw (here: raised by the provider while sending, after the
+    reservation was taken) still gives the reservation and the breaker permit back; the client
+    gets a 500, the quota stays whole."""
     gw = await make_gateway(gateway_factory, upstream_factory, tmp_path)
-    dispatcher = gw.client.server.app._subapps[0][DISPATCHER]
+    provider = gw.gateway.providers["openai"]
 
-    def broken(*args: Any) -> Any:
+    async def broken(*args: Any) -> Any:
         raise ValueError("dictionary update sequence element #0 has length 1; 2 is required")
 
-    dispatcher._outgoing = broken
+    provider.send = broken
     body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": stream})
     for _ in range(4):
         resp = await post(gw, body)
         assert resp.status == 500
     assert await held(gw) == (0, DAILY)
-    del dispatcher._outgoing
+    del provider.send
     assert (await post(gw, body)).status == 200
 
 

@@ -12,7 +12,7 @@ the rule false and is kept for the dry run; it never reaches the caller. It is c
 minute per rule. What is certain to fail (``abs('x')``, ``model < 5``, ``x / 0``) is refused at
 load by the type check (:mod:`.ruletypes`).
 
-Translation and the whitelist are in :mod:`.ruleparse` (its public names are re-exported here);
+Translation and the whitelist are in :mod:`smartproxy.config.expr` (its public names are re-exported here);
 this module evaluates what passed and compiles a config's rules in order.
 """
 
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from asteval import Interpreter
 
-from .ruleparse import (
+from ..config.expr import (
     CHANNEL_VARIABLES,
     CONSTANT_NAMES,
     FUNCTIONS,

@@ -7,9 +7,9 @@ raises ``ConfigError`` listing every problem as ``channels[1].endpoint: not a UR
 SmartAIProxy (Go/.NET) files load unchanged: their keys that mean something here are honoured,
 the others are accepted and listed in ``Config.ignored_keys`` (one warning at start).
 
-This module is the public face of the loader and re-exports all of it: :mod:`.configmodel` holds
-the frozen dataclasses, :mod:`.configread` the ``_Section`` reader and value converters,
-:mod:`.configparse` the sections and ``parse_config``; reading files is done here.
+This module is the public face of the loader and re-exports all of it: :mod:`.model` holds
+the frozen dataclasses, :mod:`.read` the ``_Section`` reader and value converters,
+:mod:`.parse` the sections and ``parse_config``; reading files is done here.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from . import configyaml
-from .configmodel import (
+from ..errors import ConfigError
+from . import yamlsafe
+from .model import (
     CHANNEL_TYPES,
     JWT_ALGORITHMS,
     ROUTABLE_TYPES,
@@ -44,9 +45,8 @@ from .configmodel import (
     TimeWindow,
     UsageConfig,
 )
-from .configparse import parse_api_key, parse_channel, parse_config, parse_rule
-from .configread import expand_env, parse_hhmm, parse_listen
-from .errors import ConfigError
+from .parse import parse_api_key, parse_channel, parse_config, parse_rule
+from .read import expand_env, parse_hhmm, parse_listen
 
 __all__ = [
     "CHANNEL_TYPES",
@@ -88,11 +88,11 @@ __all__ = [
 def read_yaml(text: str, source: str = "<config>") -> Any:
     """Parse config text (aliases bounded: ``configyaml``); ``ConfigError`` naming the problem."""
     try:
-        return configyaml.load(text)
+        return yamlsafe.load(text)
     except (
-        configyaml.AliasBombError,
-        configyaml.TooDeepError,
-        configyaml.DuplicateKeyError,
+        yamlsafe.AliasBombError,
+        yamlsafe.TooDeepError,
+        yamlsafe.DuplicateKeyError,
     ) as exc:
         raise ConfigError([f"{source}: {exc}"]) from None
     except RecursionError:

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .ruletypes import TypeProblem, check_types
+from .exprtypes import TypeProblem, check_types
 
 # contract §4: what a request says (the same for every rule of one request) ...
 REQUEST_VARIABLES = frozenset(

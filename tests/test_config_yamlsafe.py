@@ -13,7 +13,7 @@ from conftest import base_config
 
 from smartproxy.cli import main as cli_main
 from smartproxy.config import ConfigError, load_config
-from smartproxy.configyaml import AliasBombError, load
+from smartproxy.config.yamlsafe import AliasBombError, load
 
 
 def bomb(width: int = 9, depth: int = 8) -> str:
