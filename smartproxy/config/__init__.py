@@ -86,7 +86,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- files
 def read_yaml(text: str, source: str = "<config>") -> Any:
-    """Parse config text (aliases bounded: ``configyaml``); ``ConfigError`` naming the problem."""
+    """Parse config text (aliases, depth and duplicate keys bounded: ``yamlsafe``); ``ConfigError`` naming the problem."""
     try:
         return yamlsafe.load(text)
     except (

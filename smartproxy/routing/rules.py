@@ -10,7 +10,7 @@ and cannot allocate without limit. The kept AST runs through asteval's node hand
 the rule false and is kept for the dry run; it never reaches the caller. It is counted
 (``CompiledRule.errors``, the ``smartproxy_rule_errors_total`` metric) and logged at most once a
 minute per rule. What is certain to fail (``abs('x')``, ``model < 5``, ``x / 0``) is refused at
-load by the type check (:mod:`.ruletypes`).
+load by the type check (:mod:`smartproxy.config.exprtypes`).
 
 Translation and the whitelist are in :mod:`smartproxy.config.expr` (its public names are re-exported here);
 this module evaluates what passed and compiles a config's rules in order.
