@@ -178,3 +178,37 @@ async def test_admin_bodies_keep_a_small_limit(gateway_factory: Any) -> None:
     resp = await gw.client.post("/api/channels", data=data, headers=gw.admin_headers())
     assert resp.status == 413
     assert (await resp.json())["error"]["code"] == "request_too_large"
+
+
+async def test_a_request_id_with_control_characters_is_replaced(
+    gateway_factory: Any, upstream_factory: Any, tmp_path: Path
+) -> None:
+    gw = await make_gateway(gateway_factory, upstream_factory, tmp_path)
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES})
+    resp = await gw.client.post(
+        "/v1/chat/completions", data=body, headers={**AUTH, "x-request-id": "abc\tdef"}
+    )
+    assert resp.status == 200
+    assert resp.headers["x-request-id"].startswith("req-")
+    ok = await gw.client.post(
+        "/v1/chat/completions", data=body, headers={**AUTH, "x-request-id": "trace-42"}
+    )
+    assert ok.headers["x-request-id"] == "trace-42"
+
+
+async def test_an_admin_sub_with_a_lone_surrogate_is_audited(gateway_factory: Any) -> None:
+    import time
+
+    import jwt as pyjwt
+    from conftest import ADMIN_SECRET
+
+    gw = await gateway_factory(base_config(), write_file=True)
+    now = int(time.time())
+    claims = {"sub": "eve\ud800", "iss": "smartproxy", "aud": "smartproxy-admin", "iat": now,
+              "exp": now + 60}  # fmt: skip
+    token = pyjwt.encode(claims, ADMIN_SECRET, algorithm="HS256")
+    resp = await gw.client.post("/api/channels", json={"name": "m", "type": "mock"},
+                                headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert resp.status == 201
+    line = (gw.config_path.parent / "audit.log").read_text().splitlines()[-1]
+    assert json.loads(line)["sub"] == "eve\ud800"  # written (escaped), not lost

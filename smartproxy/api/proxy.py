@@ -340,7 +340,7 @@ async def models(request: web.Request) -> web.Response:
 async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Request id, OpenAI-shaped errors, rate-limit headers on every answer."""
     request_id = request.headers.get("x-request-id") or new_request_id()
-    if not request_id.isascii() or len(request_id) > 128:
+    if not (request_id.isascii() and request_id.isprintable()) or len(request_id) > 128:
         request_id = new_request_id()
     request[REQUEST_ID] = request_id
     try:
