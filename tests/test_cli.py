@@ -202,3 +202,39 @@ async def test_sigterm_lets_an_inflight_stream_finish(tmp_path, upstream_factory
 
     with sqlite3.connect(tmp_path / "usage.db") as db:
         assert db.execute("select count(*) from request_log").fetchone()[0] == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="signals")
+def test_smartproxy_run_closes_idle_connections_after_its_timeouts(tmp_path):
+    """`smartproxy run` serves with the configured client timeouts (issue [6]): a socket that
+    sends nothing, and one with half a request line, are closed."""
+    import yaml
+
+    port = _free_port()
+    cfg = {
+        "server": {"listen": f"127.0.0.1:{port}", "client_header_timeout": 0.5,
+                   "keepalive_timeout": 0.5},
+        "channels": [{"name": "m", "type": "mock"}],
+        "security": {"auth": {"api_keys": {"dev": "sk-dev-test-1"}, "jwt": {"secret": "x" * 32}}},
+        "storage": {"backend": "memory"},
+        "audit": {"path": str(tmp_path / "audit.log")},
+    }  # fmt: skip
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = _spawn(["run", "--config", str(path)], tmp_path)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/healthz")
+        for first in (b"", b"POST /v1/chat/comp"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(first)
+                started = time.monotonic()
+                try:
+                    while sock.recv(65536):  # until the gateway closes it (5 s: the test fails)
+                        pass
+                except ConnectionResetError:
+                    pass  # closed by abort (RST): closed all the same
+                assert time.monotonic() - started < 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out.decode()
