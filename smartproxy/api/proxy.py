@@ -227,6 +227,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
               data: [DONE]\\n\\n"
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/Unauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '403': {$ref: '#/components/responses/Forbidden'}
       '404': {$ref: '#/components/responses/NotFound'}
       '429': {$ref: '#/components/responses/RateLimited'}
@@ -261,6 +262,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                       usage: {prompt_tokens: 3, completion_tokens: 2, total_tokens: 5}}
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/Unauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '429': {$ref: '#/components/responses/RateLimited'}
       '502': {$ref: '#/components/responses/UpstreamFailed'}
       '503': {$ref: '#/components/responses/NoChannel'}
@@ -291,6 +293,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
                       usage: {prompt_tokens: 2, total_tokens: 2}}
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/Unauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '429': {$ref: '#/components/responses/RateLimited'}
       '502': {$ref: '#/components/responses/UpstreamFailed'}
       '503': {$ref: '#/components/responses/NoChannel'}
