@@ -212,3 +212,23 @@ async def test_an_admin_sub_with_a_lone_surrogate_is_audited(gateway_factory: An
     assert resp.status == 201
     line = (gw.config_path.parent / "audit.log").read_text().splitlines()[-1]
     assert json.loads(line)["sub"] == "eve\ud800"  # written (escaped), not lost
+
+
+async def test_a_wrong_key_is_refused_before_the_body_is_read(
+    gateway_factory: Any, upstream_factory: Any, tmp_path: Path
+) -> None:
+    """Authentication comes first: a 30 MB upload with a wrong key gets its 401 while most of
+    the body has not even been sent (the gateway never buffers it)."""
+    gw = await make_gateway(gateway_factory, upstream_factory, tmp_path)
+    port = gw.client.server.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer sk-wrong-key-000\r\nContent-Length: 31457280\r\n\r\n"
+        + b"x" * 65536
+    )
+    await writer.drain()
+    async with asyncio.timeout(5):
+        status = await reader.readline()
+    assert status.startswith(b"HTTP/1.1 401"), status
+    writer.close()
