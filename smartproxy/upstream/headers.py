@@ -82,7 +82,9 @@ def client_request_headers(headers: Mapping[str, str], user_agent: str) -> CIMul
 def for_channel(headers: CIMultiDict[str], channel: ChannelConfig) -> CIMultiDict[str]:
     """``headers`` as this channel gets them: without the organization headers unless it
     forwards them (the same object when nothing is removed, the common case)."""
-    if channel.forward_openai_org or not any(h in headers for h in ORG_HEADERS):
+    if channel.forward_openai_org or (
+        "openai-organization" not in headers and "openai-project" not in headers
+    ):
         return headers
     out = headers.copy()
     for h in ORG_HEADERS:
@@ -101,7 +103,10 @@ def response_header_allowed(name: str, value: str, secrets: Iterable[str] = ()) 
     lower = name.lower()
     if lower in RESPONSE_DROP or lower.startswith(RESPONSE_DROP_PREFIXES):
         return False
-    return not any(secret in value for secret in secrets)
+    for secret in secrets:  # a loop, not any(): this runs for every header of every answer
+        if secret in value:
+            return False
+    return True
 
 
 def _all(headers: Mapping[str, str], name: str) -> list[str]:
