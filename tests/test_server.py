@@ -109,28 +109,33 @@ async def test_a_stalled_body_is_dropped_and_its_memory_freed(serve: Serve) -> N
     """A chat request whose 8 MB body stops after 4 MB: the gateway holds the 4 MB until the body
     timeout, then closes the connection and frees them (it used to hold them forever)."""
     config = parse_config(base_config(channels=[{"name": "m", "type": "mock"}]))
-    port = await serve(create_app(config, clock=Clock()))
+    port = await serve(create_app(config, clock=Clock()), ClientTimeouts(1.0, 1.0, 1.0))
     sent = 4 << 20
     gc.collect()
     tracemalloc.start()
     try:
+        base = tracemalloc.get_traced_memory()[0]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {DEV_KEY}\r\nContent-Length: {8 << 20}\r\n\r\n".encode()
             + b"x" * sent
         )
-        await writer.drain()
-        await asyncio.sleep(0.15)  # the gateway reads what was sent
+        await writer.drain()  # the client holds at most its 64 KiB write buffer from here on
         held = tracemalloc.get_traced_memory()[0]
-        took = await closed_within(reader, 3)
+        for _ in range(40):  # until the gateway has read what was sent (a loaded machine...)
+            await asyncio.sleep(0.02)
+            held = max(held, tracemalloc.get_traced_memory()[0])
+            if held - base > sent * 0.9:
+                break
+        took = await closed_within(reader, 4)
         writer.close()
         await asyncio.sleep(0.05)
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    assert took < 1.5
+    assert took < 2.5
     assert held - after > sent * 0.75, (held, after)
 
 
