@@ -260,6 +260,7 @@ async def post_channel(request: web.Request) -> web.Response:
       '201': {$ref: '#/components/responses/ConfigChanged'}
       '400': {$ref: '#/components/responses/ConfigRefused'}
       '401': {$ref: '#/components/responses/AdminUnauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '409': {$ref: '#/components/responses/Conflict'}
     """
     return await save_entry(request, CHANNELS)
@@ -307,6 +308,7 @@ async def post_rule(request: web.Request) -> web.Response:
       '201': {$ref: '#/components/responses/ConfigChanged'}
       '400': {$ref: '#/components/responses/ConfigRefused'}
       '401': {$ref: '#/components/responses/AdminUnauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '409': {$ref: '#/components/responses/Conflict'}
     """
     return await save_entry(request, RULES)
@@ -358,6 +360,7 @@ async def post_key(request: web.Request) -> web.Response:
       '201': {$ref: '#/components/responses/ConfigChanged'}
       '400': {$ref: '#/components/responses/ConfigRefused'}
       '401': {$ref: '#/components/responses/AdminUnauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '409': {$ref: '#/components/responses/Conflict'}
     """
     return await save_entry(request, API_KEYS)
