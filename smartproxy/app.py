@@ -23,6 +23,7 @@ from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResourc
 
 from . import __version__
 from .api.admin import create_admin_app
+from .api.dashboard import setup_dashboard
 from .api.docs import setup_docs
 from .api.ops import create_ops_app
 from .api.proxy import create_proxy_app
@@ -106,6 +107,7 @@ def create_app(
     app.add_subapp("/v1", create_proxy_app(gateway))
     app.add_subapp("/api", create_admin_app(gateway))
     ops = create_ops_app()
+    setup_dashboard(ops)
     setup_docs(
         ops,
         title="SmartProxy",

@@ -34,6 +34,7 @@ from .security.apikeys import KeyRing, Principal
 from .security.jwt import JwtVerifier, generate_secret
 from .security.ratelimit import FailurePenalty, RateLimiter
 from .storage.base import InProcessCounters, UsageStore
+from .upstream.failures import RecentFailures
 from .upstream.health import HealthBook
 from .upstream.retry import Jitter, Sleep
 
@@ -122,6 +123,7 @@ class Gateway:
     config_path: str | None = None
     clock: Callable[[], datetime] = utc_now
     health: HealthBook = field(default_factory=HealthBook)
+    failures: RecentFailures = field(default_factory=RecentFailures)  # for the dashboard
     limiter: RateLimiter = field(default_factory=RateLimiter)
     penalty: FailurePenalty = field(default_factory=FailurePenalty)
     providers: dict[str, Provider] = field(default_factory=dict)

@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "smartproxy.upstream.retry",
         "smartproxy.upstream.breaker",
         "smartproxy.upstream.health",
+        "smartproxy.upstream.failures",
         "smartproxy.upstream.sse",
     ),
     ("smartproxy.state",),

@@ -19,6 +19,7 @@ from ..routing.pricing import effective_price
 from ..security.jwt import admin_auth_middleware
 from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
+from .admin_status import add_status_routes
 from .limits import read_body, too_large_response
 from .proxy import decide, parse_body, reservation
 
@@ -269,4 +270,5 @@ def create_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/route", route_dry_run)
     app.router.add_post("/reload", reload)
     add_config_routes(app)
+    add_status_routes(app)
     return app

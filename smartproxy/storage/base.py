@@ -24,7 +24,7 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypedDict, runtime_checkable
 
 from ..errors import SmartProxyError
 from ..localtime import MinuteClock, window_keys_of
@@ -108,6 +108,18 @@ class RequestRecord:
         return self.prompt_tokens + self.completion_tokens
 
 
+class BucketRow(TypedDict):
+    """The request-log sums of one group in one time bucket (see :mod:`.buckets`)."""
+
+    bucket: int  # index into the edges: covers edges[bucket] <= ts < edges[bucket + 1]
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    errors: int
+
+
 @runtime_checkable
 class UsageStore(Protocol):
     """Where counters, reservations and the request log live. Every method takes ``now``."""
@@ -136,6 +148,10 @@ class UsageStore(Protocol):
         self, start: datetime | None, end: datetime | None, group_by: str
     ) -> list[dict[str, object]]:
         """Sum the request log over ``start <= ts < end``, grouped by channel|api_key|model."""
+
+    async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
+        """Sum the request log into the buckets between consecutive epoch ``edges``, grouped by
+        channel|api_key|model, ordered by (bucket, key) (see :mod:`.buckets`)."""
 
     def status(self) -> dict[str, object]: ...
 

@@ -4,7 +4,8 @@ The event loop never waits for SQLite on the request path. ``try_reserve``, ``se
 work on an in-memory ``CounterBook`` (the same counting as the memory backend); ``settle`` also
 appends the record to a pending list. A flush task hands that list to a worker thread every
 ``flush_interval`` seconds, which writes it in one transaction: counter deltas as UPSERTs (summed
-per window key first) and one request-log row per record. A crashed process loses at most the last
+per window key first), one request-log row per record, and the log's 15-minute rollup (``rollup``,
+what ``timeseries`` reads). A crashed process loses at most the last
 interval's records; ``close`` flushes the rest.
 
 If a write fails (disk full, database locked for too long, file removed...), the batch is put back
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import math
 import re
@@ -37,6 +39,7 @@ from .base import (
     HOUR,
     TOTAL,
     TOTAL_KEY,
+    BucketRow,
     Clock,
     Counter,
     CounterBook,
@@ -47,6 +50,14 @@ from .base import (
     epoch,
     group_column,
     window_keys,
+)
+from .buckets import SLOT
+from .rollup import (
+    ROLLUP_BACKFILL,
+    ROLLUP_SCHEMA,
+    ROLLUP_UPSERT,
+    rollup_rows,
+    timeseries_sql,
 )
 
 log = logging.getLogger(__name__)
@@ -209,6 +220,22 @@ class SqliteStore(InProcessCounters):
             for key, n, p, c, cost, errors in rows
         ]
 
+    async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
+        column = group_column(group_by)
+        sql = timeseries_sql(column, rollup=all(e % SLOT == 0 for e in edges))
+        await self.flush()
+        try:
+            rows = await asyncio.to_thread(
+                self._run, lambda c: c.execute(sql, (json.dumps(edges),)).fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read usage database {self.path}: {exc}") from exc
+        return [
+            BucketRow(bucket=i, key=str(key), requests=n, prompt_tokens=p, completion_tokens=c,
+                      cost=cost, errors=errors)
+            for i, key, n, p, c, cost, errors in rows
+        ]  # fmt: skip
+
     def status(self) -> dict[str, object]:
         return {
             "backend": self.backend,
@@ -301,7 +328,13 @@ class SqliteStore(InProcessCounters):
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
-                conn.executescript(_SCHEMA)
+                had_rollup = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage_rollup'"
+                ).fetchone()
+                conn.executescript(_SCHEMA + ROLLUP_SCHEMA)
+                if had_rollup is None:
+                    with conn:
+                        conn.execute(ROLLUP_BACKFILL)
             except sqlite3.Error:
                 conn.close()
                 raise
@@ -360,9 +393,11 @@ def _write_rows(conn: sqlite3.Connection, batch: list[Pending]) -> None:
          r.usage_source, r.error)
         for r, _, _ in batch
     ]  # fmt: skip
+    rollup = rollup_rows(r for r, _, _ in batch)
     with conn:  # one transaction: all of the batch or none of it
         conn.executemany(_UPSERT, [(*k, *d) for k, d in deltas.items()])
         conn.executemany(_INSERT_LOG, log_rows)
+        conn.executemany(ROLLUP_UPSERT, rollup)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

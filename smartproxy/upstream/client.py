@@ -342,6 +342,8 @@ class Dispatcher:
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
         self.gw.metrics.observe_upstream(ch.name, status, seconds)
+        self.gw.failures.add(ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id,
+                             now=self.gw.clock())
         if status == 429:
             retry_after = parse_retry_after(headers.get("Retry-After"))
             health.rate_limited(retry_after, self.gw.config.circuit_breaker.cooldown_seconds)
@@ -362,6 +364,8 @@ class Dispatcher:
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, None, exc.message, seconds, kind=exc.kind))
         self.gw.metrics.observe_upstream(ch.name, exc.kind, seconds)
+        self.gw.failures.add(ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id,
+                             now=self.gw.clock())
         health.failure()
         log.warning(
             "upstream %s failed: %s", ch.name, exc.message, extra={"request_id": ex.request_id}
