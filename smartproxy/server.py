@@ -165,11 +165,17 @@ class GuardedConnection(RequestHandler):
                 log.warning(
                     "malformed HTTP request from %s: %s%s",
                     _address(peer),
-                    ascii(str(exc.message or type(exc).__name__))[1:-1][:200],
+                    _first_line(str(exc.message or type(exc).__name__)),
                     more,
                 )
             return
         super().log_exception(*args, **kw)
+
+
+def _first_line(text: str) -> str:
+    """aiohttp's parser messages span lines (the offending bytes, a caret): keep the first."""
+    lines = text.strip().splitlines()
+    return ascii(lines[0] if lines else text)[1:-1][:200]
 
 
 def _address(peer: Any) -> str:

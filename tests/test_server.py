@@ -153,6 +153,7 @@ async def test_malformed_requests_log_one_line_each_without_traceback(
     lines = [r for r in caplog.records if "malformed HTTP request" in r.getMessage()]
     assert len(lines) == 3  # the budget; the rest are counted
     assert all(r.levelno == logging.WARNING and r.exc_info is None for r in lines)
+    assert all("\n" not in r.getMessage() for r in lines)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     MALFORMED.__init__(burst=10)  # type: ignore[misc]
 
