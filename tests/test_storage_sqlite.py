@@ -288,10 +288,10 @@ async def test_a_row_the_database_refuses_is_dropped_alone(
     store = await open_store()
     original = sq._write_rows
 
-    def picky(conn: sqlite3.Connection, batch: list[sq.Pending]) -> None:
+    def picky(conn: sqlite3.Connection, batch: list[sq.Pending], *rest: bool) -> None:
         if any(r.model == "poison" for r, _, _ in batch):
             raise sqlite3.IntegrityError("refused")
-        original(conn, batch)
+        original(conn, batch, *rest)
 
     monkeypatch.setattr(sq, "_write_rows", picky)
     for model in ("a", "poison", "b"):

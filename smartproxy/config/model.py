@@ -197,8 +197,14 @@ class BreakerConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageConfig:
     backend: str = "sqlite"
-    path: str = "./data/smartproxy.db"
+    path: str = "./data/smartproxy.db"  # with redis: this host's request log
     url: str | None = None
+    # redis only (contract §8): shared by every process and host using the same url and prefix
+    key_prefix: str = "smartproxy:"
+    on_error: str = "open"  # open: count in this process while Redis is away | closed: 503
+    timeout: float = 1.0  # seconds one Redis call may take before it counts as an outage
+    reservation_grace: float = 10.0  # a reservation expires at its attempt's timeout + this
+    max_connections: int = 64  # BlockingConnectionPool size (callers wait for a free one)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -374,10 +374,25 @@ def parse_config(doc: Any, *, source: str | None = None) -> Config:
         "storage",
         problems,
         StorageConfig,
-        {"backend": _one_of(STORAGE_BACKENDS), "path": _nonempty, "url": _text},
+        {
+            "backend": _one_of(STORAGE_BACKENDS),
+            "path": _nonempty,
+            "url": _text,
+            "key_prefix": _text,
+            "on_error": _one_of({"open", "closed"}),
+            "timeout": _positive,
+            "reservation_grace": _number,
+            "max_connections": _count,
+        },
     )
     if storage.backend == "redis" and not storage.url:
         problems.append("storage.url: is required for the redis backend")
+    if storage.url and not storage.url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append("storage.url: must be redis://, rediss:// or unix:// (a Redis URL)")
+    if storage.max_connections < 1:
+        problems.append("storage.max_connections: must be at least 1")
+    if storage.reservation_grace < 0:
+        problems.append("storage.reservation_grace: must be 0 or more seconds")
     audit = _simple(top.raw("audit"), "audit", problems, AuditConfig, {"path": _text})
     log_cfg = _log(top.raw("log"), problems, ignored)
     monitor = _monitor(top.raw("monitor"), problems, ignored)

@@ -111,6 +111,7 @@ class SqliteStore(InProcessCounters):
     """A ``UsageStore`` persisted to the SQLite file at ``path`` (its folder is created)."""
 
     backend = "sqlite"
+    count_windows = True  # False: the request log only (the redis backend keeps the counters)
 
     def __init__(
         self,
@@ -295,11 +296,13 @@ class SqliteStore(InProcessCounters):
                 )
             records.append((fixed, day, hour))
         try:
-            self._run(lambda conn: _write_rows(conn, records))
+            self._run(lambda conn: _write_rows(conn, records, self.count_windows))
         except _ROW_ERRORS:
             for one in records:
                 try:
-                    self._run(lambda conn: _write_rows(conn, [one]))  # noqa: B023 - runs now
+                    self._run(
+                        lambda conn: _write_rows(conn, [one], self.count_windows)  # noqa: B023
+                    )
                 except _ROW_ERRORS as exc:
                     self._rejected += 1
                     log.error(
@@ -377,9 +380,10 @@ _ROW_ERRORS = (
 )
 
 
-def _write_rows(conn: sqlite3.Connection, batch: list[Pending]) -> None:
+def _write_rows(conn: sqlite3.Connection, batch: list[Pending], count_windows: bool = True) -> None:
+    """One transaction: counter deltas (unless another store counts), log rows, rollup rows."""
     deltas: dict[tuple[str, str, str], list[float]] = {}
-    for record, day, hour in batch:
+    for record, day, hour in batch if count_windows else ():
         for window, key in ((DAY, day), (HOUR, hour), (TOTAL, TOTAL_KEY)):
             d = deltas.setdefault((record.channel, window, key), [0, 0, 0, 0, 0.0])
             d[0] += record.total_tokens

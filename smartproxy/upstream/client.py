@@ -28,6 +28,7 @@ from ..routing.pricing import cost_local
 from ..routing.router import Candidate
 from ..state import Gateway, Snapshot
 from ..storage.base import Limits, RequestRecord, Reservation
+from . import shared
 from .errors import AttemptError
 from .exchange import AttemptLog as AttemptLog
 from .exchange import Exchange as Exchange
@@ -103,8 +104,17 @@ class Dispatcher:
             # The first attempt starts at the request's start; a retry may be seconds later.
             now = gw.clock() if tried or waited else ex.started
             counters = gw.counters
+            why = "quota used"
             if counters is not None:
                 reservation = counters.try_reserve_now(ch.name, ex.reserve_tokens, plan.limits, now)
+            elif gw.shared:  # one round trip: key limits (first attempt), breaker, quota
+                try:
+                    reservation, why = await shared.admit(
+                        gw, ex, ch, plan.limits, plan.timeouts.total, plan.breaker, now
+                    )
+                except BaseException:
+                    health.release(permit)
+                    raise
             else:
                 reservation = await gw.store.try_reserve(
                     ch.name, ex.reserve_tokens, plan.limits, now
@@ -112,13 +122,17 @@ class Dispatcher:
             if reservation is None:
                 health.release(permit)
                 queue.pop(0)
-                skipped.append(f"{ch.name}: quota used")
+                skipped.append(f"{ch.name}: {why}")
                 continue
             if tried:
                 gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
             tried += 1
             waited = False
-            verdict = Verdict(health, permit)
+            verdict = (
+                shared.verdict(gw, health, permit, reservation)
+                if gw.shared
+                else Verdict(health, permit)
+            )
             try:
                 outcome = await self._attempt(ex, plan, verdict, reservation, outgoing, adapter)
             except BaseException:
@@ -211,12 +225,8 @@ class Dispatcher:
                     await pending
                 return ex.attempts[-1], status, CIMultiDict(reply.headers), body
             if outgoing.stream and status == 200 and _is_sse(reply.headers):
-                translate = (
-                    adapter.stream(include_usage=ex.client_wants_usage) if adapter else None
-                )
-                return await relay_stream(
-                    self, ex, ch, health, reservation, reply, t0, translate
-                )
+                translate = adapter.stream(include_usage=ex.client_wants_usage) if adapter else None
+                return await relay_stream(self, ex, ch, health, reservation, reply, t0, translate)
             body = await reply.read()
             usage = None
             if adapter is not None:
@@ -331,6 +341,8 @@ class Dispatcher:
         counters = gw.counters
         if counters is not None:  # in-process counters: no task, nothing to cancel
             counters.settle_now(reservation, record, gw.clock())
+        elif gw.shared:  # queued for the shared store's next batch: no task either
+            shared.settle(gw, reservation, record)
         else:
             gw.spawn(gw.store.settle(reservation, record, gw.clock()))
         if ex.on_settle is not None:
@@ -342,8 +354,9 @@ class Dispatcher:
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
         self.gw.metrics.observe_upstream(ch.name, status, seconds)
-        self.gw.failures.add(ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id,
-                             now=self.gw.clock())
+        self.gw.failures.add(
+            ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id, now=self.gw.clock()
+        )
         if status == 429:
             retry_after = parse_retry_after(headers.get("Retry-After"))
             health.rate_limited(retry_after, self.gw.config.circuit_breaker.cooldown_seconds)
@@ -364,8 +377,9 @@ class Dispatcher:
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, None, exc.message, seconds, kind=exc.kind))
         self.gw.metrics.observe_upstream(ch.name, exc.kind, seconds)
-        self.gw.failures.add(ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id,
-                             now=self.gw.clock())
+        self.gw.failures.add(
+            ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id, now=self.gw.clock()
+        )
         health.failure()
         log.warning(
             "upstream %s failed: %s", ch.name, exc.message, extra={"request_id": ex.request_id}

@@ -1,0 +1,423 @@
+"""``redis`` backend: quotas, reservations, key limits, cool-downs and breakers shared in Redis.
+
+Every process and host with the same ``storage.url`` and ``key_prefix`` counts against one quota:
+``admit`` is one atomic Lua step (check the key's limits, the channel's breaker and cool-down, and
+its quota; reserve), and the admits of one event-loop turn travel as one script call; settlements
+are batched the same way; so the request path makes one Redis round trip before dispatch and one
+after. The scripts and the key layout are in ``redis_scripts``; the connection, outage bookkeeping
+and every read are in ``redis_view``. Routing reads a view of every channel (usage with reservations,
+breaker, cool-down) that ``poll`` refreshes twice a second and each admit updates; the script
+decides, so a stale view costs at most one refused admit. The request log stays on this host
+(SQLite at ``storage.path``, shared by its workers); ``/api/usage`` totals come from Redis.
+
+Redis unreachable (a call fails or takes longer than ``storage.timeout``): the outage is logged
+once and counted, ``status()`` says so, and until ``poll`` reaches Redis again this process counts
+alone (``on_error: open``, from the last numbers it saw) or refuses with ``StorageUnavailable``
+(``closed``). Usage settled meanwhile is kept and written to Redis when it returns; reservations
+held in Redis expire by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from . import redis_scripts as lua
+from .base import Admission, KeyCheck, Limits, RequestRecord, Reservation
+from .redis_view import (
+    MAX_BATCH,
+    MAX_REPLAY,
+    POLL_INTERVAL,
+    REDIS_ERRORS,
+    ChannelView,
+    RedisView,
+    RequestLog,
+    Settlement,
+    SharedReservation,
+    StorageUnavailable,
+    _Unreachable,
+    log,
+    safe_url,
+)
+
+__all__ = [
+    "POLL_INTERVAL",
+    "ChannelView",
+    "RedisStore",
+    "RequestLog",
+    "SharedReservation",
+    "StorageUnavailable",
+    "safe_url",
+]
+
+
+class RedisStore(RedisView):
+    """A ``UsageStore`` shared through Redis (see the module docstring)."""
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.log.start()
+        try:
+            async with asyncio.timeout(self.timeout * 4):  # the first connect may be slower
+                await self._redis.ping()
+                await self._redis.script_load(lua.ADMIT)
+                await self._redis.script_load(lua.SETTLE)
+                await self._redis.script_load(lua.POLL)
+        except REDIS_ERRORS as exc:
+            self._outage(exc)
+        else:
+            log.info("usage store: redis %s (key prefix %r)", safe_url(self.url), self._k)
+
+    async def drain(self) -> None:
+        """Wait until the admits and settlements queued so far are written (or kept)."""
+        while True:
+            busy = [t for t in (self._admitter, self._flusher) if t is not None and not t.done()]
+            if not busy:
+                return
+            await asyncio.wait(busy)
+
+    async def close(self) -> None:
+        for task in (self._admitter, self._flusher, *self._abandoned_tasks):
+            if task is not None and not task.done():
+                await asyncio.wait([task], timeout=self.timeout * 4)
+        if self._pending:
+            await self._flush()
+        if self._replay and await self._reachable():
+            await self._write_replay()
+        if self._replay:
+            log.error("usage store: %d settlements never reached redis", len(self._replay))
+        await self.log.close()
+        await self._redis.aclose()
+        await self._pool.disconnect()
+
+    # ------------------------------------------------------------------ admit
+    async def admit(
+        self,
+        channel: str,
+        tokens: int,
+        limits: Limits,
+        *,
+        now: datetime,
+        ttl: float,
+        breaker: tuple[int, float],
+        check: KeyCheck | None = None,
+    ) -> Admission:
+        """Check the key (once per request), the channel's breaker, cool-down and quota, and
+        reserve ``tokens``: one script call. Offline: this process's own counting (or 503)."""
+        if tokens < 0:
+            raise ValueError(f"cannot reserve a negative number of tokens ({tokens})")
+        if not self.online:
+            return self._admit_offline(channel, tokens, limits, now)
+        day, hour = self._book.window_keys(now)
+        ud, uh, rz, rs, cb, cd = self._keys(channel, day, hour)
+        rid = next(self._ids)
+        ttl_ms = max(1, int(ttl * 1000))
+        if check is not None:
+            keys = (ud, uh, rz, rs, cb, cd, *self._key_keys(check.name, check.day or day))
+            args: tuple[Any, ...] = (
+                f"{self._inst}.{rid}",
+                tokens,
+                limits.day_tokens,
+                limits.hour_tokens,
+                limits.day_requests,
+                ttl_ms,
+                1,
+                check.rpm,
+                check.burst,
+                check.tpm,
+                check.tpm_tokens,
+                check.budget,
+            )
+        else:
+            keys = (ud, uh, rz, rs, cb, cd, *self._key_keys("", day))
+            args = (
+                f"{self._inst}.{rid}",
+                tokens,
+                limits.day_tokens,
+                limits.hour_tokens,
+                limits.day_requests,
+                ttl_ms,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            )
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._admits.append((keys, args, done))
+        if self._admitter is None or self._admitter.done():
+            self._admitter = asyncio.ensure_future(self._flush_admits())
+        try:
+            r = await asyncio.shield(done)
+        except _Unreachable:
+            return self._admit_offline(channel, tokens, limits, now)
+        except asyncio.CancelledError:
+            # The client went away while the batch was in flight: give back what it reserves.
+            done.add_done_callback(partial(self._abandoned, channel, rid, tokens, day, hour))
+            raise
+        code = int(r[0])
+        adm = Admission(
+            code,
+            wait_ms=int(r[13]),
+            spent=float(r[14]),
+            requests=(int(r[7]), int(r[8]), int(r[9])),
+            tokens=(int(r[10]), int(r[11]), int(r[12])),
+        )
+        if code in (0, 1):
+            self._remember(
+                channel, day, hour, int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6])
+            )
+        if code == 0:
+            res = SharedReservation(
+                rid,
+                channel,
+                tokens,
+                day,
+                hour,
+                member=f"{self._inst}.{rid}:{tokens}",
+                trial=r[1] == 1,
+                breaker=breaker,
+                key_name=check.name if check else "",
+                tpm=check.tpm if check else 0,
+            )
+            self._live[rid] = res
+            adm.reservation = res
+        return adm
+
+    async def _flush_admits(self) -> None:
+        """Send the admits queued so far as one script call (they were made in one event-loop
+        turn, or while the previous batch was in flight); one batch in flight at a time."""
+        while self._admits:
+            batch, self._admits = self._admits[:MAX_BATCH], self._admits[MAX_BATCH:]
+            keys = [k for item in batch for k in item[0]]
+            args = [a for item in batch for a in item[1]]
+            try:
+                if not self.online:
+                    raise ConnectionError("redis is unreachable")
+                async with asyncio.timeout(self.timeout):
+                    rows = await self._admit(keys=keys, args=args)
+            except REDIS_ERRORS as exc:
+                if self.online:
+                    self._outage(exc)
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(_Unreachable())
+                        done.exception()  # retrieved: a cancelled waiter must not warn
+                continue
+            for (_, _, done), row in zip(batch, rows, strict=True):
+                if not done.done():
+                    done.set_result(row)
+
+    def _abandoned(
+        self,
+        channel: str,
+        rid: int,
+        tokens: int,
+        day: str,
+        hour: str,
+        done: asyncio.Future[list[Any]],
+    ) -> None:
+        if done.cancelled() or done.exception() is not None or int(done.result()[0]) != 0:
+            return
+        res = SharedReservation(
+            rid, channel, tokens, day, hour, member=f"{self._inst}.{rid}:{tokens}"
+        )
+        self._live[rid] = res
+        task = asyncio.ensure_future(self.release(res))
+        self._abandoned_tasks.add(task)
+        task.add_done_callback(self._abandoned_tasks.discard)
+
+    def _admit_offline(self, channel: str, tokens: int, limits: Limits, now: datetime) -> Admission:
+        if self.on_error == "closed":
+            raise StorageUnavailable(
+                "the shared usage store (redis) is unreachable and storage.on_error is "
+                "'closed': no request is admitted until it returns"
+            )
+        res = self._book.try_reserve(channel, tokens, limits, now)
+        return Admission(0 if res is not None else 1, res, offline=True)
+
+    # ------------------------------------------------------------------ settle / release
+    async def try_reserve(
+        self, channel: str, tokens: int, limits: Limits, now: datetime
+    ) -> Reservation | None:
+        """The protocol's plain reservation (no key check, the default expiry)."""
+        adm = await self.admit(
+            channel, tokens, limits, now=now, ttl=30 + self.grace, breaker=(5, 30.0)
+        )
+        return adm.reservation
+
+    async def settle(
+        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+    ) -> None:
+        done = self.settle_nowait(reservation, record, now)
+        if done is not None:
+            await asyncio.shield(done)
+
+    def settle_nowait(
+        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+    ) -> asyncio.Future[None] | None:
+        """``settle`` without a coroutine (the request path's way): queued for the next batch;
+        the future is done once it is written (or kept for the write-back)."""
+        if not self._forget(reservation):
+            return None
+        day, hour = self._book.window_keys(now)
+        budget_day = self._book.window_keys(datetime.fromtimestamp(record.ts, UTC))[0]
+        self.log.add(record)
+        item = self._settlement(record.channel, day, hour, reservation, record)
+        item.budget_day = budget_day
+        return self._queue(item)
+
+    async def release(self, reservation: Reservation) -> None:
+        if not self._forget(reservation):
+            return
+        day, hour = self._book.window_keys(datetime.now(UTC))
+        await self._submit(self._settlement(reservation.channel, day, hour, reservation, None))
+
+    def _forget(self, reservation: Reservation | None) -> bool:
+        """Take a reservation out of this process's books; False if it was given back already."""
+        if isinstance(reservation, SharedReservation):
+            return self._live.pop(reservation.id, None) is not None
+        if reservation is not None:  # made while Redis was away
+            return self._book.release(reservation)
+        return True
+
+    @staticmethod
+    def _settlement(
+        channel: str, day: str, hour: str, res: Reservation | None, record: RequestRecord | None
+    ) -> Settlement:
+        item = Settlement(channel, day, hour, record=record)
+        if isinstance(res, SharedReservation):
+            item.member, item.outcome, item.cooldown_ms = res.member, res.outcome, res.cooldown_ms
+            item.breaker, item.key_name, item.tpm = res.breaker, res.key_name, res.tpm
+        elif record is not None:
+            item.key_name = record.api_key_name
+        return item
+
+    async def _submit(self, item: Settlement) -> None:
+        done = self._queue(item)
+        if done is not None:
+            await asyncio.shield(done)
+
+    def _queue(self, item: Settlement) -> asyncio.Future[None] | None:
+        if not self.online:
+            self._keep_for_replay([item])
+            return None
+        item.done = asyncio.get_running_loop().create_future()
+        self._pending.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        return item.done
+
+    async def _flush(self) -> None:
+        """Write everything pending, one script call per batch (settlements of one loop turn)."""
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                if not self.online:
+                    raise ConnectionError("redis is unreachable")
+                async with asyncio.timeout(self.timeout):
+                    results = await self._run_settle(batch)
+            except REDIS_ERRORS as exc:
+                if self.online:
+                    self._outage(exc)
+                self._keep_for_replay(batch)
+            else:
+                for item, (_, event, open_ms, dt, hh, dr, ht, hr) in zip(
+                    batch, results, strict=True
+                ):
+                    self._remember(item.channel, item.day, item.hour, dt, hh, dr, ht, hr)
+                    if event and self.on_breaker is not None:
+                        self.on_breaker(item.channel, int(event), int(open_ms))
+            for item in batch:
+                if item.done is not None and not item.done.done():
+                    item.done.set_result(None)
+
+    async def _run_settle(self, batch: Sequence[Settlement]) -> list[list[int]]:
+        keys: list[str] = []
+        args: list[Any] = []
+        k = self._k
+        for s in batch:
+            keys.extend(
+                (
+                    f"{k}u:{s.channel}:d:{s.day}",
+                    f"{k}u:{s.channel}:h:{s.hour}",
+                    f"{k}u:{s.channel}:t",
+                    f"{k}r:{s.channel}",
+                    f"{k}rs:{s.channel}",
+                    f"{k}cb:{s.channel}",
+                    f"{k}cf:{s.channel}",
+                    f"{k}cd:{s.channel}",
+                    f"{k}kt:{s.key_name}",
+                    f"{k}kd:{s.key_name}:{s.budget_day or s.day}",
+                )
+            )
+            r = s.record
+            args.extend(
+                (
+                    s.member,
+                    1 if r is not None else 0,
+                    r.prompt_tokens if r else 0,
+                    r.completion_tokens if r else 0,
+                    repr(float(r.cost)) if r else "0",
+                    s.outcome,
+                    s.cooldown_ms,
+                    s.breaker[0],
+                    int(s.breaker[1] * 1000),
+                    s.tpm,
+                    0,
+                    0,
+                )
+            )
+        result: list[list[int]] = await self._settle(keys=keys, args=args)
+        return result
+
+    def _keep_for_replay(self, batch: Iterable[Settlement]) -> None:
+        for item in batch:
+            if item.record is not None:
+                # Counted here meanwhile, so this process's own quota checks see it.
+                self._book.count(item.channel, item.day, item.hour, item.record)
+                item.outcome = ""  # breaker verdicts are not replayed: they are stale by then
+                item.done = None
+                self._replay.append(item)
+        if len(self._replay) > MAX_REPLAY:
+            drop = len(self._replay) - MAX_REPLAY
+            del self._replay[:drop]
+            self.dropped += drop
+
+    async def _write_replay(self) -> None:
+        while self._replay:
+            batch = self._replay[:MAX_BATCH]
+            async with asyncio.timeout(self.timeout * 4):
+                await self._run_settle(batch)
+            del self._replay[: len(batch)]
+
+    async def recover(self) -> bool:
+        """While offline: if Redis answers, write what was settled meanwhile and go back to
+        shared counting. True once online."""
+        if self.online:
+            return True
+        if not await self._reachable():
+            self.errors += 1
+            if self.on_error_count is not None:
+                self.on_error_count()
+            return False
+        try:
+            written = len(self._replay)
+            await self._write_replay()
+        except REDIS_ERRORS as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return False
+        self.online = True
+        self.last_error = None
+        self.outage_since = None
+        log.warning(
+            "usage store: redis %s reachable again; %d settlements made meanwhile "
+            "written, shared counting resumed",
+            safe_url(self.url),
+            written,
+        )
+        return True
