@@ -111,3 +111,11 @@ def test_check_config_refuses_userinfo_and_control_characters(
     assert "channels[0].endpoint: must not contain user:password@" in err
     assert "channels[1].api_key: must not contain control characters" in err
     assert "pw-secret-9" not in err
+
+
+async def test_deeply_nested_admin_bodies_are_400(gateway_factory: Any, tmp_path: Path) -> None:
+    gw = await admin_gateway(gateway_factory, tmp_path)
+    body = '{"name": "x", "models": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    resp = await gw.client.post("/api/channels", data=body, headers=gw.admin_headers())
+    assert resp.status == 400
+    assert (await resp.json())["error"]["message"] == "the body must be JSON"
