@@ -232,3 +232,33 @@ async def test_a_wrong_key_is_refused_before_the_body_is_read(
         status = await reader.readline()
     assert status.startswith(b"HTTP/1.1 401"), status
     writer.close()
+
+
+async def test_a_channel_whose_request_cannot_be_sent_fails_over(
+    aiohttp_client: Any, upstream_factory: Any
+) -> None:
+    """Defence in depth: a header value aiohttp refuses (the loader would have refused it too)
+    is a failed attempt that fails over and counts against the breaker, not a bare 500."""
+    from dataclasses import replace
+
+    from conftest import Clock
+
+    from smartproxy.app import create_app
+    from smartproxy.config import parse_config
+
+    _, url_a = await upstream_factory("a")
+    _, url_b = await upstream_factory("b")
+    cfg = parse_config(base_config(channels=[channel("a", url_a, priority=0),
+                                             channel("b", url_b, priority=1)]))  # fmt: skip
+    broken = replace(cfg.channels[0], api_key="sk-abc\r\nX-Injected: 1")
+    cfg = replace(cfg, channels=(broken, cfg.channels[1]))
+    client = await aiohttp_client(create_app(cfg, clock=Clock()))
+    resp = await client.post(
+        "/v1/chat/completions",
+        data=json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}),
+        headers=AUTH,
+    )
+    assert resp.status == 200
+    assert resp.headers["x-smartproxy-channel"] == "b"
+    health = await (await client.get("/health")).json()
+    assert health["storage"]["reservations"] == 0

@@ -57,13 +57,19 @@ class HttpReply:
                 chunk = await content.readany()
         except AttemptError:
             raise
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: aiohttp refusing what the channel's config would send (a control
+            # character in a header value). The loader refuses such values; should one get
+            # through, the attempt fails over like any broken channel instead of a bare 500.
             raise translate(exc, read_timeout=self._read_timeout) from exc
 
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: aiohttp refusing what the channel's config would send (a control
+            # character in a header value). The loader refuses such values; should one get
+            # through, the attempt fails over like any broken channel instead of a bare 500.
             raise translate(exc, read_timeout=self._read_timeout) from exc
 
     def close(self) -> None:
@@ -116,7 +122,10 @@ class OpenAIProvider:
                     resp = await call
             else:  # aiohttp's total timeout already ends the attempt at the same instant
                 resp = await call
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: aiohttp refusing what the channel's config would send (a control
+            # character in a header value). The loader refuses such values; should one get
+            # through, the attempt fails over like any broken channel instead of a bare 500.
             raise translate(
                 exc, first_byte=timeouts.first_byte, connect_timeout=timeouts.connect
             ) from exc
