@@ -117,7 +117,11 @@ def create_app(
         retry_sleep=retry_sleep,
         retry_jitter=retry_jitter,
     )
-    app = web.Application(middlewares=[observer(gateway.metrics), real_client(gateway)])
+    # aiohttp applies the root app's client_max_size to every request (a sub-app's is ignored):
+    # /v1 takes server.max_body_mb (restart to change); admin writes read at most 1 MiB.
+    app = web.Application(
+        middlewares=[observer(gateway.metrics), real_client(gateway)], client_max_size=config.server.max_body_bytes
+    )
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(_client_session(session))
     app.cleanup_ctx.append(_usage_store)

@@ -144,7 +144,7 @@ class AuditLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, text.encode())
+                os.write(fd, text.encode("utf-8", "backslashreplace"))  # lone surrogates too
             finally:
                 os.close(fd)
         except OSError as exc:

@@ -206,7 +206,13 @@ class Metrics:
         self.retries_total = HotCounter(
             "smartproxy_retries", "Upstream attempts after the first.", ("channel",)
         )
+        self.rule_errors_total = HotCounter(
+            "smartproxy_rule_errors",
+            "Rule evaluations that raised at run time (the rule counted as false).",
+            ("rule",),
+        )
         self._hot: tuple[HotCounter | HotHistogram, ...] = (
+            self.rule_errors_total,
             self.requests_total,
             self.request_duration_seconds,
             self.upstream_requests_total,
@@ -307,6 +313,10 @@ class Metrics:
         tokens.inc((channel, "prompt"), prompt)
         tokens.inc((channel, "completion"), completion)
         self.cost_usd_total.inc((channel,), cost)
+
+    def rule_errors(self, rule: str, count: int) -> None:
+        if count:
+            self.rule_errors_total.inc((rule,), count)
 
     def retry(self, channel: str) -> None:
         self.retries_total.inc((channel,))

@@ -12,7 +12,8 @@ FULL_CHANNEL = {
     "price_per_prompt_token", "price_per_completion_token", "daily_limit", "hour_limit",
     "daily_request_limit", "discount_time", "discount_price", "priority", "status", "headers",
     "timeout", "connect_timeout", "first_byte_timeout", "fail_max", "reset_timeout", "proxy",
-    "max_concurrency", "api_version", "anthropic_version", "default_max_tokens",
+    "max_concurrency", "forward_openai_org", "api_version", "anthropic_version",
+    "default_max_tokens",
 }
 
 

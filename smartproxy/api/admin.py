@@ -24,6 +24,7 @@ from .admin_config import actor_of, add_config_routes
 from .admin_status import add_status_routes
 from .channel_test import add_test_route
 from .fronts.routes import FRONT_PARSERS
+from .limits import read_body, too_large_response
 from .proxy import decide, parse_body, reservation
 
 log = logging.getLogger("smartproxy.admin")
@@ -155,7 +156,7 @@ async def route_dry_run(request: web.Request) -> web.Response:
     """
     gw = request.config_dict[GATEWAY]
     snap = gw.snapshot
-    raw = await request.read()
+    raw = await read_body(request, snap.config.server.max_body_bytes)
     path = "/" + request.query.get("endpoint", "chat/completions").strip("/")
     body, facts = parse_body(raw, snap, None, path)
     named = body.get("path") or body.get("endpoint")  # the body may name it: "/v1/responses"
@@ -251,8 +252,13 @@ async def admin_errors(request: web.Request, handler: Any) -> web.StreamResponse
         response: web.StreamResponse = await handler(request)
         return response
     except GatewayError as exc:
-        return exc.to_response()
+        response = exc.to_response()
+        if exc.status == 413:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
+        if exc.status == 413:
+            return too_large_response(request.config_dict[GATEWAY].config.server.max_body_bytes)
         if exc.status in (404, 405):
             return web.Response(
                 status=exc.status,

@@ -125,6 +125,8 @@ async def refresh_gauges(gw: Gateway) -> None:
         gw.metrics.set_quota(ch.name, "hour", u.hour_tokens, ch.hour_limit)
         gw.metrics.set_circuit(ch.name, gw.health.numeric(ch.name))
         gw.metrics.set_channel_in_flight(ch.name, gw.slots.in_flight(ch.name))
+    for rule in snap.rules:
+        gw.metrics.rule_errors(rule.name, rule.new_errors())
 
 
 def _iso(ts: float | None) -> str | None:

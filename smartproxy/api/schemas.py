@@ -297,6 +297,12 @@ RESPONSES: dict[str, Json] = {
         "invalid_request_error",
         "model_not_allowed",
     ),
+    "TooLarge": _error_response(
+        "The request body is larger than server.max_body_mb (admin writes: 1 MiB)",
+        "request body too large: 40000000 bytes, the limit is 33554432 bytes (32 MiB)",
+        "invalid_request_error",
+        "request_too_large",
+    ),
     "NotFound": _error_response(
         "No such model, route or object",
         "no channel serves model 'gpt-9'",

@@ -67,6 +67,14 @@ class ServerConfig:
     queue_timeout: float = 10  # seconds a request may wait for a channel slot (max_concurrency)
     proxy: str | None = None  # default outbound proxy of channels without their own
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
+    max_body_mb: float = 32.0  # /v1 request bodies above it: 413 (admin bodies: 1 MiB)
+    client_header_timeout: float = 60.0  # a request's headers must arrive within it
+    client_body_timeout: float = 60.0  # longest pause between two parts of a request body
+    keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after it
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -99,6 +107,7 @@ class ChannelConfig:
     reset_timeout: float | None = None
     proxy: str | None = None  # outbound HTTP(S) proxy; None: server.proxy, else the environment
     max_concurrency: int | None = None  # requests in flight at once; None: no cap
+    forward_openai_org: bool = False  # pass the client's OpenAI-Organization/-Project upstream
     api_version: str | None = None  # azure: deployments URL with ?api-version=; None: the v1 URL
     anthropic_version: str = ANTHROPIC_VERSION  # anthropic: the anthropic-version header
     default_max_tokens: int = 4096  # anthropic: max_tokens when a request sets none
@@ -143,6 +152,7 @@ class JwtConfig:
     private_key_file: str | None = None
     expiry_minutes: int = 60
     leeway: float = 30
+    max_lifetime_minutes: int = 1440  # tokens valid longer (exp - iat) are refused
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,6 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ..config import ChannelConfig
 from ..upstream.errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
 from .base import OutgoingRequest, Timeouts, channel_headers, join_url, proxy_args
+from .bodies import upload
 
 
 class HttpReply:
@@ -56,13 +57,19 @@ class HttpReply:
                 chunk = await content.readany()
         except AttemptError:
             raise
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: aiohttp refusing what the channel's config would send (a control
+            # character in a header value). The loader refuses such values; should one get
+            # through, the attempt fails over like any broken channel instead of a bare 500.
             raise translate(exc, read_timeout=self._read_timeout) from exc
 
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: aiohttp refusing what the channel's config would send (a control
+            # character in a header value). The loader refuses such values; should one get
+            # through, the attempt fails over like any broken channel instead of a bare 500.
             raise translate(exc, read_timeout=self._read_timeout) from exc
 
     def close(self) -> None:
@@ -104,7 +111,7 @@ class OpenAIProvider:
         call = self._session.request(
             request.method,
             url,
-            data=request.body if request.method != "GET" else None,
+            data=upload(request.body) if request.method != "GET" else None,
             headers=headers,
             timeout=timeout,
             allow_redirects=False,
@@ -117,7 +124,10 @@ class OpenAIProvider:
                     resp = await call
             else:  # aiohttp's total timeout already ends the attempt at the same instant
                 resp = await call
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: aiohttp refusing what the channel's config would send (a control
+            # character in a header value). The loader refuses such values; should one get
+            # through, the attempt fails over like any broken channel instead of a bare 500.
             raise translate(
                 exc, first_byte=timeouts.first_byte, connect_timeout=timeouts.connect
             ) from exc

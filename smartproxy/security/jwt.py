@@ -206,7 +206,23 @@ class JwtVerifier:
                 )
         except pyjwt.PyJWTError as exc:
             raise _reason(exc) from None
+        self._check_lifetime(claims)
         return claims
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """``max_lifetime_minutes``: a token valid longer than that (from ``iat``, or from now
+        when it has none) is refused, however it was signed: a leaked long-lived token must not
+        outlive the operator's rule."""
+        exp = claims["exp"]
+        iat = claims.get("iat")
+        start = iat if isinstance(iat, (int, float)) and not isinstance(iat, bool) else time.time()
+        limit = self.cfg.max_lifetime_minutes * 60 + self.cfg.leeway
+        if not isinstance(exp, (int, float)) or exp - start > limit:
+            minutes = (exp - start) / 60 if isinstance(exp, (int, float)) else float("inf")
+            raise AdminAuthError(
+                "lifetime too long",
+                f"{minutes:.0f} minutes > max_lifetime_minutes {self.cfg.max_lifetime_minutes}",
+            )
 
     def _signing(self) -> tuple[str, Any]:
         for alg in self.cfg.algorithms:
@@ -230,6 +246,11 @@ class JwtVerifier:
             raise ValueError("sub must not be empty")
         if minutes <= 0:
             raise ValueError(f"minutes must be positive, got {minutes}")
+        if minutes > self.cfg.max_lifetime_minutes:
+            raise ValueError(
+                f"--minutes {minutes} is longer than {_CFG}.max_lifetime_minutes "
+                f"({self.cfg.max_lifetime_minutes}); such a token would be refused"
+            )
         alg, key = self._signing()
         now = int(time.time())
         claims = {
@@ -249,8 +270,9 @@ NO_SECRET_HELP = (
     "  in the shell that starts the gateway and in the one that runs `smartproxy token`, then "
     "restart the gateway (the shipped config reads secret: \"${SMARTPROXY_JWT_SECRET:-}\"; a "
     "config of your own needs that line too). Or, without a secret, use the admin token the "
-    "gateway logs at start (\"Admin token (valid 12 h): ...\"): it makes a new random secret "
-    "each start."
+    "gateway writes at start to admin-token beside storage.path (./data/admin-token by "
+    "default, mode 0600; the start-up log names the file): it makes a new random secret each "
+    "start."
 )
 
 

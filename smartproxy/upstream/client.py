@@ -36,6 +36,7 @@ from .exchange import AttemptLog as AttemptLog
 from .exchange import Exchange as Exchange
 from .exchange import Verdict as Verdict
 from .exchange import header_safe as header_safe
+from .headers import channel_secrets, for_channel, response_header_allowed
 from .proxyconf import proxy_route
 from .relay import relay_stream
 from .retry import RetryPolicy, is_breaker_failure_status, is_retryable_status, parse_retry_after
@@ -45,26 +46,6 @@ from .wire import tokens_of
 log = logging.getLogger("smartproxy.upstream")
 
 SHARED_POLL = 0.05  # with redis, a waiting request looks for a freed slot this often (seconds)
-
-# Upstream response headers never relayed (hop-by-hop, or recomputed by our server).
-_DROP_RESPONSE = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Content-Length",
-        "Content-Encoding",
-        "Date",
-        "Server",
-    )
-)
-
 
 _UNAVAILABLE = {
     "open": "circuit open",
@@ -186,6 +167,9 @@ class Dispatcher:
                     outcome = await self._attempt(
                         ex, plan, verdict, reservation, outgoing, adapter
                     )
+                except BaseException as exc:
+                    self._abandon(ex, ch, verdict, reservation, exc)
+                    raise
                 finally:
                     slot.release()
                 if isinstance(outcome, web.StreamResponse):
@@ -274,6 +258,30 @@ class Dispatcher:
             return None
         return self.gw.store.release(reservation)
 
+    def _abandon(
+        self,
+        ex: Exchange,
+        ch: ChannelConfig,
+        verdict: Verdict,
+        reservation: Reservation,
+        exc: BaseException,
+    ) -> None:
+        """An attempt raised (a bug, a bad value, a cancelled client) before it settled: give
+        the breaker permit and the reserved tokens back. The one place between reserve and
+        settle that does so, so that no error path can leave a quota held until restart.
+
+        A client that left a non-streaming request before its answer is billed the prompt
+        estimate instead (upstream did the work); a stream cut before its first byte is not."""
+        if ex.settled:
+            return
+        verdict.release()
+        if isinstance(exc, asyncio.CancelledError) and not ex.facts.stream:
+            self._settle(ex, ch, reservation, 499, None, 0, "client disconnected", estimate=True)
+            return
+        pending = self._release(reservation)
+        if pending is not None:
+            self.gw.spawn(pending)
+
     async def _attempt(
         self,
         ex: Exchange,
@@ -304,12 +312,8 @@ class Dispatcher:
                     await pending
                 return ex.attempts[-1], status, CIMultiDict(reply.headers), body
             if outgoing.stream and status == 200 and _is_sse(reply.headers):
-                translate = (
-                    adapter.stream(include_usage=ex.client_wants_usage) if adapter else None
-                )
-                return await relay_stream(
-                    self, ex, ch, health, reservation, reply, t0, translate
-                )
+                translate = adapter.stream(include_usage=ex.client_wants_usage) if adapter else None
+                return await relay_stream(self, ex, ch, health, reservation, reply, t0, translate)
             body = await reply.read()
             usage = None
             if adapter is not None:
@@ -326,19 +330,10 @@ class Dispatcher:
             if (pending := self._release(reservation)) is not None:
                 await pending
             return None
-        except BaseException as exc:
+        except BaseException:
             if reply is not None:
                 reply.close()
-            if not ex.settled:  # cancelled before any verdict: no verdict for the breaker
-                health.release()
-                if isinstance(exc, asyncio.CancelledError) and not outgoing.stream:
-                    # The client left before the answer, but upstream did the work: bill the
-                    # prompt estimate (a stream cut before its first byte is not billed).
-                    self._settle(ex, ch, reservation, 499, None, 0, "client disconnected",
-                                 estimate=True)
-                elif (pending := self._release(reservation)) is not None:
-                    gw.spawn(pending)
-            raise
+            raise  # ``dispatch`` gives the permit and the reservation back (``_abandon``)
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
         gw.metrics.observe_upstream(ch.name, status, seconds)
@@ -374,7 +369,7 @@ class Dispatcher:
             path=path,
             # A translated request leaves the client API's own query (Claude Code's ?beta=true).
             query_string=ex.request.query_string if adapter is None else "",
-            headers=ex.headers,
+            headers=for_channel(ex.headers, ch),
             body=body,
             stream=ex.facts.stream,
             model=mapped,
@@ -451,8 +446,9 @@ class Dispatcher:
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
         self.gw.metrics.observe_upstream(ch.name, status, seconds)
-        self.gw.failures.add(ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id,
-                             now=self.gw.clock())
+        self.gw.failures.add(
+            ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id, now=self.gw.clock()
+        )
         if status == 429:
             retry_after = parse_retry_after(headers.get("Retry-After"))
             health.rate_limited(retry_after, self.gw.config.circuit_breaker.cooldown_seconds)
@@ -473,8 +469,9 @@ class Dispatcher:
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, None, exc.message, seconds, kind=exc.kind))
         self.gw.metrics.observe_upstream(ch.name, exc.kind, seconds)
-        self.gw.failures.add(ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id,
-                             now=self.gw.clock())
+        self.gw.failures.add(
+            ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id, now=self.gw.clock()
+        )
         health.failure()
         log.warning(
             "upstream %s failed: %s", ch.name, exc.message, extra={"request_id": ex.request_id}
@@ -489,7 +486,10 @@ class Dispatcher:
         attempts_header = ", ".join(a.short() for a in ex.attempts)
         if last_reply is not None and ex.attempts and ex.attempts[-1] is last_reply[0]:
             _, status, headers, body = last_reply
-            out = self._response_headers(ex, None, headers)
+            # Not marked as this channel's answer, but filtered against its secrets all the same.
+            out = self._response_headers(
+                ex, None, headers, of=ex.snap.config.channel(last_reply[0].channel)
+            )
             out["x-smartproxy-attempts"] = attempts_header
             return web.Response(status=status, body=body, headers=out)
         parts = [a.describe() for a in ex.attempts] + skipped
@@ -510,14 +510,21 @@ class Dispatcher:
         )
 
     def _response_headers(
-        self, ex: Exchange, ch: ChannelConfig | None, upstream: Any
+        self,
+        ex: Exchange,
+        ch: ChannelConfig | None,
+        upstream: Any,
+        *,
+        of: ChannelConfig | None = None,
     ) -> CIMultiDict[str]:
         out: CIMultiDict[str] = CIMultiDict()
         # The client's key limits replace the channel account's (which describe our upstream key).
         ours = ex.limit_headers
+        secrets = channel_secrets(ch or of)
         for k, v in upstream.items():
-            lower = k.lower()
-            if lower not in _DROP_RESPONSE and not (ours and lower.startswith("x-ratelimit-")):
+            if response_header_allowed(k, v, secrets) and not (
+                ours and k.lower().startswith("x-ratelimit-")
+            ):
                 out.add(k, v)
         if ch is not None:
             out["x-smartproxy-channel"] = header_safe(ch.name)

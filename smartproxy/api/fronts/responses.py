@@ -30,6 +30,7 @@ from ...storage.base import StorageError
 from ...upstream.client import Exchange
 from ...upstream.wire import RESPONSES, UNMETERED
 from ..gate import authenticate, rate_limit
+from ..limits import read_body
 from ..proxy import DISPATCHER, forward_headers, parse_body, run_front
 from .base import Front
 
@@ -185,7 +186,7 @@ async def stored_response(request: web.Request) -> web.StreamResponse:
             code="response_not_found",
             param="response_id",
         )
-    raw = await request.read()
+    raw = await read_body(request, snap.config.server.max_body_bytes)
     ex = Exchange(
         request=request,
         snap=snap,
