@@ -5,6 +5,7 @@ error shape."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -422,3 +423,21 @@ async def test_fronts_fail_over_before_the_first_byte(
     stream = await gw.openai().responses.create(model="m1", input="hi", stream=True)
     last = [e async for e in stream][-1]
     assert last.type == "response.completed" and last.response.id.startswith("resp_ok_")
+
+
+async def test_a_body_over_the_limit_is_an_anthropic_shaped_413_on_messages(
+    gateway_factory: Any,
+) -> None:
+    cfg = base_config(channels=[{"name": "local", "type": "mock"}])
+    cfg["server"]["max_body_mb"] = 1
+    gw = await gateway_factory(cfg)
+    big = json.dumps({"model": "m1", "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "x" * 1_100_000}]})  # fmt: skip
+    headers = {"x-api-key": DEV_KEY, "Content-Type": "application/json"}
+    async with gw.client.post("/v1/messages", data=io.BytesIO(big.encode()), headers=headers) as r:
+        assert r.status == 413
+        answer = await r.json()
+    assert answer["type"] == "error" and answer["error"]["type"] == "request_too_large"
+    async with gw.client.post("/v1/responses", data=io.BytesIO(big.encode()), headers=headers) as r:
+        assert r.status == 413
+        assert "message" in (await r.json())["error"]
