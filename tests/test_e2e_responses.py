@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -215,6 +216,55 @@ async def test_unknown_stored_response_is_404_and_unknown_previous_id_routes_by_
     ) as r:
         assert r.status == 404  # the upstream's own answer: it never made that response
         assert (await r.json())["error"]["code"] == "previous_response_not_found"
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_another_keys_stored_response_is_404_and_its_previous_id_is_unknown(
+    responses_upstream: Start, gateway_factory: Any, tmp_path: Any, backend: str
+) -> None:
+    a, url_a = await responses_upstream("a")
+    b, url_b = await responses_upstream("b")
+    clock = Clock()  # 12:00 UTC; b is cheaper from 13:00
+    other_key = "sk-test-other-key-0002"
+    cfg = base_config(
+        channels=[
+            channel("a", url_a, price_per_token=2e-6),
+            channel("b", url_b, price_per_token=5e-6, discount_time=["13:00-14:00"],
+                    discount_price=1e-6),
+        ],
+        storage={"backend": backend, "path": str(tmp_path / "usage.db")},
+    )  # fmt: skip
+    cfg["security"]["auth"]["api_keys"]["other"] = other_key
+    gw = await gateway_factory(cfg, clock=clock)
+    first = await gw.openai().responses.create(model="m1", input="Remember 42")
+    assert first.id in a.made
+    clock.advance(hours=1)
+    seen_by_a = len(a.seen)
+    other = gw.openai(other_key)
+    headers = {"Authorization": f"Bearer {other_key}"}
+    for method in ("GET", "DELETE"):
+        async with gw.client.request(method, f"/v1/responses/{first.id}", headers=headers) as r:
+            assert r.status == 404
+            error = (await r.json())["error"]
+            assert error["code"] == "response_not_found" and error["param"] == "response_id"
+    with pytest.raises(openai.NotFoundError):
+        await other.responses.retrieve(first.id)
+    assert len(a.seen) == seen_by_a and first.id in a.made  # never asked, never deleted
+    # Its previous_response_id is routed as unknown: by price (b now), b answers for itself.
+    async with gw.client.post(
+        "/v1/responses",
+        json={"model": "m1", "input": "x", "previous_response_id": first.id},
+        headers=headers,
+    ) as r:
+        assert r.status == 404 and r.headers["x-smartproxy-channel"] == "b"
+    assert len(a.seen) == seen_by_a
+    # The owner still reads it and continues it at a.
+    got = await gw.openai().responses.retrieve(first.id)
+    assert got.id == first.id
+    follow = await gw.openai().responses.create(
+        model="m1", input="more", previous_response_id=first.id
+    )
+    assert follow.id in a.made
 
 
 async def test_mock_channels_are_not_candidates_for_responses(gateway_factory: Any) -> None:

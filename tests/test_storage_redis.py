@@ -281,6 +281,17 @@ async def test_response_ids_are_shared_and_expire_with_their_ttl(stores):
     assert 29 * 86400 < ttl <= 30 * 86400
 
 
+async def test_response_ids_answer_only_the_key_that_made_them(stores):
+    a, b = await stores(), await stores()
+    await a.remember_response("resp_k", "azure-east", NOW, "team-a")
+    assert await b.response_channel("resp_k", NOW, "team-a") == "azure-east"
+    assert await b.response_channel("resp_k", NOW, "team-b") is None
+    assert await b.response_channel("resp_k", NOW) is None
+    # A value written before owners were kept (the channel alone) stays readable by any key.
+    await b._redis.set(f"{b._k}resp:resp_old", "azure-west")
+    assert await a.response_channel("resp_old", NOW, "team-b") == "azure-west"
+
+
 async def test_request_log_reports_come_from_this_hosts_sqlite_log(stores):
     a = await stores()
     adm = await admit(a, "free", 5, Limits())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -45,5 +46,65 @@ async def test_sqlite_store_keeps_ids_across_a_restart(tmp_path: Path) -> None:
         assert await again.response_channel("resp_1", NOW + timedelta(days=1)) == "a"
         assert await again.response_channel("resp_old", NOW) is None
         assert await again.response_channel("resp_1", NOW + timedelta(days=31)) is None
+    finally:
+        await again.close()
+
+
+def test_book_answers_only_the_key_that_made_the_response() -> None:
+    book = ResponseBook(keep=10, ttl=10)
+    book.put("r1", "a", 100, "team-a")
+    book.put("r_old", "b", 100)  # no owner: a row from before owners were kept
+    assert book.get("r1", 101, "team-a") == "a"
+    assert book.get("r1", 101, "team-b") is None and book.get("r1", 101) is None
+    assert book.known("r1", 101)  # still there for its owner
+    assert book.get("r_old", 101, "team-b") == "b"
+
+
+async def test_memory_store_hides_another_keys_response() -> None:
+    store = MemoryStore(ZoneInfo("UTC"))
+    await store.remember_response("resp_1", "a", NOW, "team-a")
+    assert await store.response_channel("resp_1", NOW, "team-a") == "a"
+    assert await store.response_channel("resp_1", NOW, "team-b") is None
+
+
+async def test_sqlite_store_keeps_owners_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    store = SqliteStore(path, ZoneInfo("UTC"), clock=lambda: NOW)
+    await store.start()
+    await store.remember_response("resp_1", "a", NOW, "team-a")
+    assert await store.response_channel("resp_1", NOW, "team-b") is None  # from memory
+    await store.close()
+    again = SqliteStore(path, ZoneInfo("UTC"), clock=lambda: NOW)
+    await again.start()
+    try:
+        assert await again.response_channel("resp_1", NOW, "team-b") is None  # from the file
+        assert await again.response_channel("resp_1", NOW, "team-a") == "a"
+        assert await again.response_channel("resp_1", NOW, "team-b") is None  # now cached
+    finally:
+        await again.close()
+
+
+async def test_sqlite_rows_from_before_owners_stay_readable(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    with sqlite3.connect(path) as conn:  # the table as the previous version wrote it
+        conn.execute(
+            "CREATE TABLE responses (id TEXT PRIMARY KEY, channel TEXT NOT NULL,"
+            " expires REAL NOT NULL)"
+        )
+        conn.execute("INSERT INTO responses VALUES ('resp_old', 'a', ?)", (NOW.timestamp() + 29 * 86400,))
+    conn.close()
+    store = SqliteStore(path, ZoneInfo("UTC"), clock=lambda: NOW)
+    await store.start()
+    try:
+        assert await store.response_channel("resp_old", NOW, "anyone") == "a"
+        await store.remember_response("resp_new", "b", NOW, "team-a")
+        assert await store.flush()
+    finally:
+        await store.close()
+    again = SqliteStore(path, ZoneInfo("UTC"), clock=lambda: NOW)
+    await again.start()
+    try:
+        assert await again.response_channel("resp_new", NOW, "team-b") is None
+        assert await again.response_channel("resp_new", NOW, "team-a") == "b"
     finally:
         await again.close()

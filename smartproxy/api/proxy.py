@@ -134,7 +134,7 @@ async def _proxy(request: web.Request, front: Front) -> web.StreamResponse:
     limit_tokens(request, gw, principal, reserve)
     decision = await decide(gw, snap, facts, reserve)
     if front.narrow is not None:
-        decision = await front.narrow(gw, snap, body, decision)
+        decision = await front.narrow(gw, snap, body, decision, principal.name)
     if not decision.candidates:
         raise_no_candidate(snap, facts, decision)
     stream_options = body.get("stream_options")
@@ -157,7 +157,7 @@ async def _proxy(request: web.Request, front: Front) -> web.StreamResponse:
         limit_headers=request[RATELIMIT_HEADERS],
         wire=front.wire,
         endpoint=front.endpoint,
-        on_answer_id=front.answer_ids(gw) if front.answer_ids is not None else None,
+        on_answer_id=front.answer_ids(gw, principal.name) if front.answer_ids is not None else None,
     )
     return await request.app[DISPATCHER].dispatch(ex, decision.candidates)
 

@@ -200,11 +200,17 @@ class UsageStore(Protocol):
         """Sum the request log over ``start <= ts < end``, grouped by channel|api_key|model|
         endpoint."""
 
-    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
-        """Keep ``response_id -> channel`` for ``RESPONSE_TTL`` seconds from ``now``."""
+    async def remember_response(
+        self, response_id: str, channel: str, now: datetime, key: str = ""
+    ) -> None:
+        """Keep ``response_id -> (channel, key)`` for ``RESPONSE_TTL`` seconds from ``now``
+        (``key``: the gateway key name that made it, its owner)."""
 
-    async def response_channel(self, response_id: str, now: datetime) -> str | None:
-        """The channel that answered ``response_id``, or None (unknown or older than the TTL)."""
+    async def response_channel(
+        self, response_id: str, now: datetime, key: str = ""
+    ) -> str | None:
+        """The channel that answered ``response_id``, or None (unknown, older than the TTL, or
+        made by another gateway key than ``key``: ``responses.visible``)."""
 
     async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
         """Sum the request log into the buckets between consecutive epoch ``edges``, grouped by

@@ -63,11 +63,15 @@ class MemoryStore(InProcessCounters):
         records = (r for r in self._log if (lo is None or r.ts >= lo) and (hi is None or r.ts < hi))
         return aggregate(records, group_by)
 
-    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
-        self._responses.put(response_id, channel, now.timestamp())
+    async def remember_response(
+        self, response_id: str, channel: str, now: datetime, key: str = ""
+    ) -> None:
+        self._responses.put(response_id, channel, now.timestamp(), key)
 
-    async def response_channel(self, response_id: str, now: datetime) -> str | None:
-        return self._responses.get(response_id, now.timestamp())
+    async def response_channel(
+        self, response_id: str, now: datetime, key: str = ""
+    ) -> str | None:
+        return self._responses.get(response_id, now.timestamp(), key)
     async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
         if all(e % SLOT == 0 for e in edges):
             return self._sums.rows(edges, group_by)

@@ -40,6 +40,7 @@ from .base import (
     Reservation,
     Usage,
 )
+from .responses import visible
 from .sqlite import SqliteStore
 
 log = logging.getLogger("smartproxy.storage.redis")
@@ -48,6 +49,7 @@ REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 POLL_INTERVAL = 0.5
 MAX_BATCH = 256
 MAX_REPLAY = 200_000  # settlements kept while Redis is away; beyond, the oldest are dropped
+_OWNER_SEP = "\x1f"  # between the owner key name and the channel in a stored response id
 
 
 class _Unreachable(Exception):
@@ -358,21 +360,30 @@ class RedisView:
         """The request log of this host in buckets (the dashboard's charts): the SQLite log's."""
         return await self.log.timeseries(edges, group_by)
 
-    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
-        """Keep ``response_id -> channel`` for 30 days, for every process and host (a later
-        ``previous_response_id`` goes to the same channel whichever process answers it)."""
+    async def remember_response(
+        self, response_id: str, channel: str, now: datetime, key: str = ""
+    ) -> None:
+        """Keep ``response_id -> (channel, owner key)`` for 30 days, for every process and host
+        (a later ``previous_response_id`` goes to the same channel whichever process answers
+        it). Stored as ``owner \\x1f channel``; a value without the separator is an older row
+        (the channel alone, no owner)."""
+        value = f"{key}{_OWNER_SEP}{channel}"
         if not self.online:
-            self._responses[response_id] = channel
+            self._responses[response_id] = value
             return
         try:
             async with asyncio.timeout(self.timeout):
-                await self._redis.set(f"{self._k}resp:{response_id}", channel, ex=RESPONSE_TTL)
+                await self._redis.set(f"{self._k}resp:{response_id}", value, ex=RESPONSE_TTL)
         except REDIS_ERRORS as exc:
             self._outage(exc)
-            self._responses[response_id] = channel
+            self._responses[response_id] = value
 
-    async def response_channel(self, response_id: str, now: datetime) -> str | None:
-        """The channel that answered ``response_id``, or None (unknown or expired)."""
+    async def response_channel(
+        self, response_id: str, now: datetime, key: str = ""
+    ) -> str | None:
+        """The channel that answered ``response_id``, or None (unknown, expired, or another
+        key's: ``responses.visible``)."""
+        value = self._responses.get(response_id)
         if self.online:
             try:
                 async with asyncio.timeout(self.timeout):
@@ -381,8 +392,11 @@ class RedisView:
                 self._outage(exc)
             else:
                 if raw is not None:
-                    return raw.decode() if isinstance(raw, bytes) else str(raw)
-        return self._responses.get(response_id)
+                    value = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if value is None:
+            return None
+        owner, sep, channel = value.rpartition(_OWNER_SEP)
+        return channel if visible(owner if sep else "", key) else None
 
     async def query(
         self, start: datetime | None, end: datetime | None, group_by: str

@@ -57,7 +57,7 @@ from .base import (
     window_keys,
 )
 from .buckets import SLOT
-from .responses import ResponseBook
+from .responses import ResponseBook, visible
 from .rollup import (
     ROLLUP_BACKFILL,
     ROLLUP_SCHEMA,
@@ -86,7 +86,7 @@ CREATE TABLE IF NOT EXISTS request_log (
 );
 CREATE INDEX IF NOT EXISTS request_log_ts ON request_log (ts);
 CREATE TABLE IF NOT EXISTS responses (
-    id TEXT PRIMARY KEY, channel TEXT NOT NULL, expires REAL NOT NULL
+    id TEXT PRIMARY KEY, channel TEXT NOT NULL, expires REAL NOT NULL, owner TEXT
 );
 """
 _UPSERT = """
@@ -108,10 +108,13 @@ SELECT channel, "window", key, tokens, prompt_tokens, completion_tokens, request
 FROM counters WHERE "window" = ? OR ("window" = ? AND key >= ?) OR ("window" = ? AND key >= ?)
 """
 
-_PUT_RESPONSE = "INSERT OR REPLACE INTO responses (id, channel, expires) VALUES (?, ?, ?)"
+_PUT_RESPONSE = (
+    "INSERT OR REPLACE INTO responses (id, channel, expires, owner) VALUES (?, ?, ?, ?)"
+)
 
 T = TypeVar("T")
 Pending = tuple[RequestRecord, str, str]  # the record and the day/hour keys it was counted in
+Answer = tuple[str, str, float, str]  # response id, channel, expires, owner (gateway key name)
 
 
 def _utcnow() -> datetime:
@@ -141,7 +144,7 @@ class SqliteStore(InProcessCounters):
         self._book = CounterBook(tz)
         self._pending: list[Pending] = []
         self._responses = ResponseBook()
-        self._pending_responses: list[tuple[str, str, float]] = []  # id, channel, expires
+        self._pending_responses: list[Answer] = []
         self._writing = 0  # records of the batch a worker thread is writing now
         self._conn: sqlite3.Connection | None = None
         self._conn_lock = threading.Lock()  # one thread at a time on the connection
@@ -234,20 +237,23 @@ class SqliteStore(InProcessCounters):
             for key, n, p, c, cost, errors in rows
         ]
 
-    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
-        expires = self._responses.put(response_id, channel, now.timestamp())
-        self._pending_responses.append((response_id, channel, expires))
+    async def remember_response(
+        self, response_id: str, channel: str, now: datetime, key: str = ""
+    ) -> None:
+        expires = self._responses.put(response_id, channel, now.timestamp(), key)
+        self._pending_responses.append((response_id, channel, expires, key))
 
-    async def response_channel(self, response_id: str, now: datetime) -> str | None:
+    async def response_channel(
+        self, response_id: str, now: datetime, key: str = ""
+    ) -> str | None:
         at = now.timestamp()
-        hit = self._responses.get(response_id, at)
-        if hit is not None:
-            return hit
+        if self._responses.known(response_id, at):
+            return self._responses.get(response_id, at, key)
         try:
             row = await asyncio.to_thread(
                 self._run,
                 lambda c: c.execute(
-                    "SELECT channel, expires FROM responses WHERE id = ? AND expires > ?",
+                    "SELECT channel, expires, owner FROM responses WHERE id = ? AND expires > ?",
                     (response_id, at),
                 ).fetchone(),
             )
@@ -255,8 +261,9 @@ class SqliteStore(InProcessCounters):
             raise StorageError(f"cannot read usage database {self.path}: {exc}") from exc
         if row is None:
             return None
-        self._responses.load(response_id, row[0], row[1])
-        return str(row[0])
+        owner = str(row[2] or "")  # NULL: a row from before owners were kept
+        self._responses.load(response_id, row[0], owner, row[1])
+        return str(row[0]) if visible(owner, key) else None
 
     async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
         column = group_column(group_by)
@@ -318,7 +325,7 @@ class SqliteStore(InProcessCounters):
             return True
 
     def _write(
-        self, batch: list[Pending], answers: list[tuple[str, str, float]] | None = None
+        self, batch: list[Pending], answers: list[Answer] | None = None
     ) -> None:
         """Write ``batch`` in one transaction. Rows are repaired first (``repair_record``); if
         the batch is still refused for what one row holds, the rows are written one by one and
@@ -401,7 +408,7 @@ class SqliteStore(InProcessCounters):
             self._drop_connection()
 
 
-def _put_responses(conn: sqlite3.Connection, answers: list[tuple[str, str, float]]) -> None:
+def _put_responses(conn: sqlite3.Connection, answers: list[Answer]) -> None:
     with conn:
         conn.executemany(_PUT_RESPONSE, answers)
 
@@ -411,6 +418,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(request_log)")}
     if "endpoint" not in columns:
         conn.execute("ALTER TABLE request_log ADD COLUMN endpoint TEXT")
+    if "owner" not in {row[1] for row in conn.execute("PRAGMA table_info(responses)")}:
+        conn.execute("ALTER TABLE responses ADD COLUMN owner TEXT")  # old rows: NULL, any key
     with conn:
         conn.execute("DELETE FROM responses WHERE expires <= ?", (time.time(),))
 

@@ -19,8 +19,11 @@ from ...state import Gateway, Snapshot
 from ...upstream.wire import Wire
 
 Parse = Callable[[bytes, Snapshot, Principal | None, str], tuple[dict[str, Any], RequestFacts]]
-Narrow = Callable[[Gateway, Snapshot, dict[str, Any], RouteDecision], Awaitable[RouteDecision]]
-AnswerIds = Callable[[Gateway], Callable[[str, str], None]]
+# The last ``str`` of each: the gateway key name of the request (stored responses are per key).
+Narrow = Callable[
+    [Gateway, Snapshot, dict[str, Any], RouteDecision, str], Awaitable[RouteDecision]
+]
+AnswerIds = Callable[[Gateway, str], Callable[[str, str], None]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ Stickiness: the id of every answer is remembered with the channel that made it
 whose ``previous_response_id`` is known goes to that channel only, even when another is cheaper
 now: its server holds the conversation. ``GET``/``DELETE /v1/responses/{id}`` (and
 ``.../input_items``, ``.../cancel``) go to the channel that made ``{id}``; they carry no tokens.
+Ids are remembered with the gateway key name that made them: another key gets 404 for them (as
+OpenAI answers for an id you do not own), and its ``previous_response_id`` is routed as unknown.
 """
 
 from __future__ import annotations
@@ -54,15 +56,16 @@ def parse_responses(
 
 
 async def sticky(
-    gw: Gateway, snap: Snapshot, body: dict[str, Any], decision: RouteDecision
+    gw: Gateway, snap: Snapshot, body: dict[str, Any], decision: RouteDecision, key: str
 ) -> RouteDecision:
     """A known ``previous_response_id`` keeps only the channel that made it (503 naming why
-    when that channel cannot take the request now)."""
+    when that channel cannot take the request now). Another key's id counts as unknown: routed
+    as usual, the upstream answers whether it knows the id."""
     previous = body.get("previous_response_id")
     if not previous:
         return decision
     try:
-        owner = await gw.store.response_channel(previous, gw.clock())
+        owner = await gw.store.response_channel(previous, gw.clock(), key)
     except StorageError as exc:  # routing by price still answers, maybe without the context
         log.error("cannot look up previous_response_id %r: %s", previous, exc)
         return decision
@@ -79,19 +82,19 @@ async def sticky(
     )
 
 
-def _remember(gw: Gateway, channel: str, response_id: str) -> None:
-    gw.spawn(_remember_quietly(gw, channel, response_id))
+def _remember(gw: Gateway, key: str, channel: str, response_id: str) -> None:
+    gw.spawn(_remember_quietly(gw, key, channel, response_id))
 
 
-async def _remember_quietly(gw: Gateway, channel: str, response_id: str) -> None:
+async def _remember_quietly(gw: Gateway, key: str, channel: str, response_id: str) -> None:
     try:
-        await gw.store.remember_response(response_id, channel, gw.clock())
+        await gw.store.remember_response(response_id, channel, gw.clock(), key)
     except StorageError as exc:
         log.error("cannot remember response %r -> %s: %s", response_id, channel, exc)
 
 
-def _answer_ids(gw: Gateway) -> Any:
-    return partial(_remember, gw)
+def _answer_ids(gw: Gateway, key: str) -> Any:
+    return partial(_remember, gw, key)
 
 
 RESPONSES_FRONT = Front(
@@ -175,14 +178,14 @@ async def stored_response(request: web.Request) -> web.StreamResponse:
     rate_limit(request, gw, snap, principal)
     response_id = request.match_info["response_id"]
     try:
-        owner = await gw.store.response_channel(response_id, gw.clock())
+        owner = await gw.store.response_channel(response_id, gw.clock(), principal.name)
     except StorageError as exc:
         raise NoChannelAvailable(f"cannot look up response {response_id!r}: {exc}") from None
     channel = snap.channels.get(owner) if owner is not None else None
     if channel is None:
         raise NotFound(
-            f"no response {response_id!r} was made through this gateway (or it is older than "
-            "30 days, or its channel was removed)",
+            f"no response {response_id!r} was made through this gateway with this key (or it "
+            "is older than 30 days, or its channel was removed)",
             code="response_not_found",
             param="response_id",
         )
