@@ -441,3 +441,59 @@ async def test_a_body_over_the_limit_is_an_anthropic_shaped_413_on_messages(
     async with gw.client.post("/v1/responses", data=io.BytesIO(big.encode()), headers=headers) as r:
         assert r.status == 413
         assert "message" in (await r.json())["error"]
+
+
+# ----------------------------------------------------------------------------- untranslatable
+async def test_a_field_chat_cannot_say_is_an_anthropic_400_naming_it(
+    serve: Any, gateway_factory: Any
+) -> None:
+    fake = FakeChat()
+    url = await serve(fake.app())
+    gw = await gateway_factory(base_config(channels=[channel("gpt", url)]))
+    sdk = ant(gw)
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await sdk.messages.create(
+            model="gpt-4o", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+            extra_body={"top_k": 5},
+        )  # fmt: skip
+    assert info.value.status_code == 400
+    body = info.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error" and "top_k" in body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await sdk.messages.create(
+            model="gpt-4o", max_tokens=50, messages=[{"role": "user", "content": [
+                {"type": "text", "text": "hi", "citations": [{"type": "char_location"}]}]}],
+        )  # fmt: skip
+    assert "messages[0].content[0].citations" in str(info.value)
+    assert fake.seen == []  # nothing went up half-translated
+    # What Claude Code sends (caching hints, thinking, effort, structured output) is served.
+    msg = await sdk.messages.create(
+        model="gpt-4o", max_tokens=50, thinking={"type": "enabled", "budget_tokens": 1024},
+        system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "hi"}], metadata={"user_id": "u-1"},
+        output_config={"effort": "high", "format": {"type": "json_schema",
+                                                    "schema": {"type": "object"}}},
+        service_tier="auto",
+    )  # fmt: skip
+    assert msg.content[0].type == "text"
+    assert fake.seen[0]["response_format"]["json_schema"]["schema"] == {"type": "object"}
+
+
+async def test_a_field_chat_cannot_say_goes_to_a_native_anthropic_channel(
+    serve: Any, anthropic_factory: Any, gateway_factory: Any
+) -> None:
+    chat = FakeChat()
+    url = await serve(chat.app())
+    fake, ant_url = await anthropic_factory()
+    cfg = base_config(
+        channels=[channel("gpt", url, price_per_token=1e-7),
+                  ant_channel(ant_url, price_per_token=1e-5)]
+    )  # fmt: skip
+    gw = await gateway_factory(cfg)
+    msg = await ant(gw).messages.create(
+        model="m1", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+        extra_body={"top_k": 5},
+    )  # fmt: skip
+    assert msg.content[0].type == "text"
+    assert chat.seen == [] and fake.seen[0].body["top_k"] == 5  # the cheaper chat one skipped

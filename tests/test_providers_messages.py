@@ -61,9 +61,15 @@ MESSAGES_REQUEST: dict[str, Any] = {
     "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
     "stop_sequences": ["END"],
     "temperature": 0.2,
-    "top_k": 5,
     "metadata": {"user_id": "u-1"},
     "stream": True,
+    # What Claude Code also sends, ignored for a documented reason (``_IGNORED``):
+    "thinking": {"type": "enabled", "budget_tokens": 2048},
+    "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},
+    "cache_control": {"type": "ephemeral"},
+    "service_tier": "auto",
+    "output_config": {"effort": "high"},
+    "top_k": None,  # null: not set
 }  # fmt: skip
 
 
@@ -72,7 +78,10 @@ def test_request_translation_field_by_field() -> None:
     assert out["model"] == "claude-sonnet-4-5"
     assert out["max_tokens"] == 1024
     assert out["stop"] == ["END"]
-    assert out["temperature"] == 0.2 and "top_k" not in out
+    assert out["temperature"] == 0.2 and "top_k" not in out and "response_format" not in out
+    assert set(out) == {"model", "max_tokens", "stop", "temperature", "user", "stream",
+                        "stream_options", "tool_choice", "parallel_tool_calls", "tools",
+                        "messages"}  # fmt: skip
     assert out["user"] == "u-1"
     assert out["stream"] is True and out["stream_options"] == {"include_usage": True}
     assert out["tool_choice"] == "required" and out["parallel_tool_calls"] is False
@@ -144,6 +153,77 @@ def test_untranslatable_fields_name_the_field(body: dict[str, Any], param: str) 
     with pytest.raises(TranslationError) as info:
         messages_to_chat(body)
     assert info.value.param == param
+
+
+def _user(*blocks: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": list(blocks)}]}
+
+
+def _text(**extra: Any) -> dict[str, Any]:
+    return {"type": "text", "text": "hi", **extra}
+
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}}
+
+# Nothing is dropped silently: every field chat cannot say is refused by its path.
+REFUSED = [
+    ({**_user(_text()), "top_k": 5}, "top_k"),
+    ({**_user(_text()), "inference_geo": "us"}, "inference_geo"),
+    ({**_user(_text()), "mystery_option": True}, "mystery_option"),
+    ({**_user(_text()), "container": "c-1"}, "container"),
+    ({**_user(_text()), "metadata": {"user_id": "u", "tier": "x"}}, "metadata.tier"),
+    ({**_user(_text()), "output_config": {"format": {"type": "xml"}}}, "output_config.format"),
+    ({**_user(_text()), "output_config": {"verbosity": "low"}}, "output_config.verbosity"),
+    ({**_user(_text()), "thinking": {"type": "telepathic"}}, "thinking.type"),
+    ({**_user(_text()), "tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
+    ({**_user(_text()), "tools": [{**TOOLS[0], "defer_loading": True}]}, "tools[0].defer_loading"),
+    ({**_user(_text()), "system": [_text(), {"type": "image", "source": {}}]}, "system[1]"),
+    (_user(_text(citations=[{"type": "char_location"}])), "messages[0].content[0].citations"),
+    (_user({"type": "search_result", "source": "s", "title": "t", "content": []}),
+     "messages[0].content[0]"),
+    (_user({"type": "thinking", "thinking": "x"}), "messages[0].content[0]"),
+    (_user(_text(), {"type": "image", "source": {"type": "url", "url": "u"},
+                     "transformations": {"crop": 1}}), "messages[0].content[1].transformations"),
+    (_user({"type": "tool_result", "tool_use_id": "t",
+            "content": [{"type": "document", "source": {}}]}),
+     "messages[0].content[0].content[0]"),
+    (_user({"type": "tool_result", "tool_use_id": "t", "content": "x", "toolset_name": "mcp"}),
+     "messages[0].content[0].toolset_name"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi", "name": "bob"}]},
+     "messages[0].name"),
+    ({"model": "m", "messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t", "name": "f", "input": {},
+         "caller": {"type": "code_execution_20250825", "tool_id": "s"}}]}]},
+     "messages[0].content[0].caller"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "param"), REFUSED, ids=[p for _, p in REFUSED])
+def test_fields_chat_cannot_say_are_refused_by_path(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(TranslationError) as info:
+        messages_to_chat(body)
+    assert info.value.param == param and param in str(info.value)
+
+
+def test_structured_output_and_strict_tools_are_translated() -> None:
+    new = messages_to_chat(
+        {**_user(_text()), "output_config": {"format": {"type": "json_schema", "schema": SCHEMA},
+                                              "effort": "low"},
+         "tools": [{**TOOLS[0], "strict": True, "cache_control": {"type": "ephemeral"}}]}
+    )  # fmt: skip
+    old = messages_to_chat({**_user(_text()), "output_format": {"type": "json_schema",
+                                                                "schema": SCHEMA}})  # fmt: skip
+    wanted = {"type": "json_schema", "json_schema": {"name": "output", "schema": SCHEMA,
+                                                     "strict": True}}  # fmt: skip
+    assert new["response_format"] == wanted == old["response_format"]
+    assert new["tools"][0]["function"]["strict"] is True
+    assert "effort" not in json.dumps(new)  # a budget hint: the channel answers at its default
+    # Blocks a client echoes back from an earlier answer, and caching hints, are accepted.
+    echoed = messages_to_chat({"model": "m", "messages": [{"role": "assistant", "content": [
+        {"type": "text", "text": "ok", "citations": None},
+        {"type": "tool_use", "id": "t", "name": "f", "input": {}, "caller": {"type": "direct"},
+         "cache_control": {"type": "ephemeral"}}]}]})  # fmt: skip
+    assert echoed["messages"][0]["tool_calls"][0]["function"]["name"] == "f"
 
 
 # Recorded OpenAI answer (chat.completion with a tool call and cached prompt tokens).
