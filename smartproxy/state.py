@@ -34,7 +34,8 @@ from .security.apikeys import KeyRing, Principal
 from .security.authlog import FailureLines
 from .security.jwt import JwtVerifier, generate_secret
 from .security.ratelimit import FailurePenalty, RateLimiter
-from .storage.base import InProcessCounters, KeyCheck, UsageStore
+from .storage.base import KeyCheck, UsageStore
+from .storage.counters import InProcessCounters
 from .upstream.failures import RecentFailures
 from .upstream.health import HealthBook
 from .upstream.retry import Jitter, Sleep

@@ -1,6 +1,7 @@
 """Usage storage: counters, reservations and the request log behind one ``UsageStore`` protocol.
 
-    base.py     the protocol, its value objects and ``CounterBook`` (counting all backends share)
+    base.py     the protocol and its value objects
+    counters.py ``CounterBook`` and ``InProcessCounters``: the counting all backends share
     memory.py   ``memory``: this process only, nothing survives a restart
     sqlite.py   ``sqlite`` (default): one WAL file, written by a batching flush off the event loop
     redis.py    ``redis``: counters, reservations, key limits and breakers shared by every process
@@ -18,7 +19,6 @@ from ..errors import ConfigError
 from .base import (
     Admission,
     Clock,
-    CounterBook,
     KeyCheck,
     Limits,
     RequestRecord,
@@ -28,6 +28,7 @@ from .base import (
     UsageStore,
     window_keys,
 )
+from .counters import CounterBook
 from .memory import MemoryStore
 from .sqlite import SqliteStore
 

@@ -34,12 +34,11 @@ from .base import (
     RESPONSE_TTL,
     BucketRow,
     Clock,
-    Counter,
-    CounterBook,
     RequestRecord,
     Reservation,
     Usage,
 )
+from .counters import Counter, CounterBook
 from .sqlite import SqliteStore
 
 log = logging.getLogger("smartproxy.storage.redis")

@@ -43,9 +43,6 @@ from .base import (
     TOTAL,
     BucketRow,
     Clock,
-    Counter,
-    CounterBook,
-    InProcessCounters,
     RequestRecord,
     Reservation,
     StorageError,
@@ -54,6 +51,7 @@ from .base import (
     window_keys,
 )
 from .buckets import SLOT
+from .counters import Counter, CounterBook, InProcessCounters
 from .responses import ResponseBook
 from .rollup import (
     ROLLUP_BACKFILL,
