@@ -27,21 +27,20 @@ from typing import Any
 
 from . import redis_scripts as lua
 from .base import Admission, KeyCheck, Limits, RequestRecord, Reservation
-from .redis_view import (
+from .redis_values import (
     MAX_BATCH,
     MAX_REPLAY,
     POLL_INTERVAL,
     REDIS_ERRORS,
     ChannelView,
-    RedisView,
     RequestLog,
     Settlement,
     SharedReservation,
     StorageUnavailable,
     _Unreachable,
-    log,
     safe_url,
 )
+from .redis_view import RedisView, log
 
 __all__ = [
     "POLL_INTERVAL",

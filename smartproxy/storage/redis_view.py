@@ -5,7 +5,7 @@ them), notices outages (``_outage``: logged once, counted, this process's own co
 the last shared numbers), and reads: ``poll`` (the routing view, twice a second), ``usage_now``
 (that view, no round trip), ``usage`` (exact, every process and host), key spend, response ids,
 the request log and ``status``. ``redis.RedisStore`` adds the writes (admit, settle, write-back).
-The value objects both sides use are here too.
+The value objects both sides use are in ``redis_values``.
 """
 
 from __future__ import annotations
@@ -15,18 +15,14 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from ..config import StorageConfig
-from ..errors import NoChannelAvailable
 from . import redis_scripts as lua
 from .base import (
     DAY,
@@ -34,86 +30,21 @@ from .base import (
     RESPONSE_TTL,
     BucketRow,
     Clock,
-    RequestRecord,
-    Reservation,
     Usage,
 )
 from .counters import Counter, CounterBook
-from .sqlite import SqliteStore
+from .redis_values import (
+    POLL_INTERVAL,
+    REDIS_ERRORS,
+    ChannelView,
+    RequestLog,
+    Settlement,
+    SharedReservation,
+    safe_url,
+)
 
 log = logging.getLogger("smartproxy.storage.redis")
 
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-POLL_INTERVAL = 0.5
-MAX_BATCH = 256
-MAX_REPLAY = 200_000  # settlements kept while Redis is away; beyond, the oldest are dropped
-
-
-class _Unreachable(Exception):
-    """An admit's batch could not reach Redis (the store is offline now)."""
-
-
-class StorageUnavailable(NoChannelAvailable):
-    """503: the shared store is unreachable and ``storage.on_error`` is ``closed``."""
-
-    code = "storage_unavailable"
-
-
-@dataclass(slots=True)
-class SharedReservation(Reservation):
-    """A reservation held in Redis; the attempt's breaker outcome rides along to settlement."""
-
-    member: str = ""
-    trial: bool = False
-    outcome: str = ""  # s success | f failure | c 429 cool-down | n none
-    cooldown_ms: int = 0
-    breaker: tuple[int, float] = (5, 30.0)
-    key_name: str = ""
-    tpm: int = 0
-
-
-@dataclass(slots=True)
-class Settlement:
-    channel: str
-    day: str
-    hour: str
-    member: str = ""
-    record: RequestRecord | None = None  # None: release only
-    outcome: str = ""
-    cooldown_ms: int = 0
-    breaker: tuple[int, float] = (5, 30.0)
-    key_name: str = ""
-    tpm: int = 0
-    budget_day: str = ""
-    done: asyncio.Future[None] | None = field(default=None, repr=False)
-
-
-@dataclass(slots=True)
-class ChannelView:
-    """One channel as ``poll`` read it: breaker -1 closed, 0 due for its trial, >0 ms open."""
-
-    name: str
-    breaker_ms: int
-    cooldown_ms: int
-
-
-class RequestLog(SqliteStore):
-    """This host's request log (SQLite); the counters live in Redis."""
-
-    count_windows = False
-
-    def add(self, record: RequestRecord) -> None:
-        self._pending.append((record, "", ""))
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password (for logs and /health)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 class RedisView:
