@@ -4,7 +4,8 @@
 them), notices outages (``_outage``: logged once, counted, this process's own counting seeded from
 the last shared numbers), and reads: ``poll`` (the routing view, twice a second), ``usage_now``
 (that view, no round trip), ``usage`` (exact, every process and host), key spend, response ids,
-the request log and ``status``. ``redis.RedisStore`` adds the writes (admit, settle, write-back).
+the request log and ``status``. ``redis.RedisStore`` adds the writes (admit, in
+``redis_admit``; settle, write-back).
 The value objects both sides use are in ``redis_values``.
 """
 
