@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from aiohttp import web
 from . import __version__
 from .config import Config, find_config, load_config, parse_listen
 from .errors import ConfigError
+from .gcpolicy import CyclePolicy
 
 if TYPE_CHECKING:
     from .state import Gateway
@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="config file (default: $SMARTPROXY_CONFIG, "
                        "./etc/smartproxy.yaml, then the built-in default)")
         p.add_argument("--listen", help="HOST:PORT; overrides server.listen")
-        p.add_argument("--workers", type=int, default=1,
-                       help="processes sharing the port (SO_REUSEPORT)")
+        p.add_argument("--workers", type=worker_count, default=1,
+                       help="processes sharing the port (SO_REUSEPORT); 'auto' = one per core")
 
     run_options(parser)
     run_options(sub.add_parser("run", help="serve the gateway (the default)"))
@@ -51,6 +51,48 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--minutes", type=int, default=None, help="lifetime (default: jwt.expiry_minutes)")
     token.add_argument("--config", help="config file")
     return parser
+
+
+def worker_count(value: str) -> int:
+    """``--workers``: a positive number, or ``auto`` for one process per core this one may use."""
+    if value == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - macOS has no sched_getaffinity
+            return max(1, os.cpu_count() or 1)
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return count
+
+
+def raise_open_file_limit(workers: int) -> int:
+    """Raise this process's open-file soft limit to the hard limit (workers inherit it) and log
+    how many requests that lets be in flight: each proxied request holds two sockets, the
+    client's and the upstream's. Returns the soft limit now in effect."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    per_process = max(0, (soft - _RESERVED_FILES) // 2)
+    log.info("open-file limit %d per process: about %d requests in flight per process, %d with "
+             "%d worker(s) (2 sockets per proxied request)", soft, per_process,
+             per_process * workers, workers)
+    return int(soft)
+
+
+_RESERVED_FILES = 100  # listening sockets, logs, the usage store, redis connections, pipes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +149,7 @@ def run(path: str | None, listen: str | None, workers: int) -> int:
     if config.ignored_keys:
         log.warning("SmartAIProxy keys accepted but without effect here: %s",
                     ", ".join(config.ignored_keys))
+    raise_open_file_limit(workers)
     if workers > 1:
         return _run_workers(path, config, workers)
     return _serve_process(path, config, reuse_port=False)
@@ -193,7 +236,9 @@ async def serve(
     except OSError:  # e.g. the port is taken: release the session and store before failing
         await runner.cleanup()
         raise
-    tune_gc()
+    cycles = CyclePolicy(lambda: gw.metrics.in_flight_now)
+    cycles.start()
+    collector = asyncio.ensure_future(cycles.run())
     scheme = "https" if ssl_ctx else "http"
     log.info("SmartProxy %s serving on %s://%s:%d (config: %s)", __version__, scheme,
              config.server.host, config.server.port, path or "built-in default")
@@ -212,26 +257,13 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        collector.cancel()
+        cycles.stop()
         log.info("shutting down: draining in-flight requests (up to %ss)",
                  config.server.shutdown_timeout)
         gw.draining = True
         await runner.cleanup()
         log.info("stopped")
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper cyclic collections while serving.
-
-    Each request allocates a few hundred short-lived objects (aiohttp request/response, headers,
-    the parsed body) that reference counting frees; the cyclic collector still runs every 700
-    allocations by default and, every few hundred runs, walks the whole heap (modules, config,
-    caches). Moving what startup built into the permanent generation (``gc.freeze``) and raising
-    the thresholds cut the gateway's CPU per proxied request by about an eighth
-    (``benchmarks/proxy_overhead.py``); memory held by cycles is still reclaimed, only later.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 1_000)
 
 
 async def _reload(gw: Gateway) -> None:
