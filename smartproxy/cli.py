@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -160,6 +161,12 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     children: list[int] = []
     # One generated admin secret for all workers, so a token is accepted by whichever one answers.
     secret = None if config.security.jwt.secret else generate_secret()
+    # Load the whole application here, once: the workers then share its memory copy-on-write
+    # (frozen, so that no collection in a worker writes to the shared objects' headers).
+    from . import app  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
     for index in range(workers):
         pid = os.fork()
         if pid == 0:
