@@ -35,6 +35,7 @@ from .storage import create_store
 from .storage.base import UsageStore
 from .upstream.health import HealthBook
 from .upstream.retry import Jitter, Sleep
+from .upstream.shared import sync_ctx
 
 log = logging.getLogger("smartproxy")
 
@@ -98,6 +99,7 @@ def create_app(
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(_client_session(session))
     app.cleanup_ctx.append(_usage_store)
+    app.cleanup_ctx.append(sync_ctx)  # a shared store's view and breakers (no-op otherwise)
     app.on_shutdown.append(_start_draining)
     app.add_subapp("/v1", create_proxy_app(gateway))
     app.add_subapp("/api", create_admin_app(gateway))

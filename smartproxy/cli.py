@@ -12,6 +12,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -150,15 +151,27 @@ def run(path: str | None, listen: str | None, workers: int) -> int:
     if config.ignored_keys:
         log.warning("SmartAIProxy keys accepted but without effect here: %s",
                     ", ".join(config.ignored_keys))
+    if workers < 1:
+        print("smartproxy: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1 and config.storage.backend != "redis":
+        print(f"smartproxy: --workers {workers} needs shared limits: set storage.backend: redis "
+              f"(with storage.url). With storage.backend: {config.storage.backend} each worker "
+              f"would count quotas, rate limits, budgets and breakers alone, letting {workers} "
+              "times the quota through.", file=sys.stderr)
+        return 2
     raise_open_file_limit(workers)
     if workers > 1:
         return _run_workers(path, config, workers)
     return _serve_process(path, config, reuse_port=False)
 
 
+RESTART_PAUSE = 1.0  # seconds between restarts of a worker that keeps dying at once
+
+
 def _run_workers(path: str | None, config: Config, workers: int) -> int:
-    """Fork N processes that each bind the port with SO_REUSEPORT; the parent forwards signals."""
-    children: list[int] = []
+    """Fork N processes that each bind the port with SO_REUSEPORT. The parent forwards SIGHUP,
+    SIGTERM and SIGINT to them and restarts a worker that dies (not one that exits on a stop)."""
     # One generated admin secret for all workers, so a token is accepted by whichever one answers.
     secret = None if config.security.jwt.secret else generate_secret()
     # Load the whole application here, once: the workers then share its memory copy-on-write
@@ -167,15 +180,32 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
 
     gc.collect()
     gc.freeze()
-    for index in range(workers):
+    stopping = False
+
+    def spawn(index: int) -> int:
         pid = os.fork()
-        if pid == 0:
-            os._exit(_serve_process(path, config, reuse_port=True, jwt_secret=secret,
-                                   announce=index == 0))
-        children.append(pid)
+        if pid == 0:  # the worker: never returns into the parent's loop
+            code = 1
+            try:
+                # Until serve() installs its own handlers: a stop ends a starting worker quietly.
+                signal.signal(signal.SIGTERM, _stop_starting_worker)
+                signal.signal(signal.SIGINT, _stop_starting_worker)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the config is being read anyway
+                code = _serve_process(path, config, reuse_port=True, jwt_secret=secret,
+                                      announce=index == 0)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 0
+            finally:
+                os._exit(code)
+        return pid
+
+    children = {spawn(index): index for index in range(workers)}
 
     def forward(signum: int, _frame: object) -> None:
-        for child in children:
+        nonlocal stopping
+        if signum != signal.SIGHUP:
+            stopping = True
+        for child in list(children):
             try:
                 os.kill(child, signum)
             except ProcessLookupError:
@@ -184,10 +214,32 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     code = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        code = code or os.waitstatus_to_exitcode(status)
+    last_restart = 0.0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        exit_code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            code = code or exit_code
+            continue
+        log.error("worker %d (pid %d) died (%s); starting a new one", index, pid,
+                  f"signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}")
+        pause = RESTART_PAUSE - (time.monotonic() - last_restart)
+        if pause > 0:
+            time.sleep(pause)
+        last_restart = time.monotonic()
+        if not stopping:
+            children[spawn(index)] = index
     return code
+
+
+def _stop_starting_worker(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _serve_process(

@@ -243,6 +243,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.storage_errors_total = Counter(
+            "smartproxy_storage_errors",
+            "Calls to the shared usage store (redis) that failed or timed out.",
+            registry=r,
+        )
         self.in_flight = Gauge(
             "smartproxy_in_flight_requests", "Client requests being answered.", registry=r
         )
@@ -314,6 +319,9 @@ class Metrics:
         if value not in (0, 1, 2):
             raise ValueError(f"circuit state must be 0, 1 or 2, not {value!r}")
         self._circuit.get(channel).set(value)
+
+    def storage_error(self) -> None:
+        self.storage_errors_total.inc()
 
     def config_reload(self, ok: bool) -> None:
         self._reloads.get("success" if ok else "failure").inc()

@@ -23,7 +23,7 @@ from aiohttp import web
 from . import __version__
 from .audit import SIGNAL, Actor, AuditLog, audit_path, config_diff, config_secrets, scrub
 from .config import ChannelConfig, Config, load_config
-from .configfile import ConfigFile
+from .config.file import ConfigFile
 from .errors import ConfigError
 from .localtime import MinuteClock
 from .metrics import Metrics
@@ -33,7 +33,7 @@ from .routing.rules import RuleSet, compile_rules
 from .security.apikeys import KeyRing, Principal
 from .security.jwt import JwtVerifier, generate_secret
 from .security.ratelimit import FailurePenalty, RateLimiter
-from .storage.base import InProcessCounters, UsageStore
+from .storage.base import InProcessCounters, KeyCheck, UsageStore
 from .upstream.health import HealthBook
 from .upstream.retry import Jitter, Sleep
 
@@ -141,6 +141,7 @@ class Gateway:
     config_file: ConfigFile = field(init=False)
     audit: AuditLog = field(init=False)
     counters: InProcessCounters | None = field(init=False)
+    shared: bool = field(init=False)  # the store is shared by several processes (redis)
 
     def __post_init__(self) -> None:
         if not self.snapshot.config.security.jwt.secret and not self.jwt_secret:
@@ -150,6 +151,9 @@ class Gateway:
         self.audit = AuditLog(audit_path(self.snapshot.config, self.config_path))
         # Counters in this process (memory, sqlite): the request path skips the coroutines.
         self.counters = self.store if isinstance(self.store, InProcessCounters) else None
+        self.shared = bool(getattr(self.store, "shared", False))
+        if self.shared:  # failed calls to a shared store are counted from its first one
+            self.store.on_error_count = self.metrics.storage_error  # type: ignore[attr-defined]
 
     # -- config
     @property
@@ -224,6 +228,8 @@ class Gateway:
         counters = self.counters
         if counters is not None:
             usage = counters.usage_now(names, now)
+        elif (view := getattr(self.store, "usage_now", None)) is not None:
+            usage = view(names, now)  # a shared store's routing view: no round trip
         else:
             usage = await self.store.usage(names, now)
         peek = self.health.peek
@@ -294,3 +300,5 @@ GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
 RATELIMIT_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("ratelimit_headers", dict)
+# The key's limits, left by the gate for a shared store to check with the first reservation.
+KEY_CHECK = web.RequestKey("key_check", KeyCheck)

@@ -296,14 +296,11 @@ async def test_route_dry_run_shows_order_rule_prices_and_exclusions(
         ("free", None),
     ]
 
-    # Quota: the free channel drops out once its limit cannot take the reservation.
+    # Quota: spent to its end, so a request reserving more than the whole limit still takes it.
     body["max_tokens"] = 200
     out = await dry()
-    assert out["candidates"][0]["channel"] == "night"
-    assert out["excluded"][0]["channel"] == "free"
-    assert out["excluded"][0]["reason"] == (
-        f"daily token quota: 100 of 100 left, this request reserves {out['reserve_tokens']}"
-    )
+    assert out["reserve_tokens"] > 100
+    assert out["candidates"][0]["channel"] == "free"
 
     # A dry run sends nothing upstream and reserves nothing.
     assert all(not up.seen for up, _ in ups.values())

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smartproxy import configfile as cf
 from smartproxy.config import ConfigError, default_config_text, load_config
-from smartproxy.configkinds import API_KEYS, CHANNELS, RULES
+from smartproxy.config import file as cf
+from smartproxy.config.kinds import API_KEYS, CHANNELS, RULES
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent

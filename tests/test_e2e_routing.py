@@ -7,7 +7,6 @@ Every request goes through the gateway's HTTP surface (the openai SDK); the cloc
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -79,32 +78,20 @@ async def test_free_until_daily_quota_then_paid_then_free_after_local_midnight(
     reserve = (await dry_run(gw, body))["reserve_tokens"]
     assert 40 < reserve < 1000 // 5  # prompt estimate (len(body)/4) + max_tokens
 
-    # Each request reserves `reserve` and settles 50: the free channel takes a request only while
-    # its whole reservation still fits under the limit (never overrunning it).
-    expected_free = sum(1 for k in range(100) if 50 * k + reserve <= 1000)
+    # Each request reserves `reserve` and settles 50: the free channel takes requests while used
+    # (plus in flight) is below the limit, so the quota is spent to its end: 20 x 50 = 1000.
+    expected_free = 20
     served = [await ask(gw, sdk) for _ in range(expected_free + 3)]
     assert served == ["free"] * expected_free + ["paid"] * 3
     used = 50 * expected_free
     row = (await usage_of(gw))["free"]
-    assert row["day_tokens"] == used and row["day_quota_left"] == 1000 - used < reserve
+    assert row["day_tokens"] == used == 1000 and row["day_quota_left"] == 0
     assert row["requests"] == expected_free and row["cost_usd"] == 0
     decision = await dry_run(gw, body)
     assert [c["channel"] for c in decision["candidates"]] == ["paid"]
     assert decision["excluded"] == [
-        {
-            "channel": "free",
-            "reason": f"daily token quota: {1000 - used} of 1000 left, "
-            f"this request reserves {reserve}",
-        }
+        {"channel": "free", "reason": "daily token quota used (1000/1000)"}
     ]
-
-    # A smaller request whose reservation fits the rest still goes free (the rest is not wasted).
-    small = (await dry_run(gw, {**body, "max_tokens": 5}))["reserve_tokens"]
-    assert used + small <= 1000 < used + reserve
-    free_up.usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-    assert await ask(gw, sdk, max_tokens=5) == "free"
-    free_up.usage = dict(USAGE_50)
-    used += 15
 
     # The day ends at local midnight in server.timezone (16:00 UTC for Asia/Shanghai).
     local = clock.now.astimezone(ZoneInfo(tz))
@@ -119,29 +106,51 @@ async def test_free_until_daily_quota_then_paid_then_free_after_local_midnight(
     assert len(paid_up.seen) == (await usage_of(gw))["paid"]["requests"] == 4
 
 
-async def test_request_without_max_tokens_reserves_the_configured_default(
+async def test_small_quotas_are_spent_to_their_end_by_requests_without_max_tokens(
     upstream_factory, gateway_factory
 ):
-    """A free channel whose whole limit is smaller than one reservation is never used: the
-    gateway cannot know the request will stay small. usage.default_max_tokens (or max_tokens
-    in the request) sizes the reservation; the dry run and the 503 say why."""
-    _, free_url = await upstream_factory("free", usage=dict(USAGE_50))
+    """Must-show 6: ``daily_limit: 1000`` and requests without ``max_tokens`` (each reserving
+    its prompt + usage.default_max_tokens, more than the whole limit): the free channel serves
+    until its used tokens reach 1000 (overrun at most one request), then the paid one; a channel
+    with ``hour_limit: 300`` serves its first request. The dry run and /api/usage agree."""
+    free_up, free_url = await upstream_factory("free", usage={"prompt_tokens": 30,
+                                                              "completion_tokens": 40,
+                                                              "total_tokens": 70})
     _, paid_url = await upstream_factory("paid", usage=dict(USAGE_50))
     free = channel("free", free_url, daily_limit=1000)
     cfg = base_config(channels=[free, channel("paid", paid_url, price_per_token=1e-6)])
     gw = await gateway_factory(cfg)
-    assert await ask(gw, gw.openai(), max_tokens=None) == "paid"  # reserves prompt + 1024
-    assert await ask(gw, gw.openai(), max_tokens=500) == "free"
-    only_free = await gateway_factory(base_config(channels=[free]))
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+    assert (await dry_run(gw, body))["reserve_tokens"] > 1000  # prompt + 1024
+    served = []
+    for _ in range(20):
+        served.append(await ask(gw, gw.openai(), max_tokens=None))
+        row = (await usage_of(gw))["free"]
+        used = row["day_tokens"] + row["reserved_tokens"]
+        route = [c["channel"] for c in (await dry_run(gw, body))["candidates"]]
+        assert route == (["free", "paid"] if used < 1000 else ["paid"]), used
+        health = await (await gw.client.get("/health")).json()
+        (free_health,) = [c for c in health["channels"] if c["name"] == "free"]
+        assert free_health["day_tokens_used"] == used  # the same numbers everywhere
+        assert free_health["day_quota_left"] == row["day_quota_left"] == max(0, 1000 - used)
+    n_free = served.count("free")
+    assert served == ["free"] * n_free + ["paid"] * (20 - n_free)
+    assert n_free == 15  # 14 x 70 = 980 < 1000 takes one more: 1050, overrun < one request
+    row = (await usage_of(gw))["free"]
+    assert (row["day_tokens"], row["day_quota_left"], row["requests"]) == (1050, 0, 15)
+    assert len(free_up.seen) == 15
+
+    hourly = channel("hourly", free_url, hour_limit=300)
+    small = await gateway_factory(base_config(channels=[hourly]))
+    assert await ask(small, small.openai(), max_tokens=None) == "hourly"
+    assert await ask(small, small.openai(), max_tokens=None) == "hourly"  # 70 < 300
+    smaller = await gateway_factory(base_config(channels=[channel("one", free_url,
+                                                                  hour_limit=50)]))
+    assert await ask(smaller, smaller.openai(), max_tokens=None) == "one"  # 70: used up
     with pytest.raises(openai.APIStatusError) as info:
-        await ask(only_free, only_free.openai(), max_tokens=None)
+        await ask(smaller, smaller.openai(), max_tokens=None)
     assert info.value.status_code == 503
-    message = str(info.value.body)
-    assert re.search(
-        r"free: daily token quota: 1000 of 1000 left, this request reserves 10\d\d\b", message
-    ), message
-    smaller = await gateway_factory(base_config(channels=[free], usage={"default_max_tokens": 256}))
-    assert await ask(smaller, smaller.openai(), max_tokens=None) == "free"
+    assert "one: hourly token quota used (70/50)" in str(info.value.body)
 
 
 async def test_hour_limit_rolls_over_at_the_local_hour(upstream_factory, gateway_factory):
@@ -152,7 +161,7 @@ async def test_hour_limit_rolls_over_at_the_local_hour(upstream_factory, gateway
         base_config(
             server={"listen": "127.0.0.1:0", "timeout": 5, "timezone": "Asia/Kolkata"},
             channels=[
-                channel("free", free_url, hour_limit=120),
+                channel("free", free_url, hour_limit=100),
                 channel("paid", paid_url, price_per_token=1e-6),
             ],
             usage={"default_max_tokens": 20},
@@ -160,14 +169,14 @@ async def test_hour_limit_rolls_over_at_the_local_hour(upstream_factory, gateway
         clock=clock,
     )
     sdk = gw.openai()
-    assert await ask(gw, sdk, max_tokens=None) == "free"  # reserve (~15 + 20) fits 120
-    assert await ask(gw, sdk, max_tokens=None) == "paid"  # 100 used + reserve > 150
+    assert await ask(gw, sdk, max_tokens=None) == "free"  # 0 used < 100
+    assert await ask(gw, sdk, max_tokens=None) == "paid"  # 100 used: the hour is spent
     clock.advance(seconds=59)  # 10:59:59 local
     assert await ask(gw, sdk, max_tokens=None) == "paid"
     clock.advance(seconds=1)  # 11:00 local (05:30 UTC): a new hour
     assert await ask(gw, sdk, max_tokens=None) == "free"
     row = (await usage_of(gw))["free"]
-    assert (row["hour_tokens"], row["day_tokens"], row["hour_quota_left"]) == (100, 200, 20)
+    assert (row["hour_tokens"], row["day_tokens"], row["hour_quota_left"]) == (100, 200, 0)
 
 
 # ----------------------------------------------------------------------------- 4. discounts

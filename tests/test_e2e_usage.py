@@ -292,7 +292,7 @@ async def test_sqlite_restart_keeps_counters_and_request_log(
     clock = Clock(datetime(2026, 11, 26, 12, 30, tzinfo=UTC))
     cfg = base_config(
         channels=[
-            channel("free", free_url, daily_limit=330, hour_limit=1000),
+            channel("free", free_url, daily_limit=300, hour_limit=1000),
             channel("paid", paid_url, price_per_token=1e-6),
         ],
         storage={"backend": "sqlite", "path": str(tmp_path / "usage.db")},
@@ -374,14 +374,14 @@ async def test_token_cost_and_quota_metrics(upstream_factory, gateway_factory):
     gw = await gateway_factory(
         base_config(
             channels=[
-                channel("free", free_url, daily_limit=200, hour_limit=100),
+                channel("free", free_url, daily_limit=200, hour_limit=90),
                 channel("paid", paid_url, price_per_token=1e-6),
             ]
         ),
         clock=clock,
     )
     sdk = gw.openai()
-    for _ in range(3):  # free, then paid twice (the hour limit leaves no room)
+    for _ in range(3):  # free, then paid twice (the hour limit is used up)
         await sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
     await gw.gateway.drain_background()
     m = samples(await (await gw.client.get("/metrics")).text())
@@ -397,7 +397,7 @@ async def test_token_cost_and_quota_metrics(upstream_factory, gateway_factory):
     assert get("smartproxy_channel_tokens_used", channel="free", window="day") == 90
     assert get("smartproxy_channel_tokens_used", channel="free", window="hour") == 90
     assert get("smartproxy_channel_quota_tokens", channel="free", window="day") == 200
-    assert get("smartproxy_channel_quota_tokens", channel="free", window="hour") == 100
+    assert get("smartproxy_channel_quota_tokens", channel="free", window="hour") == 90
     assert get("smartproxy_channel_tokens_used", channel="paid", window="day") == 180
     assert get("smartproxy_channel_quota_tokens", channel="paid", window="day") == float("inf")
     clock.advance(hours=1)  # 00:30: a new day and hour; the running totals stay

@@ -123,8 +123,8 @@ def test_discount_to_zero_counts_as_free() -> None:
         (ch("x"), ChannelState(circuit="cooldown"), 0, "cooling down after 429"),
         (ch("x", daily_limit=1000), ChannelState(day_tokens_used=1000), 0,
          "daily token quota used (1000/1000)"),
-        (ch("x", daily_limit=1000), ChannelState(day_tokens_used=990), 11,
-         "daily token quota: 10 of 1000 left, this request reserves 11"),
+        (ch("x", daily_limit=1000), ChannelState(day_tokens_used=1200), 11,
+         "daily token quota used (1200/1000)"),
         (ch("x", hour_limit=50), ChannelState(hour_tokens_used=60), 0,
          "hourly token quota used (60/50)"),
         (ch("x", daily_request_limit=3), ChannelState(day_requests_used=3), 0,
@@ -145,6 +145,8 @@ def test_exclusions(channel: ChannelConfig, state: ChannelState, reserve: int, r
         (ch("x", models=("llama",), model_mapping={"gpt-4o-mini": "llama"}), ChannelState(), 0),
         (ch("x", models=()), ChannelState(), 0),  # no list: any model
         (ch("x", daily_limit=1000), ChannelState(day_tokens_used=990), 10),  # exactly at limit
+        (ch("x", daily_limit=1000), ChannelState(day_tokens_used=999), 5000),  # spent to its end
+        (ch("x", hour_limit=300), ChannelState(), 1034),  # a small quota takes its first request
         (ch("x", daily_limit=0, hour_limit=0), ChannelState(10**9, 10**9, 10**9), 0),  # unlimited
         (ch("x", daily_request_limit=3), ChannelState(day_requests_used=2), 0),
     ],
@@ -163,8 +165,11 @@ def test_quota_exhaustion_moves_to_paid_and_back_after_rollover() -> None:
     ]
     used_up = run(channels, states={"free": ChannelState(day_tokens_used=1000)})
     assert order(used_up) == ["paid"]
-    # in-flight reservations count: 900 used + 200 reserved would overrun
-    assert order(run(channels, states={"free": ChannelState(900)}, reserve=200)) == ["paid"]
+    # spent to its end: 999 used (reservations included) still takes a request of any size
+    assert order(run(channels, states={"free": ChannelState(999)}, reserve=5000)) == [
+        "free",
+        "paid",
+    ]
     # the next day the store reports fresh counters
     assert order(run(channels, states={"free": ChannelState()})) == ["free", "paid"]
 

@@ -59,11 +59,12 @@ async def test_reserve_refuses_at_day_limit_and_release_returns_capacity() -> No
     limits = Limits(day_tokens=1000)
     a = await store.try_reserve("free", 600, limits, NOON)
     assert a is not None
-    assert await store.try_reserve("free", 500, limits, NOON) is None
-    b = await store.try_reserve("free", 400, limits, NOON)  # exactly at the limit is allowed
+    # used + reserved (600) is below the limit: room, and the reservation may overrun it
+    b = await store.try_reserve("free", 500, limits, NOON)
     assert b is not None
+    assert await store.try_reserve("free", 1, limits, NOON) is None  # 1100 reserved >= 1000
     u = (await store.usage(["free"], NOON))["free"]
-    assert (u.day_tokens, u.day_reserved_tokens, u.day_tokens_with_reserved) == (0, 1000, 1000)
+    assert (u.day_tokens, u.day_reserved_tokens, u.day_tokens_with_reserved) == (0, 1100, 1100)
     await store.release(a)
     assert await store.try_reserve("free", 500, limits, NOON) is not None
     # release counts nothing
@@ -71,10 +72,23 @@ async def test_reserve_refuses_at_day_limit_and_release_returns_capacity() -> No
     assert (u.day_tokens, u.total_requests) == (0, 0)
 
 
+async def test_a_reservation_landing_exactly_on_the_limit_uses_it_up() -> None:
+    store = MemoryStore(UTC)
+    limits = Limits(day_tokens=1000)
+    assert await store.try_reserve("free", 1000, limits, NOON) is not None
+    assert await store.try_reserve("free", 0, limits, NOON) is None
+
+
+async def test_a_small_quota_takes_its_first_request_whatever_it_reserves() -> None:
+    store = MemoryStore(UTC)
+    assert await store.try_reserve("free", 1034, Limits(hour_tokens=300), NOON) is not None
+    assert await store.try_reserve("other", 1034, Limits(day_tokens=1000), NOON) is not None
+
+
 async def test_settle_replaces_reservation_with_actual_tokens() -> None:
     store = MemoryStore(UTC)
     limits = Limits(day_tokens=1000)
-    res = await store.try_reserve("free", 900, limits, NOON)
+    res = await store.try_reserve("free", 1000, limits, NOON)
     assert await store.try_reserve("free", 200, limits, NOON) is None
     await store.settle(res, rec(prompt=50, completion=50, cost=0.25), NOON)
     u = (await store.usage(["free"], NOON))["free"]
@@ -88,10 +102,9 @@ async def test_settle_replaces_reservation_with_actual_tokens() -> None:
 async def test_hour_and_request_limits() -> None:
     store = MemoryStore(UTC)
     hour = Limits(hour_tokens=100)
-    await store.settle(None, rec(prompt=40, completion=40), NOON)
-    assert await store.try_reserve("free", 21, hour, NOON) is None
-    assert await store.try_reserve("free", 20, hour, NOON) is not None
-    assert await store.try_reserve("free", 0, hour, NOON + timedelta(hours=1)) is not None
+    await store.settle(None, rec(prompt=50, completion=50), NOON)
+    assert await store.try_reserve("free", 1, hour, NOON) is None  # 100 used: none left
+    assert await store.try_reserve("free", 500, hour, NOON + timedelta(hours=1)) is not None
 
     reqs = Limits(day_requests=3)
     assert await store.try_reserve("other", 0, reqs, NOON) is not None
@@ -220,7 +233,10 @@ async def test_reservation_across_midnight_counts_in_the_new_day() -> None:
     res = await store.try_reserve("free", 600, limits, late)
     assert res is not None and res.day_key == "2024-05-01"
     # Still in flight after midnight: it will be counted in the new day, so it holds room there.
-    assert await store.try_reserve("free", 500, limits, early) is None
+    held = await store.try_reserve("free", 500, limits, early)
+    assert held is not None  # 600 held < 1000: room left
+    assert await store.try_reserve("free", 1, limits, early) is None  # 1100 held
+    await store.release(held)
     await store.settle(res, rec(prompt=200, completion=0), early)
     old = (await store.usage(["free"], late))["free"]
     new = (await store.usage(["free"], early))["free"]
@@ -266,5 +282,11 @@ async def test_create_store_picks_the_backend(tmp_path: object) -> None:
     assert isinstance(create_store(StorageConfig(backend="memory"), UTC), MemoryStore)
     sqlite = create_store(StorageConfig(backend="sqlite", path=f"{tmp_path}/u.db"), UTC)
     assert isinstance(sqlite, SqliteStore)
-    with pytest.raises(ConfigError, match="redis.*later"):
-        create_store(StorageConfig(backend="redis", url="redis://localhost"), UTC)
+    from smartproxy.storage.redis import RedisStore
+
+    redis = create_store(
+        StorageConfig(backend="redis", url="redis://localhost", path=f"{tmp_path}/log.db"), UTC
+    )
+    assert isinstance(redis, RedisStore)
+    with pytest.raises(ConfigError, match="unknown backend"):
+        create_store(StorageConfig(backend="nope"), UTC)

@@ -2,7 +2,7 @@
 
 ``GET`` lists what is live (secrets masked). ``POST`` adds or replaces one entry by ``name`` and
 ``DELETE`` removes one. A change is made under ``Gateway.write_lock`` on the config file's current
-text (``smartproxy.configfile``), validated whole by the loader, written atomically, then
+text (``smartproxy.config.file``), validated whole by the loader, written atomically, then
 installed as a new snapshot — in that order, so the file and what runs never disagree; a refused
 change leaves both untouched. Every attempt, refused or not, is one audit line.
 
@@ -27,9 +27,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import configfile as cf
 from ..audit import Actor, config_diff, config_secrets, scrub
-from ..configkinds import API_KEYS, CHANNELS, RULES, Kind
+from ..config import file as cf
+from ..config.kinds import API_KEYS, CHANNELS, RULES, Kind
 from ..errors import BadRequest, ConfigError, GatewayError
 from ..security.jwt import ADMIN_SUB, JwtVerifier
 from ..state import GATEWAY, Gateway, Snapshot, keep_listener

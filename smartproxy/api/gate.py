@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 from aiohttp import web
 
 from ..errors import AuthenticationFailed, PermissionDenied, QuotaExceeded, RateLimited
 from ..localtime import MinuteClock
 from ..security.apikeys import Principal, extract_key, key_prefix
-from ..security.budget import DailySpend, check_budget, day_start
-from ..state import PRINCIPAL, RATELIMIT_HEADERS, Gateway, Snapshot
-from ..storage.base import RequestRecord, StorageError
+from ..security.budget import DailySpend, budget_spent, check_budget, day_start
+from ..security.ratelimit import RateDecision
+from ..state import KEY_CHECK, PRINCIPAL, RATELIMIT_HEADERS, Gateway, Snapshot
+from ..storage.base import Admission, KeyCheck, RequestRecord, StorageError
 
 log = logging.getLogger("smartproxy.proxy")
 
@@ -68,8 +70,13 @@ async def _auth_failed(gw: Gateway, address: str, reason: str, presented: str | 
     await gw.penalty.punish(address)
 
 
-def rate_limit(request: web.Request, gw: Gateway, snap: Snapshot, principal: Principal) -> None:
-    """Take one request from the key's bucket; 429 with ``Retry-After`` when it is empty."""
+def rate_limit(
+    request: web.Request, gw: Gateway, snap: Snapshot, principal: Principal, *, defer: bool = True
+) -> None:
+    """Take one request from the key's bucket; 429 with ``Retry-After`` when it is empty.
+
+    With a shared store (redis) and ``defer``, nothing is checked here: the key's limits ride
+    with the request's first reservation (one atomic Redis step, see ``KeyCheck``)."""
     default = snap.config.security.rate_limit
     key = principal.key
     rpm = (
@@ -78,16 +85,77 @@ def rate_limit(request: web.Request, gw: Gateway, snap: Snapshot, principal: Pri
         else default.requests_per_minute
     )
     burst = key.burst if key.burst is not None else default.burst
+    if defer and gw.shared:
+        request[RATELIMIT_HEADERS] = {}
+        check = KeyCheck(principal.name, rpm, max(1, burst),
+                         day=snap.minutes.at(gw.clock()).day_key)
+        check.answer = partial(_answer, request, gw, snap, principal, check)
+        check.local = [partial(_local_rate_limit, request, gw, principal, rpm, burst)]
+        request[KEY_CHECK] = check
+        return
+    request[RATELIMIT_HEADERS] = {}
+    _local_rate_limit(request, gw, principal, rpm, burst)
+
+
+def _local_rate_limit(
+    request: web.Request, gw: Gateway, principal: Principal, rpm: float, burst: int
+) -> None:
     decision = gw.limiter.check(principal.name, rpm, burst)
-    headers = request[RATELIMIT_HEADERS] = decision.headers()
+    headers = request[RATELIMIT_HEADERS]
+    headers.update(decision.headers())
     if not decision.allowed:
-        gw.metrics.rate_limited(principal.name)
-        log.info("rate limited key %r: %g requests/minute, burst %d", principal.name, rpm, burst)
-        raise RateLimited(
-            f"rate limit reached for key {principal.name!r}: {rpm:g} requests per minute, "
-            f"burst {burst}; retry after {decision.retry_after:.1f}s",
-            headers=headers,
+        _refused_rate(gw, principal, rpm, burst, decision.retry_after, headers)
+
+
+def _refused_rate(gw: Gateway, principal: Principal, rpm: float, burst: int, retry_after: float,
+                  headers: dict[str, str]) -> None:
+    gw.metrics.rate_limited(principal.name)
+    log.info("rate limited key %r: %g requests/minute, burst %d", principal.name, rpm, burst)
+    raise RateLimited(
+        f"rate limit reached for key {principal.name!r}: {rpm:g} requests per minute, "
+        f"burst {burst}; retry after {retry_after:.1f}s",
+        headers=dict(headers),
+    )
+
+
+def _refused_tokens(gw: Gateway, principal: Principal, tpm: int, tokens: int,
+                    retry_after: float, headers: dict[str, str]) -> None:
+    gw.metrics.rate_limited(principal.name)
+    log.info("rate limited key %r: %d tokens per minute", principal.name, tpm)
+    raise RateLimited(
+        f"rate limit reached for key {principal.name!r}: {tpm} tokens per minute "
+        f"(this request may use up to {tokens}); retry after {retry_after:.1f}s",
+        code="rate_limit_exceeded",
+        param="max_tokens",
+        headers=dict(headers),
+    )
+
+
+def _answer(request: web.Request, gw: Gateway, snap: Snapshot, principal: Principal,
+            check: KeyCheck, adm: Admission) -> None:
+    """What the shared store said about the key: its headers, and the 429 when it refused."""
+    headers = request[RATELIMIT_HEADERS]
+    code = adm.code
+    if check.rpm > 0:
+        left, cap, reset_ms = adm.requests
+        retry = adm.wait_ms / 1000 if code == 10 else 0.0
+        headers.update(RateDecision(code != 10, cap, max(0, left), reset_ms / 1000, retry).headers())
+    if check.tpm > 0 and code != 10 and code != 12:
+        left, cap, reset_ms = adm.tokens
+        retry = adm.wait_ms / 1000 if code == 11 else 0.0
+        headers.update(
+            RateDecision(code != 11, cap, left, reset_ms / 1000, retry, "tokens").headers()
         )
+    if code == 10:
+        _refused_rate(gw, principal, check.rpm, check.burst, adm.wait_ms / 1000, headers)
+    if code == 11:
+        _refused_tokens(gw, principal, check.tpm, check.tpm_tokens, adm.wait_ms / 1000, headers)
+    if code == 12:
+        gw.metrics.rate_limited(principal.name)
+        log.info("key %r refused: daily budget $%g spent", principal.name, check.budget)
+        exc = budget_spent(principal.name, adm.spent, check.budget, gw.clock(), snap.tz)
+        exc.headers = {**headers, **exc.headers}
+        raise exc
 
 
 def limit_tokens(request: web.Request, gw: Gateway, principal: Principal, tokens: int) -> None:
@@ -99,19 +167,25 @@ def limit_tokens(request: web.Request, gw: Gateway, principal: Principal, tokens
     tpm = principal.key.tokens_per_minute
     if not tpm:
         return
+    check = request.get(KEY_CHECK)
+    if check is not None:  # a shared store checks it with the first reservation
+        check.tpm, check.tpm_tokens = tpm, tokens
+        if check.local is not None:
+            check.local.append(partial(_local_tokens, request, gw, principal, tpm, tokens))
+        return
+    _local_tokens(request, gw, principal, tpm, tokens)
+
+
+def _local_tokens(
+    request: web.Request, gw: Gateway, principal: Principal, tpm: int, tokens: int
+) -> None:
     decision = gw.limiter.check_tokens(principal.name, tpm, tokens)
-    headers = {**request.get(RATELIMIT_HEADERS, {}), **decision.headers()}
-    request[RATELIMIT_HEADERS] = headers
+    headers = request.get(RATELIMIT_HEADERS)
+    if headers is None:
+        headers = request[RATELIMIT_HEADERS] = {}
+    headers.update(decision.headers())
     if not decision.allowed:
-        gw.metrics.rate_limited(principal.name)
-        log.info("rate limited key %r: %d tokens per minute", principal.name, tpm)
-        raise RateLimited(
-            f"rate limit reached for key {principal.name!r}: {tpm} tokens per minute "
-            f"(this request may use up to {tokens}); retry after {decision.retry_after:.1f}s",
-            code="rate_limit_exceeded",
-            param="max_tokens",
-            headers=headers,
-        )
+        _refused_tokens(gw, principal, tpm, tokens, decision.retry_after, headers)
 
 
 def budget(request: web.Request, gw: Gateway, snap: Snapshot, principal: Principal) -> None:
@@ -119,6 +193,18 @@ def budget(request: web.Request, gw: Gateway, snap: Snapshot, principal: Princip
     limit = principal.key.daily_budget_usd
     if not limit:
         return
+    check = request.get(KEY_CHECK)
+    if check is not None:  # a shared store checks the spend of every process
+        check.budget = limit
+        if check.local is not None:
+            check.local.append(partial(_local_budget, request, gw, snap, principal, limit))
+        return
+    _local_budget(request, gw, snap, principal, limit)
+
+
+def _local_budget(
+    request: web.Request, gw: Gateway, snap: Snapshot, principal: Principal, limit: float
+) -> None:
     try:
         check_budget(request.app[SPEND], principal.name, limit, gw.clock(), snap.tz)
     except QuotaExceeded as exc:
@@ -132,7 +218,8 @@ def charge_key(
     gw: Gateway, spend: DailySpend, principal: Principal, minutes: MinuteClock, record: RequestRecord
 ) -> None:
     """At settlement: the tokens really used go to the key's tokens-per-minute bucket and the
-    cost to its spend of the day the request started (the request log's day)."""
+    cost to its spend of the day the request started (the request log's day). (A shared store
+    charges its own buckets in the settle script; these stay this process's fallback.)"""
     tpm = principal.key.tokens_per_minute
     if tpm:
         gw.limiter.add_tokens(principal.name, tpm, record.total_tokens)

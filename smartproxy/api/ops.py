@@ -49,8 +49,10 @@ async def health_report(gw: Gateway) -> dict[str, Any]:
                 "type": ch.type,
                 "status": ch.status,
                 "circuit": gw.health.peek(ch.name) if ch.active else "disabled",
-                "day_tokens_used": u.day_tokens,
-                "hour_tokens_used": u.hour_tokens,
+                # as rules and the router read them: settled plus reserved by requests in flight
+                "day_tokens_used": u.day_tokens_with_reserved,
+                "hour_tokens_used": u.hour_tokens_with_reserved,
+                "reserved_tokens": u.day_reserved_tokens,
                 "day_quota_left": quota_left(ch.daily_limit, u.day_tokens_with_reserved),
                 "hour_quota_left": quota_left(ch.hour_limit, u.hour_tokens_with_reserved),
             }

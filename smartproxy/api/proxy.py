@@ -334,7 +334,7 @@ async def models(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     snap = gw.snapshot
     principal = await authenticate(request, gw, snap)
-    rate_limit(request, gw, snap, principal)
+    rate_limit(request, gw, snap, principal, defer=False)  # nothing is dispatched
     seen: dict[str, str] = {}
     for ch in snap.config.channels:
         if not ch.active:

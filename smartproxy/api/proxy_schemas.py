@@ -197,8 +197,9 @@ PROXY_SCHEMAS: dict[str, Json] = {
                      "description": "Backend status; further fields vary by backend."},
             channels=_array(_obj(
                 name=_STR, type=_STR, status={**_STR, "enum": ["active", "disabled"]},
-                circuit={**_STR, "description": "Breaker state."}, day_tokens_used=_INT,
-                hour_tokens_used=_INT, day_quota_left=_NULLABLE_INT,
+                circuit={**_STR, "description": "Breaker state."},
+                day_tokens_used={**_INT, "description": "Settled plus reserved in flight."},
+                hour_tokens_used=_INT, reserved_tokens=_INT, day_quota_left=_NULLABLE_INT,
                 hour_quota_left=_NULLABLE_INT,
             )),
         ),

@@ -11,12 +11,11 @@ Order:
    variables; a channel is listed once, at its first matching rule);
 2. every other candidate by (not free, effective price, ``priority``, position in the file).
 
-Quotas near the limit: a request reserves its prompt estimate plus ``max_tokens`` (or
-``usage.default_max_tokens``), and a channel takes it only if used + in flight + that reservation
-stays within each limit. So a quota is never overrun by requests that use no more than they
-reserved; the last tokens of a day stay free for requests small enough to fit, and a channel
-whose whole limit is below one reservation is never chosen for it (the reason says how much is
-left and how much the request reserves).
+Quotas (contract §4): a channel is a candidate while used + reserved by requests in flight is
+below each limit; the request then reserves its estimate (prompt + ``max_tokens``) and settles what
+it really used. So a quota is spent to its end (``day_tokens_used < daily_limit``), a small quota is
+never refused to its first request, and concurrent requests overrun it by at most one request.
+``reserve_tokens`` is accepted for the dry run's report; it no longer decides admission.
 
 Cost per request: the variables are built lazily (the request half once, each channel's half once
 and only if a rule reads it), rules come pre-sorted from ``compile_rules``, and each rule
@@ -160,28 +159,14 @@ def exclusion_reason(
     if state.circuit in _UNAVAILABLE:
         return _UNAVAILABLE[state.circuit]
     day, hour = channel.daily_limit, channel.hour_limit
-    if day and _over(state.day_tokens_used, reserve_tokens, day):
-        return _quota_reason("daily", state.day_tokens_used, day, reserve_tokens)
-    if hour and _over(state.hour_tokens_used, reserve_tokens, hour):
-        return _quota_reason("hourly", state.hour_tokens_used, hour, reserve_tokens)
+    if day and state.day_tokens_used >= day:
+        return f"daily token quota used ({state.day_tokens_used}/{day})"
+    if hour and state.hour_tokens_used >= hour:
+        return f"hourly token quota used ({state.hour_tokens_used}/{hour})"
     requests = channel.daily_request_limit
     if requests and state.day_requests_used >= requests:
         return f"daily request quota used ({state.day_requests_used}/{requests})"
     return None
-
-
-def _over(used: int, reserve: int, limit: int) -> bool:
-    """A quota is used up when nothing is left, or when this request's reservation would overrun
-    it (a reservation that lands exactly on the limit still fits)."""
-    return used >= limit or used + reserve > limit
-
-
-def _quota_reason(window: str, used: int, limit: int, reserve: int) -> str:
-    if used >= limit:
-        return f"{window} token quota used ({used}/{limit})"
-    # Room is left, but less than this request reserves (prompt estimate + max_tokens or
-    # usage.default_max_tokens): say so, a smaller max_tokens would still fit.
-    return f"{window} token quota: {limit - used} of {limit} left, this request reserves {reserve}"
 
 
 def route(

@@ -9,7 +9,7 @@ and cannot allocate without limit. The kept AST runs through asteval's node hand
 ``safe_pow``/``safe_mult`` as a second line of defence). A runtime error (``'01:00' < 5``) makes
 the rule false and is kept for the dry run; it never reaches the caller.
 
-Translation and the whitelist are in :mod:`.ruleparse` (its public names are re-exported here);
+Translation and the whitelist are in :mod:`smartproxy.config.expr` (its public names are re-exported here);
 this module evaluates what passed and compiles a config's rules in order.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .ruleparse import (
+from ..config.expr import (
     CHANNEL_VARIABLES,
     CONSTANT_NAMES,
     FUNCTIONS,

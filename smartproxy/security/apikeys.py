@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..config import ApiKeyConfig
+from ..config.model import mask_secret as mask_secret  # re-exported: shown in admin views
 
 MALFORMED = "malformed Authorization header"
 
@@ -104,12 +105,3 @@ def key_prefix(key: str) -> str:
     return key[:shown] + "…"
 
 
-def mask_secret(secret: str) -> str:
-    """``sk-...abcd``: a short scheme prefix and the last 4 chars, for showing stored keys."""
-    if not secret:
-        return ""
-    if len(secret) < 12:
-        return "****"
-    dash = secret.find("-")
-    prefix = secret[: dash + 1] if 0 < dash <= 2 else ""
-    return f"{prefix}...{secret[-4:]}"

@@ -86,8 +86,15 @@ def check_budget(
     spent = spend.spent(key_name, local_day(now, tz))
     if spent < budget:
         return
+    raise budget_spent(key_name, spent, budget, now, tz)
+
+
+def budget_spent(
+    key_name: str, spent: float, budget: float, now: datetime, tz: tzinfo
+) -> QuotaExceeded:
+    """The 429 ``insufficient_quota`` of a key that has spent its daily budget."""
     wait = seconds_to_next_day(now, tz)
-    raise QuotaExceeded(
+    return QuotaExceeded(
         f"key {key_name!r} has used its daily budget: ${spent:.4f} of ${budget:g} today; "
         f"it resets at local midnight",
         headers={

@@ -3,6 +3,8 @@
     base.py     the protocol, its value objects and ``CounterBook`` (counting all backends share)
     memory.py   ``memory``: this process only, nothing survives a restart
     sqlite.py   ``sqlite`` (default): one WAL file, written by a batching flush off the event loop
+    redis.py    ``redis``: counters, reservations, key limits and breakers shared by every process
+                and host (Lua scripts in redis_scripts.py); the request log stays in SQLite
 
 ``create_store`` picks the backend named by ``storage.backend``.
 """
@@ -14,8 +16,10 @@ from datetime import tzinfo
 from ..config import StorageConfig
 from ..errors import ConfigError
 from .base import (
+    Admission,
     Clock,
     CounterBook,
+    KeyCheck,
     Limits,
     RequestRecord,
     Reservation,
@@ -28,8 +32,10 @@ from .memory import MemoryStore
 from .sqlite import SqliteStore
 
 __all__ = [
+    "Admission",
     "Clock",
     "CounterBook",
+    "KeyCheck",
     "Limits",
     "MemoryStore",
     "RequestRecord",
@@ -50,10 +56,7 @@ def create_store(cfg: StorageConfig, tz: tzinfo, *, clock: Clock | None = None) 
     if cfg.backend == "memory":
         return MemoryStore(tz)
     if cfg.backend == "redis":
-        raise ConfigError(
-            [
-                "storage.backend: 'redis' is not available in this version (it arrives with a "
-                "later release); use 'sqlite' (the default) or 'memory'"
-            ]
-        )
+        from .redis import RedisStore  # imports redis-py only when it is used
+
+        return RedisStore(cfg, tz, clock=clock)
     raise ConfigError([f"storage.backend: unknown backend {cfg.backend!r}"])

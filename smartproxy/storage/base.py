@@ -108,6 +108,43 @@ class RequestRecord:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(slots=True)
+class KeyCheck:
+    """A client key's limits, checked by a shared store in the same atomic step as the first
+    reservation (one Redis round trip before dispatch). Built by the key gate, which also gives
+    ``answer`` (reads an ``Admission``: sets the key's headers, raises 429 when refused) and
+    ``local`` (the in-process checks, run instead while the shared store is unreachable)."""
+
+    name: str
+    rpm: float = 0.0
+    burst: int = 0
+    tpm: int = 0
+    tpm_tokens: int = 0
+    budget: float = 0.0
+    day: str = ""  # the server-local day of the request's start (the budget's day)
+    answer: Callable[[Admission], None] | None = None
+    local: list[Callable[[], None]] | None = None
+
+
+@dataclass(slots=True)
+class Admission:
+    """What one check-and-reserve of a shared store answered.
+
+    ``code``: 0 reserved, 1 quota used, 2 circuit open, 3 half-open trial in flight, 4 cooling
+    down after 429; 10/11/12 the key's requests per minute / tokens per minute / daily budget
+    refused it (nothing reserved). ``offline``: the store was unreachable and this process
+    counted alone (``storage.on_error: open``); the key's checks were not made.
+    """
+
+    code: int
+    reservation: Reservation | None = None
+    offline: bool = False
+    wait_ms: int = 0  # open circuit / cool-down left, or the key's retry-after
+    spent: float = 0.0  # the key's spend today (code 12)
+    requests: tuple[int, int, int] = (0, 0, 0)  # key bucket: remaining, limit, reset ms
+    tokens: tuple[int, int, int] = (0, 0, 0)  # key tokens-per-minute bucket: the same
+
+
 @runtime_checkable
 class UsageStore(Protocol):
     """Where counters, reservations and the request log live. Every method takes ``now``."""
@@ -120,7 +157,8 @@ class UsageStore(Protocol):
     async def try_reserve(
         self, channel: str, tokens: int, limits: Limits, now: datetime
     ) -> Reservation | None:
-        """Reserve ``tokens`` and one request if every limit > 0 still has room, else None."""
+        """Reserve ``tokens`` and one request if every limit > 0 still has room (used plus
+        reserved below the limit), else None."""
 
     async def settle(
         self, reservation: Reservation | None, record: RequestRecord, now: datetime
@@ -267,14 +305,16 @@ class CounterBook:
             raise ValueError(f"cannot reserve a negative number of tokens ({tokens})")
         day, hour = self.window_keys(now)
         held_tokens, held_requests = self._inflight.get(channel, (0, 0))
+        # Admission (contract §4): room while used + reserved is below the limit; the request
+        # then reserves its whole estimate, so a quota overruns by at most one request.
         if limits.day_tokens > 0:
-            if self._peek(channel, DAY, day).tokens + held_tokens + tokens > limits.day_tokens:
+            if self._peek(channel, DAY, day).tokens + held_tokens >= limits.day_tokens:
                 return None
         if limits.hour_tokens > 0:
-            if self._peek(channel, HOUR, hour).tokens + held_tokens + tokens > limits.hour_tokens:
+            if self._peek(channel, HOUR, hour).tokens + held_tokens >= limits.hour_tokens:
                 return None
         if limits.day_requests > 0:
-            if self._peek(channel, DAY, day).requests + held_requests + 1 > limits.day_requests:
+            if self._peek(channel, DAY, day).requests + held_requests >= limits.day_requests:
                 return None
         res = Reservation(next(self._ids), channel, tokens, day, hour)
         self._cache.pop(channel, None)

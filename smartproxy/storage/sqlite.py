@@ -96,6 +96,7 @@ class SqliteStore(InProcessCounters):
     """A ``UsageStore`` persisted to the SQLite file at ``path`` (its folder is created)."""
 
     backend = "sqlite"
+    count_windows = True  # False: the request log only (the redis backend keeps the counters)
 
     def __init__(
         self,
@@ -244,7 +245,7 @@ class SqliteStore(InProcessCounters):
 
     def _write(self, batch: list[Pending]) -> None:
         deltas: dict[tuple[str, str, str], list[float]] = {}
-        for record, day, hour in batch:
+        for record, day, hour in batch if self.count_windows else ():
             for window, key in ((DAY, day), (HOUR, hour), (TOTAL, TOTAL_KEY)):
                 d = deltas.setdefault((record.channel, window, key), [0, 0, 0, 0, 0.0])
                 d[0] += record.total_tokens
@@ -261,7 +262,8 @@ class SqliteStore(InProcessCounters):
 
         def write(conn: sqlite3.Connection) -> None:
             with conn:  # one transaction: all of the batch or none of it
-                conn.executemany(_UPSERT, [(*k, *d) for k, d in deltas.items()])
+                if self.count_windows:
+                    conn.executemany(_UPSERT, [(*k, *d) for k, d in deltas.items()])
                 conn.executemany(_INSERT_LOG, log_rows)
 
         self._run(write)

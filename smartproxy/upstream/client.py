@@ -27,6 +27,7 @@ from ..routing.pricing import cost_local
 from ..routing.router import Candidate
 from ..state import Gateway, Snapshot
 from ..storage.base import Limits, RequestRecord, Reservation
+from . import shared
 from .errors import AttemptError
 from .exchange import AttemptLog as AttemptLog
 from .exchange import Exchange as Exchange
@@ -112,8 +113,17 @@ class Dispatcher:
             # The first attempt starts at the request's start; a retry may be seconds later.
             now = gw.clock() if tried or waited else ex.started
             counters = gw.counters
+            why = "quota used"
             if counters is not None:
                 reservation = counters.try_reserve_now(ch.name, ex.reserve_tokens, plan.limits, now)
+            elif gw.shared:  # one round trip: key limits (first attempt), breaker, quota
+                try:
+                    reservation, why = await shared.admit(
+                        gw, ex, ch, plan.limits, plan.timeouts.total, plan.breaker, now
+                    )
+                except BaseException:
+                    health.release(permit)
+                    raise
             else:
                 reservation = await gw.store.try_reserve(
                     ch.name, ex.reserve_tokens, plan.limits, now
@@ -121,13 +131,16 @@ class Dispatcher:
             if reservation is None:
                 health.release(permit)
                 queue.pop(0)
-                skipped.append(f"{ch.name}: quota used")
+                skipped.append(f"{ch.name}: {why}")
                 continue
             if tried:
                 gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
             tried += 1
             waited = False
-            outcome = await self._attempt(ex, plan, Verdict(health, permit), reservation)
+            verdict = shared.verdict(gw, health, permit, reservation) if gw.shared else Verdict(
+                health, permit
+            )
+            outcome = await self._attempt(ex, plan, verdict, reservation)
             if isinstance(outcome, web.StreamResponse):
                 return outcome
             if outcome is not None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ..config import ChannelConfig
 from ..routing.router import RequestFacts
-from ..state import Snapshot
-from ..storage.base import RequestRecord
+from ..state import Gateway, Snapshot
+from ..storage.base import RequestRecord, Reservation
 from .breaker import Permit
 from .health import ChannelHealth
 
@@ -99,3 +100,25 @@ class Exchange:
 def header_safe(value: str) -> str:
     """Channel names may be any Unicode (免费渠道A); in headers they are percent-encoded UTF-8."""
     return value if value.isascii() and value.isprintable() else quote(value, safe=" -_.~")
+
+
+class Settler(Protocol):
+    """What the stream relay needs of the dispatcher (``client.Dispatcher``), without importing it:
+    the gateway, the answer's headers, and settling the request's usage."""
+
+    gw: Gateway
+
+    def _response_headers(
+        self, ex: Exchange, ch: ChannelConfig | None, upstream: Any
+    ) -> CIMultiDict[str]: ...
+
+    def _settle(
+        self,
+        ex: Exchange,
+        ch: ChannelConfig,
+        reservation: Reservation,
+        status: int,
+        usage: dict[str, Any] | None,
+        content_events: int,
+        error: str | None = None,
+    ) -> None: ...

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,15 +16,12 @@ from ..config import ChannelConfig
 from ..providers.base import UpstreamReply
 from ..storage.base import Reservation
 from .errors import AttemptError, UpstreamConnectError
-from .exchange import AttemptLog, Exchange, Verdict
+from .exchange import AttemptLog, Exchange, Settler, Verdict
 from .sse import EventSplitter, StreamTally, error_event, inspect_event
-
-if TYPE_CHECKING:  # client imports this module
-    from .client import Dispatcher
 
 
 async def relay_stream(
-    dispatcher: Dispatcher,
+    dispatcher: Settler,
     ex: Exchange,
     ch: ChannelConfig,
     health: Verdict,
@@ -94,7 +90,7 @@ async def relay_stream(
 
 
 def _finish_stream(
-    dispatcher: Dispatcher,
+    dispatcher: Settler,
     ex: Exchange,
     ch: ChannelConfig,
     health: Verdict,

@@ -23,7 +23,8 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.tokens import CommentToken
 
-from .config import (
+from ..errors import ConfigError
+from . import (
     ApiKeyConfig,
     ChannelConfig,
     Config,
@@ -34,9 +35,8 @@ from .config import (
     parse_channel,
     parse_rule,
 )
-from .configfile import key_node
-from .errors import ConfigError
-from .security.apikeys import mask_secret
+from .file import key_node
+from .model import mask_secret
 
 Node = Callable[[Any], Any]  # makes a document value from a plain one (identity, or round-trip)
 _MASKED = re.compile(r"(?:[A-Za-z]{1,2}-|sha256:)?\.\.\.[^.]{0,4}|\*{4}")

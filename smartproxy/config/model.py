@@ -1,6 +1,6 @@
 """Config value objects: the frozen, slotted dataclasses a loaded config is made of.
 
-Only the loader builds them (:mod:`smartproxy.configparse`); everything here is re-exported by
+Only the loader builds them (:mod:`smartproxy.config.parse`); everything here is re-exported by
 :mod:`smartproxy.config`, which is where the rest of the package imports them from.
 """
 
@@ -166,8 +166,14 @@ class BreakerConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageConfig:
     backend: str = "sqlite"
-    path: str = "./data/smartproxy.db"
+    path: str = "./data/smartproxy.db"  # with redis: this host's request log
     url: str | None = None
+    # redis only (contract §8): shared by every process and host using the same url and prefix
+    key_prefix: str = "smartproxy:"
+    on_error: str = "open"  # open: count in this process while Redis is away | closed: 503
+    timeout: float = 1.0  # seconds one Redis call may take before it counts as an outage
+    reservation_grace: float = 10.0  # a reservation expires at its attempt's timeout + this
+    max_connections: int = 64  # BlockingConnectionPool size (callers wait for a free one)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,3 +222,13 @@ class Config:
             if ch.name == name:
                 return ch
         return None
+
+def mask_secret(secret: str) -> str:
+    """``sk-...abcd``: a short scheme prefix and the last 4 chars, for showing stored keys."""
+    if not secret:
+        return ""
+    if len(secret) < 12:
+        return "****"
+    dash = secret.find("-")
+    prefix = secret[: dash + 1] if 0 < dash <= 2 else ""
+    return f"{prefix}...{secret[-4:]}"

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import yaml
 from ruamel.yaml import YAML
@@ -50,11 +50,36 @@ from ruamel.yaml.error import YAMLError as RuamelError
 from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-from .config import Config, default_config_text, expand_env, parse_config, read_yaml
-from .errors import ConfigError, SmartProxyError
+from ..errors import ConfigError, SmartProxyError
+from . import Config, default_config_text, expand_env, parse_config, read_yaml
 
-if TYPE_CHECKING:
-    from .configkinds import Kind
+
+class Kind(Protocol):
+    """What an edit needs of an entry kind (``config.kinds`` has the channel, rule and key kinds)."""
+
+    name: str
+
+    def find(self, doc: Any, name: str) -> dict[str, Any] | None: ...
+
+    def merge(
+        self, old: dict[str, Any] | None, posted: dict[str, Any]
+    ) -> tuple[dict[str, Any], frozenset[str]]: ...
+
+    def put(
+        self,
+        doc: Any,
+        name: str,
+        merged: dict[str, Any],
+        changed: frozenset[str],
+        created: bool,
+        *,
+        node: Callable[[Any], Any],
+    ) -> None: ...
+
+    def users(self, config: Config, name: str) -> list[str]: ...
+
+    def drop(self, doc: Any, name: str) -> None: ...
+
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -263,8 +288,15 @@ def upsert(text: str, kind: Kind, posted: dict[str, Any], *, source: str | None 
     old = kind.find(plain, name)
     merged, changed = kind.merge(old, posted)
     kind.put(plain, name, merged, changed, old is None, node=lambda v: v)
-    return _finish(text, plain, old_config, source, old is None, changed,
-                   lambda doc: kind.put(doc, name, merged, changed, old is None, node=to_node))
+    return _finish(
+        text,
+        plain,
+        old_config,
+        source,
+        old is None,
+        changed,
+        lambda doc: kind.put(doc, name, merged, changed, old is None, node=to_node),
+    )
 
 
 def remove(text: str, kind: Kind, name: str, *, source: str | None = None) -> Edit:
@@ -279,8 +311,9 @@ def remove(text: str, kind: Kind, name: str, *, source: str | None = None) -> Ed
             "delete or change them first"
         )
     kind.drop(plain, name)
-    return _finish(text, plain, old_config, source, False, frozenset(),
-                   lambda doc: kind.drop(doc, name))
+    return _finish(
+        text, plain, old_config, source, False, frozenset(), lambda doc: kind.drop(doc, name)
+    )
 
 
 def _finish(

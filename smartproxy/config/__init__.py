@@ -7,9 +7,9 @@ raises ``ConfigError`` listing every problem as ``channels[1].endpoint: not a UR
 SmartAIProxy (Go/.NET) files load unchanged: their keys that mean something here are honoured,
 the others are accepted and listed in ``Config.ignored_keys`` (one warning at start).
 
-This module is the public face of the loader and re-exports all of it: :mod:`.configmodel` holds
-the frozen dataclasses, :mod:`.configread` the ``_Section`` reader and value converters,
-:mod:`.configparse` the sections and ``parse_config``; reading files is done here.
+This module is the public face of the loader and re-exports all of it: :mod:`.model` holds
+the frozen dataclasses, :mod:`.read` the ``_Section`` reader and value converters,
+:mod:`.parse` the sections and ``parse_config``; reading files is done here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from .configmodel import (
+from ..errors import ConfigError
+from .model import (
     CHANNEL_TYPES,
     JWT_ALGORITHMS,
     ROUTABLE_TYPES,
@@ -43,9 +44,8 @@ from .configmodel import (
     TimeWindow,
     UsageConfig,
 )
-from .configparse import parse_api_key, parse_channel, parse_config, parse_rule
-from .configread import expand_env, parse_hhmm, parse_listen
-from .errors import ConfigError
+from .parse import parse_api_key, parse_channel, parse_config, parse_rule
+from .read import expand_env, parse_hhmm, parse_listen
 
 __all__ = [
     "CHANNEL_TYPES",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .configmodel import (
+from ..errors import ConfigError
+from .model import (
     CHANNEL_TYPES,
     JWT_ALGORITHMS,
     STORAGE_BACKENDS,
@@ -30,7 +31,7 @@ from .configmodel import (
     StorageConfig,
     UsageConfig,
 )
-from .configread import (
+from .read import (
     T,
     _bool,
     _count,
@@ -50,7 +51,6 @@ from .configread import (
     _windows,
     parse_listen,
 )
-from .errors import ConfigError
 
 # SmartAIProxy keys that load without meaning here (path of the section -> keys).
 _SMARTAIPROXY_IGNORED: dict[str, tuple[str, ...]] = {
@@ -123,7 +123,7 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
 
 
 def parse_rule(data: Any, path: str, problems: list[str]) -> RuleConfig | None:
-    from .routing.rules import RuleError, check_expression
+    from .expr import RuleError, check_expression
 
     s = _Section(data, path, problems)
     before = len(problems)
@@ -315,10 +315,25 @@ def parse_config(doc: Any, *, source: str | None = None) -> Config:
         "storage",
         problems,
         StorageConfig,
-        {"backend": _one_of(STORAGE_BACKENDS), "path": _nonempty, "url": _text},
+        {
+            "backend": _one_of(STORAGE_BACKENDS),
+            "path": _nonempty,
+            "url": _text,
+            "key_prefix": _text,
+            "on_error": _one_of({"open", "closed"}),
+            "timeout": _positive,
+            "reservation_grace": _number,
+            "max_connections": _count,
+        },
     )
     if storage.backend == "redis" and not storage.url:
         problems.append("storage.url: is required for the redis backend")
+    if storage.url and not storage.url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append("storage.url: must be redis://, rediss:// or unix:// (a Redis URL)")
+    if storage.max_connections < 1:
+        problems.append("storage.max_connections: must be at least 1")
+    if storage.reservation_grace < 0:
+        problems.append("storage.reservation_grace: must be 0 or more seconds")
     audit = _simple(top.raw("audit"), "audit", problems, AuditConfig, {"path": _text})
     log_cfg = _log(top.raw("log"), problems, ignored)
     monitor = _monitor(top.raw("monitor"), problems, ignored)

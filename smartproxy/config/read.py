@@ -2,7 +2,7 @@
 
 ``_Section`` reads one mapping and records every problem under its path instead of stopping at the
 first; each converter turns one YAML value into a typed one or raises ``ValueError`` with the text
-the problem list shows. The sections built with them are in :mod:`smartproxy.configparse`.
+the problem list shows. The sections built with them are in :mod:`smartproxy.config.parse`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .configmodel import TimeWindow
+from .model import TimeWindow
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 

@@ -1,0 +1,319 @@
+"""Scale-out (issue [7]): real gateway processes sharing one Redis, driven over HTTP.
+
+Two ``smartproxy run`` processes on two ports stand for two hosts (each its own request log),
+one key prefix per test. Fake upstreams run in the test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import channel
+from gatewayprocs import DEV_KEY, GatewayProcess, gateway_config
+from redisutil import PrivateRedis, delete_prefix, require_redis, unique_prefix
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="processes and signals")
+
+USAGE_10 = {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
+
+
+@pytest.fixture
+def procs() -> Any:
+    started: list[GatewayProcess] = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def shared_redis() -> Any:
+    url = require_redis()
+    prefix = unique_prefix()
+    yield url, prefix
+    delete_prefix(url, prefix)
+
+
+def storage(url: str, prefix: str, folder: Path, host: str, **kw: Any) -> dict[str, Any]:
+    # A generous timeout: on a loaded test machine a slow answer must not count as an outage
+    # (which would switch to per-process counting); the outage test sets its own.
+    kw.setdefault("timeout", 3)
+    return {"backend": "redis", "url": url, "key_prefix": prefix,
+            "path": str(folder / f"{host}.db"), **kw}
+
+
+async def two_gateways(http: aiohttp.ClientSession, procs: list[GatewayProcess], folder: Path,
+                       channels: list[dict[str, Any]], url: str, prefix: str,
+                       **over: Any) -> tuple[GatewayProcess, GatewayProcess]:
+    gws = []
+    extras = {host: over.pop(f"storage_{host}", {}) for host in ("a", "b")}
+    for host in ("a", "b"):
+        cfg = gateway_config(channels, storage(url, prefix, folder, host, **extras[host]), **over)
+        gws.append(GatewayProcess(folder, host, cfg))
+    procs.extend(gws)
+    a, b = await asyncio.gather(*(g.start(http) for g in gws))
+    return a, b
+
+
+async def test_400_concurrent_requests_never_overrun_a_free_quota_across_two_processes(
+    tmp_path, http, procs, shared_redis, upstream_factory
+):
+    """Must-show 1."""
+    url, prefix = shared_redis
+    _, free_url = await upstream_factory("free", usage=dict(USAGE_10))
+    _, paid_url = await upstream_factory("paid", usage=dict(USAGE_10))
+    channels = [channel("free", free_url, daily_limit=1000),
+                channel("paid", paid_url, price_per_token=1e-6)]
+    a, b = await two_gateways(http, procs, tmp_path, channels, url, prefix)
+
+    async def one(gw: GatewayProcess) -> str:
+        status, headers, _ = await gw.chat(http, max_tokens=10)
+        assert status == 200
+        return headers["x-smartproxy-channel"]
+
+    served = await asyncio.gather(*(one(a if i % 2 else b) for i in range(400)))
+    counts = Counter(served)
+    usage = await a.usage(http)
+    free = usage["free"]
+    # never more than one request past the limit, whatever the concurrency
+    assert free["day_tokens"] == 10 * counts["free"] < 1000 + 10
+    assert counts["paid"] > 0 and free["reserved_tokens"] == 0
+    # then, whatever was left (reservations settle below their estimate), the quota is spent
+    # to its end and the traffic moves to the paid channel
+    tail: list[str] = []
+    while (await b.usage(http))["free"]["day_tokens"] < 1000:
+        tail.append(await one(a if len(tail) % 2 else b))
+        assert len(tail) < 200
+    for _ in range(10):  # used up: everything goes to the paid channel now
+        tail.append(await one(a if len(tail) % 2 else b))
+        assert tail[-1] == "paid"
+    usage = await b.usage(http)
+    assert 1000 <= usage["free"]["day_tokens"] < 1000 + 10
+    n_free = usage["free"]["requests"]
+    assert tail.count("free") == n_free - counts["free"]
+    assert usage["paid"]["requests"] == 400 + len(tail) - n_free
+    # the Redis counters equal the sum of both hosts' request logs
+    a.stop()
+    b.stop()
+    logs = [a.log_rows(), b.log_rows()]
+    for name in ("free", "paid"):
+        assert sum(log.get(name, {}).get("requests", 0) for log in logs) == usage[name]["requests"]
+        assert (sum(log.get(name, {}).get("total_tokens", 0) for log in logs)
+                == usage[name]["total_tokens"])
+    assert all(log for log in logs)  # both processes served
+
+
+async def test_a_burst_of_10_lets_exactly_10_through_two_processes(
+    tmp_path, http, procs, shared_redis, upstream_factory
+):
+    """Must-show 2."""
+    url, prefix = shared_redis
+    _, up_url = await upstream_factory("up")
+    security = {
+        "auth": {"api_keys": {"dev": DEV_KEY}, "jwt": {"secret": "test-admin-secret-0123456789"}},
+        "rate_limit": {"requests_per_minute": 1, "burst": 10},
+    }
+    a, b = await two_gateways(http, procs, tmp_path, [channel("up", up_url)], url, prefix,
+                              security=security)
+    results = await asyncio.gather(*(g.chat(http) for g in [a, b] * 20))
+    statuses = Counter(status for status, _, _ in results)
+    assert statuses == {200: 10, 429: 30}
+    for status, headers, body in results:
+        if status == 429:
+            assert int(headers["Retry-After"]) >= 1
+            assert body["error"]["code"] == "rate_limit_exceeded"
+            assert headers["x-ratelimit-limit-requests"] == "10"
+            assert headers["x-ratelimit-remaining-requests"] == "0"
+    status, headers, _ = await a.chat(http)  # the 41st: still refused, in either process
+    assert status == 429 and "Retry-After" in headers
+
+
+async def test_a_breaker_opened_in_one_process_holds_in_the_other_with_one_trial(
+    tmp_path, http, procs, shared_redis, upstream_factory
+):
+    """Must-show 3."""
+    url, prefix = shared_redis
+    flaky, flaky_url = await upstream_factory("flaky")
+    backup, backup_url = await upstream_factory("backup")
+    flaky.default = "fail-500"
+    channels = [channel("flaky", flaky_url), channel("backup", backup_url, price_per_token=1e-6)]
+    a, b = await two_gateways(http, procs, tmp_path, channels, url, prefix,
+                              circuit_breaker={"fail_max": 3, "reset_timeout": 2})
+    for _ in range(3):  # three failures in A, each failed over to the backup
+        status, headers, _ = await a.chat(http)
+        assert status == 200 and headers["x-smartproxy-channel"] == "backup"
+    opened = time.monotonic()
+    assert len(flaky.seen) == 3
+    results = await asyncio.gather(*(b.chat(http) for _ in range(10)))
+    assert time.monotonic() - opened < 1.0
+    assert len(flaky.seen) == 3  # B sent nothing to the open channel
+    assert all(h["x-smartproxy-channel"] == "backup" for _, h, _ in results)
+    await asyncio.sleep(0.6)
+    health = await b.get(http, "/health", admin=False)
+    assert {c["name"]: c["circuit"] for c in health["channels"]}["flaky"] == "open"
+    # after reset_timeout: exactly one trial across both processes
+    flaky.default = "gate-ok"
+    await asyncio.sleep(max(0.0, 2.05 - (time.monotonic() - opened)))
+    pending = [asyncio.ensure_future(g.chat(http)) for g in [a, b] * 6]
+    deadline = time.monotonic() + 5
+    while len(flaky.seen) < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    others = [t for t in pending if not t.done()]
+    await asyncio.sleep(0.3)
+    assert len(flaky.seen) == 4  # one trial, the rest went to the backup meanwhile
+    assert sum(1 for t in pending if not t.done()) == 1 and len(others) >= 1
+    flaky.gate.set()
+    done = await asyncio.gather(*pending)
+    assert Counter(h["x-smartproxy-channel"] for _, h, _ in done) == {"backup": 11, "flaky": 1}
+    # the trial succeeded: closed for both
+    for gw in (a, b):
+        status, headers, _ = await gw.chat(http)
+        assert headers["x-smartproxy-channel"] == "flaky"
+
+
+async def test_kill_9_frees_the_reservations_it_held_within_their_expiry(
+    tmp_path, http, procs, shared_redis, upstream_factory
+):
+    """Must-show 4: server.timeout 2 s + storage.reservation_grace 0.5 s."""
+    url, prefix = shared_redis
+    free, free_url = await upstream_factory("free")
+    _, paid_url = await upstream_factory("paid")
+    free.default = "slow"
+    channels = [channel("free", free_url, daily_limit=100),
+                channel("paid", paid_url, price_per_token=1e-6)]
+    a, b = await two_gateways(
+        http, procs, tmp_path, channels, url, prefix,
+        server={"listen": "127.0.0.1:0", "timeout": 2},
+        storage_a={"reservation_grace": 0.5}, storage_b={"reservation_grace": 0.5},
+    )
+    held = asyncio.ensure_future(a.chat(http, max_tokens=500))
+    while not free.seen:
+        await asyncio.sleep(0.01)
+    reserved_at = time.monotonic()
+    free.default = None
+    status, headers, _ = await b.chat(http)  # the free quota is held by A's request
+    assert headers["x-smartproxy-channel"] == "paid"
+    assert (await b.usage(http))["free"]["reserved_tokens"] > 100
+    a.kill9()
+    with pytest.raises(aiohttp.ClientError):
+        await held
+    while True:
+        status, headers, _ = await b.chat(http)
+        if headers["x-smartproxy-channel"] == "free":
+            break
+        assert time.monotonic() - reserved_at < 2.5 + 1.0, "the reservation never expired"
+        await asyncio.sleep(0.1)
+    assert time.monotonic() - reserved_at >= 2.0  # freed by its expiry, not before
+    assert (await b.usage(http))["free"]["reserved_tokens"] == 0
+
+
+async def test_redis_stopped_mid_run_open_keeps_serving_closed_refuses_nothing_lost(
+    tmp_path, http, procs, upstream_factory
+):
+    """Must-show 5: A has on_error open, B closed; Redis (our own) stops and comes back."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        _, up_url = await upstream_factory("up", usage=dict(USAGE_10))
+        prefix = unique_prefix()
+        a, b = await two_gateways(
+            http, procs, tmp_path, [channel("up", up_url)], server.url, prefix,
+            storage_a={"on_error": "open", "timeout": 0.3},
+            storage_b={"on_error": "closed", "timeout": 0.3},
+        )
+        for gw in (a, b, a, b):
+            assert (await gw.chat(http))[0] == 200
+        server.stop()
+        started = time.monotonic()
+        during_a = [await a.chat(http) for _ in range(5)]
+        during_b = [await b.chat(http) for _ in range(3)]
+        assert time.monotonic() - started < 5  # no request hangs on Redis
+        assert [s for s, _, _ in during_a] == [200] * 5
+        assert [s for s, _, _ in during_b] == [503] * 3
+        assert during_b[0][2]["error"]["code"] == "storage_unavailable"
+        for gw in (a, b):
+            health = await gw.get(http, "/health", admin=False)
+            assert health["status"] == "degraded" and health["storage"]["ok"] is False
+        async with http.get(f"{a.base}/metrics") as resp:
+            metrics = await resp.text()
+        errors = [line for line in metrics.splitlines()
+                  if line.startswith("smartproxy_storage_errors_total ")]
+        assert errors and float(errors[0].split()[1]) >= 1
+        server.start()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            healths = [await gw.get(http, "/health", admin=False) for gw in (a, b)]
+            if all(h["storage"]["ok"] for h in healths):
+                break
+            await asyncio.sleep(0.1)
+        assert (await b.chat(http))[0] == 200  # closed: serving again without a restart
+        usage = await a.usage(http)
+        assert usage["up"]["requests"] == 4 + 5 + 1  # the outage's 5 were written back
+        assert usage["up"]["total_tokens"] == 100
+    finally:
+        for gw in procs:
+            gw.stop()
+        server.stop()
+        outage_lines = [line for line in a.output().splitlines() if "unreachable" in line]
+    assert len(outage_lines) == 1, a.output()  # logged once per outage
+    assert "reachable again" in a.output()
+
+
+async def test_workers_need_redis_and_serve_with_it(tmp_path, http, procs, shared_redis,
+                                                    upstream_factory):
+    """Must-show 7, and the parent restarts a worker that dies."""
+    url, prefix = shared_redis
+    _, up_url = await upstream_factory("up")
+    lonely = GatewayProcess(tmp_path, "sqlite", gateway_config(
+        [channel("up", up_url)], {"backend": "sqlite", "path": str(tmp_path / "s.db")}),
+        workers=2)
+    proc = lonely.spawn()
+    assert proc.wait(20) != 0
+    assert "storage.backend: redis" in lonely.output()
+    gw = GatewayProcess(tmp_path, "workers", gateway_config(
+        [channel("up", up_url, daily_request_limit=1000)],
+        storage(url, prefix, tmp_path, "w")), workers=2)
+    procs.append(gw)
+    await gw.start(http)
+    results = await asyncio.gather(*(gw.chat(http) for _ in range(40)))
+    assert all(status == 200 for status, _, _ in results)
+    import psutil
+
+    parent = psutil.Process(gw.proc.pid)
+    deadline = time.monotonic() + 10
+    while len(parent.children()) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    workers = parent.children()
+    assert len(workers) == 2
+    workers[0].send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = [c for c in parent.children() if c.status() != psutil.STATUS_ZOMBIE]
+        if len(alive) == 2 and workers[0].pid not in {c.pid for c in alive}:
+            break
+        await asyncio.sleep(0.1)
+    assert "died" in gw.output() and "starting a new one" in gw.output()
+    (new,) = [c for c in parent.children() if c.pid != workers[1].pid]
+    while not [c for c in new.net_connections("tcp") if c.status == psutil.CONN_LISTEN]:
+        assert time.monotonic() < deadline + 30, "the new worker never listened"
+        await asyncio.sleep(0.1)
+    results = await asyncio.gather(*(gw.chat(http) for _ in range(20)))
+    assert all(status == 200 for status, _, _ in results)
+    usage = await gw.usage(http)
+    assert usage["up"]["requests"] == 60  # both workers counted in one place
+    assert gw.stop() == 0

@@ -1,0 +1,272 @@
+"""The redis backend against a real Redis: two stores stand for two processes (one key prefix).
+
+End-to-end with real gateway processes: ``test_e2e_redis.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redisutil import PrivateRedis, delete_prefix, require_redis, unique_prefix
+
+from smartproxy.config import StorageConfig
+from smartproxy.storage import create_store
+from smartproxy.storage.base import KeyCheck, Limits, RequestRecord
+from smartproxy.storage.redis import RedisStore, SharedReservation, StorageUnavailable, safe_url
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+BREAKER = (3, 30.0)
+
+
+def rec(
+    channel: str = "free",
+    prompt: int = 10,
+    completion: int = 20,
+    cost: float = 0.0,
+    key: str = "dev",
+) -> RequestRecord:
+    return RequestRecord(
+        NOW.timestamp(), "r", key, channel, "m", prompt, completion, cost, 200, 1.0
+    )
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    url = require_redis()
+    prefix = unique_prefix()
+    made: list[RedisStore] = []
+
+    async def make(**kw: Any) -> RedisStore:
+        cfg = StorageConfig(
+            backend="redis",
+            url=kw.pop("url", url),
+            key_prefix=prefix,
+            path=str(tmp_path / f"log{len(made)}.db"),
+            **kw,
+        )
+        store = create_store(cfg, UTC)
+        assert isinstance(store, RedisStore)
+        await store.start()
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
+    delete_prefix(url, prefix)
+
+
+async def admit(
+    store: RedisStore,
+    channel: str,
+    tokens: int,
+    limits: Limits,
+    *,
+    ttl: float = 30,
+    check: KeyCheck | None = None,
+) -> Any:
+    return await store.admit(
+        channel, tokens, limits, now=NOW, ttl=ttl, breaker=BREAKER, check=check
+    )
+
+
+async def test_two_processes_share_one_quota_spent_to_its_end(stores):
+    a, b = await stores(), await stores()
+    limits = Limits(day_tokens=100, hour_tokens=0, day_requests=0)
+    first = await admit(a, "free", 1034, limits)  # more than the whole limit: still admitted
+    assert first.code == 0
+    assert (await admit(b, "free", 1, limits)).code == 1  # used + reserved >= 100, in B too
+    await a.settle(first.reservation, rec(prompt=30, completion=40), NOW)
+    second = await admit(b, "free", 500, limits)  # 70 < 100
+    assert second.code == 0
+    await b.settle(second.reservation, rec(prompt=30, completion=10), NOW)
+    assert (await admit(a, "free", 1, limits)).code == 1  # 110: used up (overrun < 1 request)
+    for store in (a, b):
+        u = (await store.usage(["free"], NOW))["free"]
+        assert (u.day_tokens, u.hour_tokens, u.day_requests, u.total_tokens) == (110, 110, 2, 110)
+        assert (u.day_reserved_tokens, u.reserved_requests) == (0, 0)
+        assert (u.total_prompt_tokens, u.total_completion_tokens) == (60, 50)
+    # settling twice counts once
+    await a.settle(first.reservation, rec(prompt=30, completion=40), NOW)
+    assert (await a.usage(["free"], NOW))["free"].day_tokens == 110
+
+
+async def test_request_limit_and_the_routing_view(stores):
+    a, b = await stores(), await stores()
+    limits = Limits(day_requests=2)
+    r1, r2 = await admit(a, "c", 5, limits), await admit(b, "c", 5, limits)
+    assert (r1.code, r2.code, (await admit(a, "c", 5, limits)).code) == (0, 0, 1)
+    await b.poll(["c"], NOW)
+    view = b.usage_now(["c"], NOW)["c"]
+    assert (view.day_tokens_with_reserved, view.day_requests + view.reserved_requests) == (10, 2)
+
+
+async def test_a_dead_process_reservations_expire(stores):
+    a, b = await stores(), await stores()
+    limits = Limits(day_tokens=100)
+    held = await admit(a, "free", 200, limits, ttl=0.3)  # "a" is then killed: never settled
+    assert held.code == 0
+    assert (await admit(b, "free", 1, limits)).code == 1
+    await asyncio.sleep(0.4)
+    assert (await admit(b, "free", 1, limits)).code == 0
+    u = (await b.usage(["free"], NOW))["free"]
+    assert (u.day_reserved_tokens, u.reserved_requests) == (1, 1)
+    await a.settle(held.reservation, rec(prompt=5, completion=5), NOW)  # late: counted once
+    u = (await b.usage(["free"], NOW))["free"]
+    assert (u.day_tokens, u.day_reserved_tokens) == (10, 1)
+
+
+async def test_key_limits_are_exact_across_processes(stores):
+    a, b = await stores(), await stores()
+    day = "2026-11-26"
+    check = KeyCheck("team", rpm=1, burst=3, day=day)
+    codes = [(await admit(s, "x", 1, Limits(), check=check)).code for s in (a, b, a, b, a)]
+    assert codes == [0, 0, 0, 10, 10]
+    refused = await admit(b, "x", 1, Limits(), check=check)
+    assert refused.code == 10 and refused.wait_ms > 50_000  # 1 per minute
+    assert refused.requests[1] == 3
+    # tokens per minute: checked against the estimate, charged with what was used
+    tpm = KeyCheck("tk", rpm=0, tpm=100, tpm_tokens=60, day=day)
+    ok = await admit(a, "x", 60, Limits(), check=tpm)
+    assert ok.code == 0 and ok.tokens[:2] == (100, 100)
+    res = ok.reservation
+    assert isinstance(res, SharedReservation)
+    await a.settle(res, rec("x", 50, 40, key="tk"), NOW)  # 90 used: 10 left
+    assert (await admit(b, "x", 60, Limits(), check=tpm)).code == 11
+    # daily budget: spend settled by any process counts
+    money = KeyCheck("payer", budget=0.01, day=day)
+    first = await admit(a, "x", 1, Limits(), check=money)
+    await a.settle(first.reservation, rec("x", cost=0.006, key="payer"), NOW)
+    second = await admit(b, "x", 1, Limits(), check=money)
+    assert second.code == 0
+    await b.settle(second.reservation, rec("x", cost=0.006, key="payer"), NOW)
+    refused = await admit(a, "x", 1, Limits(), check=money)
+    assert refused.code == 12 and refused.spent == pytest.approx(0.012)
+    assert await b.spent("payer", day) == pytest.approx(0.012)
+
+
+async def test_breaker_opens_for_everyone_and_lets_one_trial_through(stores):
+    a, b = await stores(), await stores()
+    breaker = (3, 0.3)
+    for store in (a, b, a):  # three consecutive failures, from two processes
+        adm = await store.admit("flaky", 1, Limits(), now=NOW, ttl=5, breaker=breaker)
+        adm.reservation.outcome = "f"
+        await store.release(adm.reservation)
+    refused = await b.admit("flaky", 1, Limits(), now=NOW, ttl=5, breaker=breaker)
+    assert refused.code == 2 and 0 < refused.wait_ms <= 300
+    await asyncio.sleep(0.35)
+    trial = await a.admit("flaky", 1, Limits(), now=NOW, ttl=5, breaker=breaker)
+    assert trial.code == 0 and trial.reservation.trial
+    assert (await b.admit("flaky", 1, Limits(), now=NOW, ttl=5, breaker=breaker)).code == 3
+    assert (await a.admit("flaky", 1, Limits(), now=NOW, ttl=5, breaker=breaker)).code == 3
+    trial.reservation.outcome = "s"
+    await a.settle(trial.reservation, rec("flaky"), NOW)
+    assert (await b.admit("flaky", 1, Limits(), now=NOW, ttl=5, breaker=breaker)).code == 0
+    views = await b.poll(["flaky"], NOW)
+    assert views is not None and views[0].breaker_ms == -1
+
+
+async def test_a_success_resets_the_shared_failure_run_and_429_cools_down(stores):
+    a, b = await stores(), await stores()
+    for outcome in ("f", "f", "s", "f", "f"):
+        adm = await admit(a, "c", 1, Limits())
+        adm.reservation.outcome = outcome
+        await a.release(adm.reservation)
+    assert (await admit(b, "c", 1, Limits())).code == 0  # 2 failures since the success: closed
+    adm = await admit(a, "c", 1, Limits())
+    adm.reservation.outcome, adm.reservation.cooldown_ms = "c", 2000
+    await a.release(adm.reservation)
+    cooling = await admit(b, "c", 1, Limits())
+    assert cooling.code == 4 and 1500 < cooling.wait_ms <= 2000
+
+
+async def test_key_prefixes_keep_two_gateways_apart(stores, tmp_path):
+    a = await stores()
+    other_prefix = unique_prefix()
+    url = require_redis()
+    other = RedisStore(
+        StorageConfig(
+            backend="redis", url=url, key_prefix=other_prefix, path=str(tmp_path / "other.db")
+        ),
+        UTC,
+    )
+    await other.start()
+    try:
+        limits = Limits(day_requests=1)
+        assert (await admit(a, "free", 1, limits)).code == 0
+        assert (await admit(other, "free", 1, limits)).code == 0
+    finally:
+        await other.close()
+        delete_prefix(url, other_prefix)
+
+
+def test_safe_url_hides_the_password():
+    assert safe_url("redis://:s3cret@db:6379/0") == "redis://:***@db:6379/0"
+    assert safe_url("redis://user:s3cret@db:6379/0") == "redis://user:***@db:6379/0"
+    assert safe_url("redis://db:6379/0") == "redis://db:6379/0"
+
+
+async def test_outage_open_counts_locally_and_writes_back_when_redis_returns(tmp_path, stores):
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        store = await stores(url=server.url, timeout=0.3)
+        errors: list[int] = []
+        store.on_error_count = lambda: errors.append(1)
+        limits = Limits(day_tokens=100)
+        adm = await admit(store, "free", 10, limits)
+        await store.settle(adm.reservation, rec(prompt=20, completion=20), NOW)
+        await store.poll(["free"], NOW)
+        held = await admit(store, "free", 10, limits)  # in flight across the outage
+        server.stop()
+        during = await admit(store, "free", 10, limits)
+        assert during.offline and during.code == 0 and not store.online
+        assert store.status()["ok"] is False and errors
+        await store.settle(during.reservation, rec(prompt=20, completion=20), NOW)
+        await store.settle(held.reservation, rec(prompt=10, completion=10), NOW)
+        # this process's own counting: 40 + 40 + 20 used (+10 others held when it went) >= 100
+        assert (await admit(store, "free", 1, limits)).code == 1
+        assert store.status()["unwritten_settlements"] == 2
+        assert await store.poll(["free"], NOW) is None  # still away
+        server.start()
+        assert await store.poll(["free"], NOW) is not None
+        assert store.online and store.status()["unwritten_settlements"] == 0
+        u = (await store.usage(["free"], NOW))["free"]
+        assert (u.day_tokens, u.day_requests) == (100, 3)  # nothing settled was lost
+    finally:
+        server.stop()
+
+
+async def test_outage_closed_refuses_until_redis_returns(tmp_path, stores):
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        store = await stores(url=server.url, timeout=0.3, on_error="closed")
+        assert (await admit(store, "free", 1, Limits())).code == 0
+        server.stop()
+        await store.poll(["free"], NOW)
+        with pytest.raises(StorageUnavailable):
+            await admit(store, "free", 1, Limits())
+        server.start()
+        await store.poll(["free"], NOW)
+        assert (await admit(store, "free", 1, Limits())).code == 0
+    finally:
+        server.stop()
+
+
+async def test_start_without_redis_serves_offline_and_recovers(tmp_path, stores):
+    server = PrivateRedis(tmp_path)  # not started yet
+    store = await stores(url=server.url, timeout=0.2)
+    assert not store.online and store.status()["last_error"]
+    assert (await admit(store, "free", 1, Limits())).offline
+    server.start()
+    try:
+        await store.poll(["free"], NOW)
+        assert store.online
+    finally:
+        server.stop()
