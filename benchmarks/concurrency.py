@@ -247,15 +247,19 @@ def wrk(url: str, connections: int, seconds: float, cpu: int | None, workdir: Pa
 
 
 def settle(gw: Gateway, idle_fds: int | None = None, limit: float = 40.0) -> int:
-    """Wait until the gateway's open files stop falling (the clients are gone); returns them."""
+    """Wait until the gateway's open files reach ``idle_fds``, or (without it) have not changed
+    for 20 s, longer than the upstream pool keeps an idle connection (15 s); returns them."""
     deadline = time.monotonic() + limit
-    last = gw.fds()
+    last, since = gw.fds(), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(1.0)
         now = gw.fds()
-        if (idle_fds is not None and now <= idle_fds) or (idle_fds is None and now == last):
+        if idle_fds is not None and now <= idle_fds:
             return now
-        last = now
+        if now != last:
+            last, since = now, time.monotonic()
+        elif idle_fds is None and time.monotonic() - since >= 20:
+            return now
     return last
 
 
@@ -376,7 +380,10 @@ def s5(args: argparse.Namespace, cpus: dict[str, int | None], workdir: Path, rep
     try:
         gw = Gateway(args, cpus["proxy"], workdir, up)
         try:
-            idle_fds = gw.fds()
+            # "Idle" is after having served: pools that stay open by design (Redis connections)
+            # are then open; upstream keep-alive connections close after their idle timeout.
+            wrk(gw.url, args.connections // 2, args.soak_warmup, cpus["load"], workdir)
+            idle_fds = settle(gw, limit=60)
             series: list[tuple[float, float, int]] = []
             stop_ev = threading.Event()
 
@@ -600,6 +607,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--s4-seconds", type=float, default=20)
     parser.add_argument("--soak-seconds", type=float, default=600)
+    parser.add_argument("--soak-warmup", type=float, default=20, help="load before idle fds")
     parser.add_argument("--curve", default="50,1000,5000,10000")
     parser.add_argument("--curve-rate", type=float, default=500, help="req/s at every point")
     parser.add_argument("--curve-window", type=float, default=20, help="seconds counted")
