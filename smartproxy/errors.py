@@ -4,6 +4,7 @@
     ├── ConfigError                 a config (file, SIGHUP, admin POST) is refused whole
     └── GatewayError                answered to a client: ``{"error": {message, type, code, param}}``
         ├── BadRequest              400  bad JSON, no model, bad field
+        │   └── Untranslatable      400  a field the channel's API shape cannot express
         ├── AuthenticationFailed    401  missing / unknown API key
         ├── PermissionDenied        403  key not allowed for this model
         ├── NotFound                404  unknown model / route / object
@@ -84,6 +85,12 @@ class BadRequest(GatewayError):
     status = 400
     error_type = "invalid_request_error"
     code = "invalid_request"
+
+
+class Untranslatable(BadRequest):
+    """A request field that the channel's API cannot express (``param`` names it)."""
+
+    code = "unsupported_parameter"
 
 
 class AuthenticationFailed(GatewayError):

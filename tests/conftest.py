@@ -145,3 +145,22 @@ def channel(name: str, endpoint: str, **kw: Any) -> dict[str, Any]:
         "api_key": f"sk-chan-{name}-secret",
         **kw,
     }
+
+
+@pytest.fixture
+async def anthropic_factory() -> AsyncIterator[Callable[..., Awaitable[tuple[Any, str]]]]:
+    """Fake Anthropic Messages APIs (tests/fakeanthropic.py); returns (fake, base URL)."""
+    from fakeanthropic import FakeAnthropic
+
+    servers: list[TestServer] = []
+
+    async def make(**kwargs: Any) -> tuple[FakeAnthropic, str]:
+        fake = FakeAnthropic(**kwargs)
+        server = TestServer(fake.app())
+        await server.start_server()
+        servers.append(server)
+        return fake, str(server.make_url("")).rstrip("/")
+
+    yield make
+    for server in servers:
+        await server.close()

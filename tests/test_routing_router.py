@@ -22,6 +22,7 @@ from smartproxy.routing.rules import VARIABLES, CompiledRule
 NOON = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)  # a Monday
 NIGHT = datetime(2025, 3, 10, 3, 0, tzinfo=UTC)
 FACTS = RequestFacts(model="gpt-4o-mini")
+EMBEDDINGS = RequestFacts(model="gpt-4o-mini", path="/embeddings")
 
 
 def ch(name: str, price: float = 0.0, priority: int = 0, **kw: Any) -> ChannelConfig:
@@ -112,12 +113,27 @@ def test_discount_to_zero_counts_as_free() -> None:
 
 # ----------------------------------------------------------------------------- exclusions
 @pytest.mark.parametrize(
+    ("kind", "path", "reason"),
+    [
+        ("anthropic", "/embeddings", "anthropic channels do not serve /v1/embeddings"),
+        ("claude", "/completions", "anthropic channels do not serve /v1/completions"),
+        ("anthropic", "/chat/completions", None),
+        ("azure", "/embeddings", None),
+        ("azure", "/completions", None),
+        ("mock", "/embeddings", None),
+    ],
+)
+def test_endpoint_exclusions(kind: str, path: str, reason: str | None) -> None:
+    facts = RequestFacts(model="gpt-4o-mini", path=path)
+    decision = run([ch("x", type=kind), ch("other", 1.0)], facts=facts)
+    assert order(decision) == (["x", "other"] if reason is None else ["other"])
+    assert excluded(decision) == ({} if reason is None else {"x": reason})
+
+
+@pytest.mark.parametrize(
     ("channel", "state", "reserve", "reason"),
     [
         (ch("x", status="disabled"), ChannelState(), 0, "disabled"),
-        (ch("x", type="anthropic"), ChannelState(), 0,
-         "provider type 'anthropic' not supported yet"),
-        (ch("x", type="claude"), ChannelState(), 0, "provider type 'claude' not supported yet"),
         (ch("x", models=("llama",)), ChannelState(), 0, "does not serve model 'gpt-4o-mini'"),
         (ch("x"), ChannelState(circuit="open"), 0, "circuit open"),
         (ch("x"), ChannelState(circuit="cooldown"), 0, "cooling down after 429"),
@@ -347,7 +363,8 @@ def test_route_by_price_is_route_without_rules() -> None:
         }
         at = datetime(2026, 11, 26, rng.randint(0, 23), rng.randint(0, 59), tzinfo=UTC)
         reserve = rng.choice([0, 10, 500])
-        expected = route(channels, [], FACTS, states, at, tz, reserve_tokens=reserve)
+        facts = rng.choice([FACTS, EMBEDDINGS])
+        expected = route(channels, [], facts, states, at, tz, reserve_tokens=reserve)
         ranked = rank_by_price(channels, MinuteClock(tz).at(at).hhmm)
         limited = {
             c.name: states[c.name]
@@ -361,5 +378,6 @@ def test_route_by_price_is_route_without_rules() -> None:
             lambda name, _at, states=states: states[name].circuit,
             at,
             reserve_tokens=reserve,
+            path=facts.path,
         )
         assert got == expected

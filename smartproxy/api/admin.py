@@ -123,7 +123,9 @@ async def route_dry_run(request: web.Request) -> web.Response:
          description: 'evaluate rules as this gateway key name'}
       - {name: endpoint, in: query, required: false,
          schema: {type: string, enum: [chat/completions, completions, embeddings]},
-         description: 'the proxy endpoint the body is for (sets the token reservation)'}
+         description: 'the proxy endpoint the body is for (sets the token reservation and
+           excludes channels whose type cannot serve it); the body may say it instead as
+           "path": "/v1/embeddings"'}
     requestBody:
       required: true
       content:
@@ -149,13 +151,16 @@ async def route_dry_run(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     snap = gw.snapshot
     raw = await request.read()
-    body, facts = parse_body(raw, snap, None)
+    path = "/" + request.query.get("endpoint", "chat/completions").strip("/")
+    body, facts = parse_body(raw, snap, None, path)
+    named = body.get("path")  # the body may name the endpoint: "/v1/embeddings"
+    if isinstance(named, str) and named:
+        path = "/" + named.strip("/").removeprefix("v1/")
     name = request.query.get("api_key_name", "")
-    if name:
+    if name or path != facts.path:
         from dataclasses import replace
 
-        facts = replace(facts, api_key_name=name)
-    path = "/" + request.query.get("endpoint", "chat/completions").strip("/")
+        facts = replace(facts, api_key_name=name or facts.api_key_name, path=path)
     reserve = reservation(snap, facts, body, path)
     decision = await decide(gw, snap, facts, reserve, explain=True)
     return web.json_response(

@@ -96,7 +96,7 @@ def forward_headers(request: web.Request) -> CIMultiDict[str]:
 
 
 def parse_body(
-    raw: bytes, snap: Snapshot, principal: Principal | None
+    raw: bytes, snap: Snapshot, principal: Principal | None, path: str = "/chat/completions"
 ) -> tuple[dict[str, Any], RequestFacts]:
     if not raw:
         raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
@@ -125,6 +125,7 @@ def parse_body(
         api_key_name=principal.name if principal else "",
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,
+        path=path,
     )
     return body, facts
 
@@ -150,7 +151,7 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     rate_limit(request, gw, snap, principal)
     budget(request, gw, snap, principal)
     raw = await request.read()
-    body, facts = parse_body(raw, snap, principal)
+    body, facts = parse_body(raw, snap, principal, path)
     check_model_allowed(principal, facts.model)
     reserve = reservation(snap, facts, body, path)
     limit_tokens(request, gw, principal, reserve)
@@ -198,16 +199,30 @@ async def decide(
             ranked, limited = snap.ranked(facts.model, snap.minutes.at(now).hhmm)
             states = await gw.channel_states(snap, now, limited) if limited else {}
             return route_by_price(
-                ranked, facts.model, states, gw.health.peek, now, reserve_tokens=reserve
+                ranked,
+                facts.model,
+                states,
+                gw.health.peek,
+                now,
+                reserve_tokens=reserve,
+                path=facts.path,
             )
     states = await gw.channel_states(snap, now, channels)
     return route(channels, rules, facts, states, now, snap.tz, reserve_tokens=reserve)
 
 
 def raise_no_candidate(snap: Snapshot, facts: RequestFacts, decision: RouteDecision) -> None:
-    if not any(c.active and c.serves(facts.model) for c in snap.config.channels):
+    serving = [c for c in snap.config.channels if c.active and c.serves(facts.model)]
+    if not serving:
         raise NotFound(
             f"the model {facts.model!r} does not exist or no channel serves it",
+            code="model_not_found",
+            param="model",
+        )
+    if all(c.cannot_serve(facts.path) for c in serving):  # e.g. embeddings on anthropic only
+        why = "; ".join(f"{c.name}: {c.cannot_serve(facts.path)}" for c in serving)
+        raise NotFound(
+            f"no channel serves model {facts.model!r} on /v1{facts.path}: {why}",
             code="model_not_found",
             param="model",
         )

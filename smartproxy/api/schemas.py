@@ -149,7 +149,8 @@ SCHEMAS.update({
         **_obj("name", "type",
                name={**_STR, "description": "Unique; the id everywhere."},
                type={**_STR, "enum": ["openai", "azure", "anthropic", "claude", "mock"]},
-               endpoint={**_STR, "description": "Base URL (http/https); not needed for mock."},
+               endpoint={**_STR, "description": "Base URL (http/https); not needed for mock; "
+                         "anthropic default https://api.anthropic.com."},
                api_key={**_STR, "description": "Masked on read. Leave out, or send back masked, "
                         "to keep the stored key."},
                models={**_STRS, "description": "Absent or empty: any model."},
@@ -161,7 +162,13 @@ SCHEMAS.update({
                status={**_STR, "enum": ["active", "disabled"]},
                headers={**_STR_MAP, "description": "Extra upstream headers; masked on read."},
                timeout=_NUM, connect_timeout=_NUM, first_byte_timeout=_NUM, fail_max=_COUNT,
-               reset_timeout=_NUM),
+               reset_timeout=_NUM,
+               api_version={**_STR, "description": "azure: deployments URL with ?api-version=; "
+                            "absent: the v1 URL."},
+               anthropic_version={**_STR, "description": "anthropic: the anthropic-version "
+                                  "header (default 2023-06-01)."},
+               default_max_tokens={**_COUNT, "minimum": 1, "description": "anthropic: "
+                                   "max_tokens sent when a request sets none (default 4096)."}),
         **_CLOSED,
         "example": CHANNEL_EXAMPLE,
     },

@@ -13,7 +13,18 @@ from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
 CHANNEL_TYPES = {"openai", "azure", "anthropic", "claude", "mock"}
-ROUTABLE_TYPES = {"openai", "mock"}  # provider modules that exist in this version
+ROUTABLE_TYPES = set(CHANNEL_TYPES)  # every type has its provider module now
+# The client endpoints (paths below /v1) each provider can serve. A channel is not a candidate
+# for the others; ``POST /api/route`` lists it as excluded with ``ChannelConfig.cannot_serve``.
+OPENAI_ENDPOINTS = frozenset({"/chat/completions", "/completions", "/embeddings"})
+PROVIDER_ENDPOINTS: dict[str, frozenset[str]] = {
+    "openai": OPENAI_ENDPOINTS,
+    "azure": OPENAI_ENDPOINTS,
+    "mock": OPENAI_ENDPOINTS,
+    "anthropic": frozenset({"/chat/completions"}),  # translated to the Messages API
+}
+ANTHROPIC_ENDPOINT = "https://api.anthropic.com"
+ANTHROPIC_VERSION = "2023-06-01"
 STORAGE_BACKENDS = {"sqlite", "redis", "memory"}
 JWT_ALGORITHMS = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"}
 
@@ -81,6 +92,9 @@ class ChannelConfig:
     first_byte_timeout: float | None = None
     fail_max: int | None = None
     reset_timeout: float | None = None
+    api_version: str | None = None  # azure: deployments URL with ?api-version=; None: the v1 URL
+    anthropic_version: str = ANTHROPIC_VERSION  # anthropic: the anthropic-version header
+    default_max_tokens: int = 4096  # anthropic: max_tokens when a request sets none
 
     @property
     def active(self) -> bool:
@@ -89,6 +103,13 @@ class ChannelConfig:
     @property
     def provider(self) -> str:
         return "anthropic" if self.type == "claude" else self.type
+
+    def cannot_serve(self, path: str) -> str | None:
+        """Why this channel's type cannot serve the client endpoint ``path`` (None: it can)."""
+        provider = self.provider
+        if path in PROVIDER_ENDPOINTS.get(provider, ()):
+            return None
+        return f"{provider} channels do not serve /v1{path}"
 
     def serves(self, model: str) -> bool:
         return not self.models or model in self.models or model in self.model_mapping

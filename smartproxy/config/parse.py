@@ -12,6 +12,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from .model import (
+    ANTHROPIC_ENDPOINT,
+    ANTHROPIC_VERSION,
     CHANNEL_TYPES,
     JWT_ALGORITHMS,
     STORAGE_BACKENDS,
@@ -89,11 +91,13 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
     s = _Section(data, path, problems)
     before = len(problems)
     ch_type = s.get("type", _one_of(CHANNEL_TYPES), "openai", required=True)
-    endpoint_required = ch_type != "mock"
+    provider = "anthropic" if ch_type == "claude" else ch_type
+    endpoint_required = provider not in ("mock", "anthropic")
     cfg = ChannelConfig(
         name=s.get("name", _nonempty, "", required=True),
         type=ch_type,
-        endpoint=s.get("endpoint", _url, "", required=endpoint_required),
+        endpoint=s.get("endpoint", _url, "", required=endpoint_required)
+        or (ANTHROPIC_ENDPOINT if provider == "anthropic" else ""),
         api_key=s.get("api_key", _text, ""),
         models=s.get("models", _str_list, ()),
         model_mapping=s.get("model_mapping", _str_map, {}),
@@ -113,13 +117,39 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
         first_byte_timeout=s.get("first_byte_timeout", _positive, None),
         fail_max=s.get("fail_max", _count, None),
         reset_timeout=s.get("reset_timeout", _positive, None),
+        api_version=s.get("api_version", _nonempty, "") or None,
+        anthropic_version=s.get("anthropic_version", _nonempty, ANTHROPIC_VERSION),
+        default_max_tokens=s.get("default_max_tokens", _positive_int, 4096),
     )
+    _type_only(s, cfg, provider)
     if cfg.discount_time and cfg.discount_price is None:
         s.error("discount_price", "is required when discount_time is set")
     if cfg.fail_max == 0:
         s.error("fail_max", "must be at least 1")
     s.finish()
     return cfg if len(problems) == before else None
+
+
+# Keys that mean something for one provider only: another value than the default elsewhere is
+# an error (a typo'd type must not silently ignore them); the default may be shown and sent back.
+_TYPE_KEYS = {"api_version": "azure", "anthropic_version": "anthropic", "default_max_tokens": "anthropic"}
+
+
+def _type_only(s: _Section, cfg: ChannelConfig, provider: str) -> None:
+    for key, owner in _TYPE_KEYS.items():
+        default = getattr(_CHANNEL_DEFAULTS, key)
+        if provider != owner and getattr(cfg, key) != default:
+            s.error(key, f"only {owner} channels use it (this channel's type is {cfg.type})")
+
+
+def _positive_int(value: Any) -> int:
+    number = _count(value)
+    if number < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return number
+
+
+_CHANNEL_DEFAULTS = ChannelConfig(name="", type="openai", endpoint="")
 
 
 def parse_rule(data: Any, path: str, problems: list[str]) -> RuleConfig | None:

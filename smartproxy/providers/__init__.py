@@ -1,13 +1,35 @@
-"""One module per channel type; ``make_providers`` maps a config type to its provider."""
+"""One module per channel type; ``make_providers`` maps a config type to its provider.
+
+``adapter_for(provider, path)`` is the API-shape hook (``base.Adapter``): the adapter that
+translates a client request on endpoint ``path`` (below /v1) for a channel of that provider, or
+None when the channel speaks the client's shape and bytes pass through. ``ADAPTERS`` is the
+table; add an entry for a new (provider, front) pair. Which endpoints a provider serves at all
+is ``config.PROVIDER_ENDPOINTS`` (the router excludes the others).
+"""
 
 from __future__ import annotations
 
 import aiohttp
 
-from .base import Provider
+from .anthropic import AnthropicProvider, ChatToMessages
+from .azure import AzureProvider
+from .base import Adapter, Provider
 from .mock import MockProvider
 from .openai import OpenAIProvider
 
+ADAPTERS: dict[tuple[str, str], Adapter] = {
+    ("anthropic", "/chat/completions"): ChatToMessages(),
+}
+
+
+def adapter_for(provider: str, path: str) -> Adapter | None:
+    return ADAPTERS.get((provider, path))
+
 
 def make_providers(session: aiohttp.ClientSession) -> dict[str, Provider]:
-    return {"openai": OpenAIProvider(session), "mock": MockProvider()}
+    return {
+        "openai": OpenAIProvider(session),
+        "azure": AzureProvider(session),
+        "anthropic": AnthropicProvider(session),
+        "mock": MockProvider(),
+    }

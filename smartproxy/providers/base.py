@@ -2,8 +2,10 @@
 
 A provider turns (channel, endpoint path, query, headers, body) into an ``UpstreamReply``: status,
 headers and a body that can be read whole or iterated chunk by chunk as it arrives. The OpenAI
-provider sends over the shared ``aiohttp.ClientSession``; the mock provider answers in-process.
-Later providers (azure, anthropic) add URL/auth rules or translate bodies in their own module.
+provider sends over the shared ``aiohttp.ClientSession``; azure and anthropic reuse it with their
+own URL and auth rules; the mock provider answers in-process. A channel that speaks another API
+shape than the client gets an ``Adapter`` (below) for each attempt, which translates the request,
+the answer, the stream events and the error bodies with pure functions.
 
 Failures are translated where they enter: a provider raises only ``upstream.errors.AttemptError``
 (``UpstreamConnectError`` / ``UpstreamTimeoutError``) from ``send``, ``read`` and
@@ -14,11 +16,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..config import ChannelConfig
+
+if TYPE_CHECKING:
+    from ..upstream.sse import StreamTally
 
 
 @dataclass(slots=True)  # built per request: a frozen init costs ~0.16 µs a field
@@ -31,6 +36,7 @@ class OutgoingRequest:
     headers: CIMultiDict[str]  # client headers minus hop-by-hop/auth/host/content-length
     body: bytes
     stream: bool
+    model: str = ""  # the upstream model name (after model_mapping): Azure's deployment
 
 
 class UpstreamReply(Protocol):
@@ -81,3 +87,47 @@ def channel_headers(channel: ChannelConfig, request: OutgoingRequest) -> CIMulti
 def join_url(endpoint: str, path: str, query_string: str) -> str:
     url = endpoint.rstrip("/") + path
     return f"{url}?{query_string}" if query_string else url
+
+
+# ----------------------------------------------------------------------------- API shapes
+class StreamAdapter(Protocol):
+    """One attempt's stream translation: upstream SSE events in, client SSE events out.
+
+    ``feed`` takes one whole upstream event (``EventSplitter`` output) and returns the client's
+    events (complete, each ending with its blank line; often one, maybe none). It fills ``tally``
+    from the upstream's own numbers (usage normalised to OpenAI's ``prompt_tokens`` /
+    ``completion_tokens``, ``content_events``, and ``done`` once the stream ended as it should).
+    An error reported inside the stream raises ``AttemptError``: before any byte reached the
+    client the dispatcher fails over; after, the relay ends the stream with its SSE error event.
+    """
+
+    tally: StreamTally
+
+    def feed(self, event: bytes) -> list[bytes]: ...
+
+
+class Adapter(Protocol):
+    """The per-attempt hook for a channel that speaks another API shape than the client.
+
+    Looked up per (channel type, client path) with ``providers.adapter_for``; ``None`` means
+    the shapes are the same and bytes pass through untouched. All methods are pure (no I/O):
+
+    - ``request``: the client's parsed body -> (upstream path below the channel's base, body
+      bytes). ``model`` is the upstream model (after ``model_mapping``). A field that cannot be
+      expressed raises ``errors.Untranslatable`` (a 400 naming it; the channel is skipped).
+    - ``answer``: a 2xx non-stream upstream body -> (client body, usage as OpenAI
+      ``prompt_tokens``/``completion_tokens`` or None). An unreadable body raises AttemptError.
+    - ``error``: an upstream error body (any status >= 400) -> the client's error shape.
+    - ``stream``: a fresh ``StreamAdapter`` for one attempt; ``include_usage`` says whether the
+      client asked for a usage chunk (usage is counted either way).
+    """
+
+    def request(
+        self, body: dict[str, Any], *, model: str, channel: ChannelConfig
+    ) -> tuple[str, bytes]: ...
+
+    def answer(self, body: bytes) -> tuple[bytes, dict[str, Any] | None]: ...
+
+    def error(self, status: int, body: bytes) -> bytes: ...
+
+    def stream(self, *, include_usage: bool) -> StreamAdapter: ...

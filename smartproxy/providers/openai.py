@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator
 
 import aiohttp
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..config import ChannelConfig
 from ..upstream.errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
@@ -79,15 +79,23 @@ def _client_timeout(total: float, connect: float, stream: bool) -> aiohttp.Clien
 
 
 class OpenAIProvider:
+    """Sends over HTTP; other HTTP providers (azure, anthropic) change only ``url``/``headers``."""
+
     name = "openai"
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
 
+    def url(self, channel: ChannelConfig, request: OutgoingRequest) -> str:
+        return join_url(channel.endpoint, request.path, request.query_string)
+
+    def headers(self, channel: ChannelConfig, request: OutgoingRequest) -> CIMultiDict[str]:
+        return channel_headers(channel, request)
+
     async def send(
         self, channel: ChannelConfig, request: OutgoingRequest, timeouts: Timeouts
     ) -> HttpReply:
-        url = join_url(channel.endpoint, request.path, request.query_string)
+        url = self.url(channel, request)
         timeout = _client_timeout(timeouts.total, timeouts.connect, request.stream)
         # One deadline, from sending to the first chunk of the body: headers then silence
         # cannot stretch the first-byte wait to twice the configured time.
@@ -96,7 +104,7 @@ class OpenAIProvider:
             request.method,
             url,
             data=request.body if request.method != "GET" else None,
-            headers=channel_headers(channel, request),
+            headers=self.headers(channel, request),
             timeout=timeout,
             allow_redirects=False,
             auto_decompress=False,

@@ -31,7 +31,7 @@ from datetime import datetime, time, tzinfo
 from types import MappingProxyType
 from typing import NamedTuple
 
-from ..config import ROUTABLE_TYPES, ChannelConfig
+from ..config import ChannelConfig
 from .pricing import discount_active_local, local_time, minute_of
 from .rules import CompiledRule, RuleSet
 
@@ -47,6 +47,7 @@ class RequestFacts:
     api_key_name: str = ""
     prompt_tokens: int = 0  # estimate
     max_tokens: int | None = None
+    path: str = "/chat/completions"  # the client endpoint below /v1
 
 
 # The value objects made per channel and per rule on every request are NamedTuples: immutable
@@ -147,13 +148,17 @@ def _price(channel: ChannelConfig, discounted: bool) -> float:
 
 # ----------------------------------------------------------------------------- candidates
 def exclusion_reason(
-    channel: ChannelConfig, model: str, state: ChannelState, reserve_tokens: int = 0
+    channel: ChannelConfig,
+    model: str,
+    state: ChannelState,
+    reserve_tokens: int = 0,
+    path: str = "/chat/completions",
 ) -> str | None:
     """Why ``channel`` cannot take this request now, or None if it can."""
     if not channel.active:
         return "disabled"
-    if channel.type not in ROUTABLE_TYPES:
-        return f"provider type {channel.type!r} not supported yet"
+    if (why := channel.cannot_serve(path)) is not None:
+        return why
     if not channel.serves(model):
         return f"does not serve model {model!r}"
     if state.circuit in _UNAVAILABLE:
@@ -187,7 +192,7 @@ def route(
     excluded: list[Exclusion] = []
     for index, channel in enumerate(channels):
         state = states.get(channel.name, _FRESH)
-        reason = exclusion_reason(channel, facts.model, state, reserve_tokens)
+        reason = exclusion_reason(channel, facts.model, state, reserve_tokens, facts.path)
         if reason is not None:
             excluded.append(Exclusion(channel.name, reason))
             continue
@@ -284,6 +289,7 @@ def route_by_price(
     at: datetime,
     *,
     reserve_tokens: int = 0,
+    path: str = "/chat/completions",
 ) -> RouteDecision:
     """``route()`` for channels no rule names: the same decision, from ``rank_by_price``.
 
@@ -298,7 +304,7 @@ def route_by_price(
         if state is None:
             circuit = circuit_of(channel.name, at)
             state = _BY_CIRCUIT.get(circuit) or ChannelState(circuit=circuit)
-        reason = exclusion_reason(channel, model, state, reserve_tokens)
+        reason = exclusion_reason(channel, model, state, reserve_tokens, path)
         if reason is None:
             chosen.append(candidate)
         else:

@@ -21,8 +21,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..config import ChannelConfig, Config, RetryConfig
-from ..errors import NoChannelAvailable, UpstreamFailed, UpstreamTimeout
-from ..providers.base import OutgoingRequest, Timeouts, UpstreamReply
+from ..errors import NoChannelAvailable, Untranslatable, UpstreamFailed, UpstreamTimeout
+from ..providers import adapter_for
+from ..providers.base import Adapter, OutgoingRequest, Timeouts, UpstreamReply
 from ..routing.pricing import cost_local
 from ..routing.router import Candidate
 from ..state import Gateway, Snapshot
@@ -93,11 +94,20 @@ class Dispatcher:
         queue = list(candidates)
         last_reply: tuple[AttemptLog, int, CIMultiDict[str], bytes] | None = None
         skipped: list[str] = []
+        refused: Untranslatable | None = None
         tried = 0
         waited = False
         while queue and tried < policy.max_attempts:
             ch = queue[0].channel
             plan = self._plan(ch)
+            adapter = adapter_for(ch.provider, ex.path)
+            try:
+                outgoing = self._outgoing(ex, ch, adapter)
+            except Untranslatable as exc:  # this channel's API cannot say it; another may
+                queue.pop(0)
+                skipped.append(f"{ch.name}: {exc.message}")
+                refused = refused or exc
+                continue
             health = gw.health.get(ch.name, *plan.breaker)
             if tried and not waited and health.available():
                 # Wait before taking a permit or a reservation: a client that goes away during
@@ -140,7 +150,7 @@ class Dispatcher:
             verdict = shared.verdict(gw, health, permit, reservation) if gw.shared else Verdict(
                 health, permit
             )
-            outcome = await self._attempt(ex, plan, verdict, reservation)
+            outcome = await self._attempt(ex, plan, verdict, reservation, outgoing, adapter)
             if isinstance(outcome, web.StreamResponse):
                 return outcome
             if outcome is not None:
@@ -148,6 +158,8 @@ class Dispatcher:
             # Fall back down the list; with one candidate left, retry that one.
             if len(queue) > 1:
                 queue.pop(0)
+        if refused is not None and not ex.attempts:
+            raise refused  # nothing was sent anywhere: the client's field is the reason
         return self._all_failed(ex, last_reply, skipped)
 
     def _plan(self, ch: ChannelConfig) -> _Plan:
@@ -186,13 +198,20 @@ class Dispatcher:
         return self.gw.store.release(reservation)
 
     async def _attempt(
-        self, ex: Exchange, plan: _Plan, health: Verdict, reservation: Reservation
+        self,
+        ex: Exchange,
+        plan: _Plan,
+        health: Verdict,
+        reservation: Reservation,
+        outgoing: OutgoingRequest,
+        adapter: Adapter | None,
     ) -> web.StreamResponse | tuple[AttemptLog, int, CIMultiDict[str], bytes] | None:
-        """One try at one channel: a response sent to the client, a failed HTTP answer, or None."""
+        """One try at one channel: a response sent to the client, a failed HTTP answer, or None.
+        With an ``adapter`` (the channel speaks another API shape) answers, error bodies and
+        stream events are translated on the way back."""
         gw = self.gw
         ch = plan.channel
         provider = gw.providers[ch.provider]
-        outgoing = self._outgoing(ex, ch)
         t0 = time.monotonic()
         reply: UpstreamReply | None = None
         try:
@@ -201,13 +220,28 @@ class Dispatcher:
             if is_retryable_status(status):
                 body = await reply.read()
                 reply.close()
+                if adapter is not None:
+                    body = adapter.error(status, body)
                 self._failed_http(ex, ch, health, status, reply.headers, t0)
                 if (pending := self._release(reservation)) is not None:
                     await pending
                 return ex.attempts[-1], status, CIMultiDict(reply.headers), body
             if outgoing.stream and status == 200 and _is_sse(reply.headers):
-                return await relay_stream(self, ex, ch, health, reservation, reply, t0)
+                translate = (
+                    adapter.stream(include_usage=ex.client_wants_usage) if adapter else None
+                )
+                return await relay_stream(
+                    self, ex, ch, health, reservation, reply, t0, translate
+                )
             body = await reply.read()
+            usage = None
+            if adapter is not None:
+                if status < 400:
+                    body, usage = adapter.answer(body)  # an unreadable answer: AttemptError
+                else:
+                    body = adapter.error(status, body)
+            elif status < 400:
+                usage = usage_of_body(body)
         except AttemptError as exc:
             if reply is not None:
                 reply.close()
@@ -227,15 +261,19 @@ class Dispatcher:
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
         gw.metrics.observe_upstream(ch.name, status, seconds)
         health.failure() if is_breaker_failure_status(status) else health.success()
-        usage = usage_of_body(body) if status < 400 else None
         self._settle(ex, ch, reservation, status, usage, content_events=0 if usage is None else -1)
         headers = self._response_headers(ex, ch, reply.headers)
         return web.Response(status=status, body=body, headers=headers)
 
-    def _outgoing(self, ex: Exchange, ch: ChannelConfig) -> OutgoingRequest:
+    def _outgoing(
+        self, ex: Exchange, ch: ChannelConfig, adapter: Adapter | None = None
+    ) -> OutgoingRequest:
         body = ex.raw_body
-        if ex.body is not None:
-            mapped = ch.upstream_model(ex.facts.model)
+        path = ex.path
+        mapped = ch.upstream_model(ex.facts.model)
+        if adapter is not None and ex.body is not None:
+            path, body = adapter.request(ex.body, model=mapped, channel=ch)
+        elif ex.body is not None:
             changes: dict[str, Any] = {}
             if mapped != ex.facts.model:
                 changes["model"] = mapped
@@ -247,11 +285,12 @@ class Dispatcher:
                 body = json.dumps({**ex.body, **changes}, ensure_ascii=False).encode()
         return OutgoingRequest(
             method=ex.request.method,
-            path=ex.path,
+            path=path,
             query_string=ex.request.query_string,
             headers=ex.headers,
             body=body,
             stream=ex.facts.stream,
+            model=mapped,
         )
 
     def _settle(

@@ -13,7 +13,7 @@ import time
 from aiohttp import web
 
 from ..config import ChannelConfig
-from ..providers.base import UpstreamReply
+from ..providers.base import StreamAdapter, UpstreamReply
 from ..storage.base import Reservation
 from .errors import AttemptError, UpstreamConnectError
 from .exchange import AttemptLog, Exchange, Settler, Verdict
@@ -28,17 +28,25 @@ async def relay_stream(
     reservation: Reservation,
     reply: UpstreamReply,
     t0: float,
+    translate: StreamAdapter | None = None,
 ) -> web.StreamResponse:
-    """Relay SSE event by event; fail over only while nothing has reached the client."""
+    """Relay SSE event by event; fail over only while nothing has reached the client.
+
+    With ``translate`` (the channel speaks another API shape) each upstream event goes through
+    it and it keeps the tally; an error it raises before the response starts fails over too.
+    """
     chunks = reply.iter_chunks()
     splitter = EventSplitter()
-    tally = StreamTally()
+    tally = StreamTally() if translate is None else translate.tally
     strip_usage = not ex.client_wants_usage
     # The first chunk decides: before it, a failure is invisible to the client.
     try:
         first = await chunks.__anext__()  # AttemptError propagates to the failover loop
     except StopAsyncIteration:
         raise UpstreamConnectError("upstream closed the stream before sending anything") from None
+    first_out: list[bytes] | None = None
+    if translate is not None:  # an upstream error event here still fails over (AttemptError)
+        first_out = [out for event in splitter.feed(first) for out in translate.feed(event)]
     seconds_to_first = time.monotonic() - t0
     resp = web.StreamResponse(
         status=reply.status, headers=dispatcher._response_headers(ex, ch, reply.headers)
@@ -49,6 +57,10 @@ async def relay_stream(
     try:
         await resp.prepare(ex.request)
         pending: bytes | None = first
+        if first_out is not None:
+            pending = None
+            if first_out:
+                await resp.write(b"".join(first_out))
         while True:
             if pending is None:
                 try:
@@ -57,13 +69,18 @@ async def relay_stream(
                     break
             out = []
             for event in splitter.feed(pending):
-                if inspect_event(event, tally) and strip_usage:
+                if translate is not None:
+                    out.extend(translate.feed(event))
+                elif inspect_event(event, tally) and strip_usage:
                     continue
-                out.append(event)
+                else:
+                    out.append(event)
             pending = None
             if out:
                 await resp.write(b"".join(out))
         rest = splitter.rest()
+        if rest and translate is not None:  # a last event without its blank line
+            rest = b"".join(translate.feed(rest))
         if rest:
             await resp.write(rest)
         if not tally.done and ex.path != "/embeddings":

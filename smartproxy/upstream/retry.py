@@ -35,12 +35,13 @@ Sleep = Callable[[float], Awaitable[object]]
 Jitter = Callable[[float], float]
 
 # Statuses that fail over to the next candidate (contract §5). 401/403 from upstream mean the
-# channel's key is broken, not the client's: another channel may well answer.
-RETRYABLE_STATUSES: Final = frozenset({401, 403, 429, 500, 502, 503, 504})
+# channel's key is broken, not the client's: another channel may well answer. 529 is Anthropic's
+# "overloaded" (an outage of that channel, like 503).
+RETRYABLE_STATUSES: Final = frozenset({401, 403, 429, 500, 502, 503, 504, 529})
 # Of those, the ones that count against the channel's circuit breaker (an outage). 429 does not
 # (it cools the channel down instead), nor do 401/403 (a broken key is not an outage: the attempt
 # is released without a verdict, as the failover loop does).
-BREAKER_FAILURE_STATUSES: Final = frozenset({500, 502, 503, 504})
+BREAKER_FAILURE_STATUSES: Final = frozenset({500, 502, 503, 504, 529})
 MAX_RETRY_AFTER: Final = 3600.0  # a hostile or broken Retry-After must not bench a channel for days
 
 
@@ -50,7 +51,7 @@ def is_retryable_status(status: int) -> bool:
 
 
 def is_breaker_failure_status(status: int) -> bool:
-    """True for answers that count as a breaker failure: 500, 502, 503, 504 (not 429, 401, 403)."""
+    """True for answers that count as a breaker failure: 500, 502-504, 529 (not 429, 401, 403)."""
     return status in BREAKER_FAILURE_STATUSES
 
 
