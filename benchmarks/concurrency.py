@@ -476,12 +476,16 @@ def plot(points: list[dict[str, Any]], path: str) -> None:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5))
     xs = [p["connections"] for p in points]
-    ax.plot(xs, [p["cpu_us_per_request"] for p in points], marker="o")
+    ys = [p["cpu_us_per_request"] for p in points]
+    ax.plot(xs, ys, marker="o")
+    for x, y, p in zip(xs, ys, points, strict=True):
+        ax.annotate(f"{p['rps']:.0f} req/s", (x, y), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=8)
     ax.set_xscale("log")
     ax.set_ylim(bottom=0)
     ax.set_xlabel("connections (requests in flight)")
     ax.set_ylabel("gateway CPU µs per request")
-    ax.set_title("SmartProxy: CPU per request vs concurrency (same req/s)")
+    ax.set_title("SmartProxy: CPU per request vs requests in flight")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -5,9 +5,10 @@ request path makes no reference cycles (``tests/test_gcpolicy.py`` and ``test_pe
 check it does not). CPython's generational collector nevertheless walks every object that is
 alive when it runs: every 700 (here 20,000) allocations it traverses the young objects, and
 survivors again in the older generations. With 10,000 requests in flight those survivors are the
-requests themselves — about a hundred objects each, scattered over a large heap, so each visit is
-a cache miss — and at 10,000 in flight that walking cost as much CPU as the requests' own work
-(``benchmarks/concurrency.py``). Collections find nothing on that path: they are pure cost.
+requests themselves — about 125 objects each, scattered over a large heap, so each visit is
+a cache miss. At 5,000 in flight that walking cost ~300 µs of CPU per request, a third or more of
+the request's own work (``benchmarks/README.md``), and found nothing: the request path makes no
+reference cycles, so those collections were pure cost.
 
 So while serving, automatic collection is off and ``CyclePolicy.check`` (every second) decides:
 

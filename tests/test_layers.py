@@ -18,7 +18,13 @@ import smartproxy
 
 # Lowest first. A module belongs to the first entry that names it or one of its packages.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("smartproxy", "smartproxy.errors", "smartproxy.fastjson", "smartproxy.localtime"),
+    (
+        "smartproxy",
+        "smartproxy.errors",
+        "smartproxy.fastjson",
+        "smartproxy.localtime",
+        "smartproxy.gcpolicy",
+    ),
     ("smartproxy.config",),
     (
         "smartproxy.routing",
