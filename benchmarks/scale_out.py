@@ -70,6 +70,21 @@ def start_gateway(workdir: Path, storage: str, workers: int, cpus: str | None,
     return proc, url
 
 
+def gateway_cpu(pid: int) -> float:
+    """CPU seconds of the gateway process and its workers (children) so far."""
+    import psutil
+
+    total = 0.0
+    proc = psutil.Process(pid)
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0)
@@ -89,6 +104,7 @@ def main() -> int:
     targets = [("1 worker, sqlite", "sqlite", 1, own), ("1 worker, redis", "redis", 1, own),
                ("2 workers, redis", "redis", 2, both)]
     results: dict[str, list[float]] = {name: [] for name, *_ in targets}
+    cpu_us: dict[str, list[float]] = {name: [] for name, *_ in targets}
     with tempfile.TemporaryDirectory(prefix="smartproxy-scale-") as tmp:
         workdir = Path(tmp)
         up_port, redis_port = po.free_port(), po.free_port()
@@ -106,27 +122,35 @@ def main() -> int:
                 try:
                     if args.warmup > 0:
                         po.run_load(args, url, args.warmup, shared, workdir)
+                    before = gateway_cpu(proc.pid)
                     res, _ = po.run_load(args, url, args.duration, shared, workdir)
+                    used = gateway_cpu(proc.pid) - before
                 finally:
                     po.stop(proc)
                 bad = res["errors"] + res["non2xx"]
                 if bad:
                     print(f"  {name}: {bad} errors/non-2xx answers", file=sys.stderr)
                 results[name].append(res["requests"] / (res["duration_s"] or args.duration))
+                cpu_us[name].append(used / max(1, res["requests"]) * 1e6)
         po.stop_all()
     base = statistics.median(results["1 worker, sqlite"])
     redis1 = statistics.median(results["1 worker, redis"])
     print(f"\n{args.rounds} rounds x {args.duration:g} s, {args.connections} connections, "
           f"medians; pinned: {'yes' if pin else 'no'} (gateway core {own}, upstream + wrk + "
           f"redis core {shared}; 2 workers on cores {both})\n")
-    print("| gateway | req/s (median) | runs | vs 1 worker sqlite |")
-    print("|---|---:|---|---:|")
+    base_cpu = statistics.median(cpu_us["1 worker, sqlite"])
+    print("| gateway | req/s (median) | runs | vs 1 worker sqlite | gateway CPU µs/request | "
+          "CPU ratio (sqlite/this) |")
+    print("|---|---:|---|---:|---:|---:|")
     for name, *_ in targets:
         runs = results[name]
         med = statistics.median(runs)
+        cpu = statistics.median(cpu_us[name])
         print(f"| {name} | {med:,.0f} | {', '.join(f'{r:,.0f}' for r in runs)} | "
-              f"{med / base:.2f}x |")
-    print(f"\none worker on redis / one worker on sqlite: {redis1 / base:.2f} (target >= 0.75)")
+              f"{med / base:.2f}x | {cpu:,.0f} | {base_cpu / cpu:.2f}x |")
+    print(f"\none worker on redis / one worker on sqlite: {redis1 / base:.2f} req/s, "
+          f"{base_cpu / statistics.median(cpu_us['1 worker, redis']):.2f} by CPU per request "
+          "(target >= 0.75)")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -23,7 +24,8 @@ async def test_go_sample_config_routes_to_its_claude_channel(
 ):
     """tests/data/go-configs-config.yaml as published, its endpoints pointed at fakes (the claude
     channel keeps the ``.../v1`` form) and a dev key added: at 03:00 the night rule puts the
-    claude channel first once the free channel's 10000-token day cannot hold the request."""
+    claude channel first once the free channel's 1000-token hour is used up (quotas are spent to
+    their end: the first request, of any size, still goes to the free channel)."""
     fake, ant_url = await anthropic_factory(api_key="claude-night")
     free, free_url = await upstream_factory("free")
     paid, paid_url = await upstream_factory("paid")
@@ -38,6 +40,10 @@ async def test_go_sample_config_routes_to_its_claude_channel(
     path = tmp_path / "go.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True))
     gw = await gateway_factory(path, clock=Clock(datetime(2026, 11, 26, 3, 0, tzinfo=UTC)))
+    free.usage = {"prompt_tokens": 500, "completion_tokens": 600, "total_tokens": 1100}
+    first = await gw.openai().chat.completions.with_raw_response.create(**CHAT)
+    assert first.headers["x-smartproxy-channel"] == quote("免费渠道A")  # 0 < 1000: free first
+    await gw.gateway.drain_background()
     big = {**CHAT, "max_tokens": 20000}
     route = await gw.client.post("/api/route", json=big, headers=gw.admin_headers())
     decision = await route.json()
@@ -46,7 +52,7 @@ async def test_go_sample_config_routes_to_its_claude_channel(
     resp = await gw.openai().chat.completions.create(**big)
     assert resp.choices[0].message.content == "Hello from Claude."
     assert fake.seen[-1].path == "/v1/messages" and fake.seen[-1].body["max_tokens"] == 20000
-    assert free.seen == [] and paid.seen == []
+    assert len(free.seen) == 1 and paid.seen == []
     await gw.gateway.drain_background()
     usage = await gw.client.get("/api/usage", headers=gw.admin_headers())
     rows = {r["channel"]: r for r in (await usage.json())["channels"]}

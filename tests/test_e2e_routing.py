@@ -106,8 +106,22 @@ async def test_free_until_daily_quota_then_paid_then_free_after_local_midnight(
     assert len(paid_up.seen) == (await usage_of(gw))["paid"]["requests"] == 4
 
 
+@pytest.fixture(params=["memory", "redis"])
+def quota_storage(request, tmp_path):
+    """The admission rule is the same for every backend (redis: in its Lua script)."""
+    if request.param == "memory":
+        yield {"backend": "memory"}
+        return
+    from redisutil import delete_prefix, require_redis, unique_prefix
+
+    url, prefix = require_redis(), unique_prefix()
+    yield {"backend": "redis", "url": url, "key_prefix": prefix, "timeout": 3,
+           "path": str(tmp_path / "log.db")}
+    delete_prefix(url, prefix)
+
+
 async def test_small_quotas_are_spent_to_their_end_by_requests_without_max_tokens(
-    upstream_factory, gateway_factory
+    upstream_factory, gateway_factory, quota_storage
 ):
     """Must-show 6: ``daily_limit: 1000`` and requests without ``max_tokens`` (each reserving
     its prompt + usage.default_max_tokens, more than the whole limit): the free channel serves
@@ -118,7 +132,8 @@ async def test_small_quotas_are_spent_to_their_end_by_requests_without_max_token
                                                               "total_tokens": 70})
     _, paid_url = await upstream_factory("paid", usage=dict(USAGE_50))
     free = channel("free", free_url, daily_limit=1000)
-    cfg = base_config(channels=[free, channel("paid", paid_url, price_per_token=1e-6)])
+    cfg = base_config(channels=[free, channel("paid", paid_url, price_per_token=1e-6)],
+                      storage=quota_storage)
     gw = await gateway_factory(cfg)
     body = {"model": "gpt-4o-mini", "messages": MESSAGES}
     assert (await dry_run(gw, body))["reserve_tokens"] > 1000  # prompt + 1024
@@ -141,11 +156,12 @@ async def test_small_quotas_are_spent_to_their_end_by_requests_without_max_token
     assert len(free_up.seen) == 15
 
     hourly = channel("hourly", free_url, hour_limit=300)
-    small = await gateway_factory(base_config(channels=[hourly]))
+    small = await gateway_factory(base_config(channels=[hourly], storage=quota_storage))
     assert await ask(small, small.openai(), max_tokens=None) == "hourly"
     assert await ask(small, small.openai(), max_tokens=None) == "hourly"  # 70 < 300
     smaller = await gateway_factory(base_config(channels=[channel("one", free_url,
-                                                                  hour_limit=50)]))
+                                                                  hour_limit=50)],
+                                                storage=quota_storage))
     assert await ask(smaller, smaller.openai(), max_tokens=None) == "one"  # 70: used up
     with pytest.raises(openai.APIStatusError) as info:
         await ask(smaller, smaller.openai(), max_tokens=None)

@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "smartproxy.fastjson",
         "smartproxy.localtime",
         "smartproxy.gcpolicy",
+        "smartproxy.files",
     ),
     ("smartproxy.config",),
     (
@@ -38,12 +39,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "smartproxy.upstream.retry",
         "smartproxy.upstream.breaker",
         "smartproxy.upstream.health",
+        "smartproxy.upstream.failures",
         "smartproxy.upstream.sse",
+        "smartproxy.upstream.slots",
     ),
     ("smartproxy.state",),
     ("smartproxy.upstream",),
     ("smartproxy.api",),
-    ("smartproxy.app",),
+    ("smartproxy.app", "smartproxy.server"),
     ("smartproxy.cli", "smartproxy.__main__"),
 )
 

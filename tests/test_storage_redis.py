@@ -270,3 +270,40 @@ async def test_start_without_redis_serves_offline_and_recovers(tmp_path, stores)
         assert store.online
     finally:
         server.stop()
+
+
+async def test_response_ids_are_shared_and_expire_with_their_ttl(stores):
+    a, b = await stores(), await stores()
+    await a.remember_response("resp_123", "azure-east", NOW)
+    assert await b.response_channel("resp_123", NOW) == "azure-east"
+    assert await b.response_channel("resp_unknown", NOW) is None
+    ttl = await b._redis.ttl(f"{b._k}resp:resp_123")
+    assert 29 * 86400 < ttl <= 30 * 86400
+
+
+async def test_request_log_reports_come_from_this_hosts_sqlite_log(stores):
+    a = await stores()
+    adm = await admit(a, "free", 5, Limits())
+    await a.settle(adm.reservation, rec(prompt=3, completion=4), NOW)
+    t0 = NOW.timestamp()
+    rows = await a.timeseries([t0 - 3600, t0 + 3600], "channel")
+    assert [(r["key"], r["requests"], r["prompt_tokens"]) for r in rows] == [("free", 1, 3)]
+    (row,) = await a.query(None, None, "channel")
+    assert (row["channel"], row["total_tokens"]) == ("free", 7)
+
+
+async def test_admit_refuses_at_max_concurrency_counting_every_process(stores: Any) -> None:
+    one, two = await stores(), await stores()
+    cap = Limits(concurrency=2)
+    first = await admit(one, "c", 5, cap)
+    second = await admit(two, "c", 5, cap)
+    assert first.code == second.code == 0
+    third = await admit(one, "c", 5, cap)
+    assert third.code == 5 and third.reservation is None  # two in flight, in two processes
+    await two.release(second.reservation)
+    for _ in range(100):  # releases are batched per loop turn
+        again = await admit(one, "c", 5, cap)
+        if again.code == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert again.code == 0

@@ -17,9 +17,10 @@ The effective price, used to rank channels, is ``discount_price`` inside a windo
 
 from __future__ import annotations
 
-from datetime import datetime, time, tzinfo
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta, tzinfo
 
-from ..config import ChannelConfig
+from ..config import ChannelConfig, TimeWindow
 
 
 def local_time(at: datetime, tz: tzinfo) -> datetime:
@@ -94,3 +95,40 @@ def cost_local(
         raise ValueError(f"token counts must not be negative: {prompt_tokens}, {completion_tokens}")
     prompt_price, completion_price = token_prices_local(channel, hhmm)
     return prompt_tokens * prompt_price + completion_tokens * completion_price
+
+
+# ----------------------------------------------------------------------------- the next change
+@dataclass(frozen=True, slots=True)
+class DiscountChange:
+    """A channel's discount seen from an instant: the window in effect (``active``) and when it
+    ends, or the window that starts next and when. ``at`` is None for an all-day window."""
+
+    active: bool
+    window: TimeWindow
+    at: datetime | None
+
+
+def next_discount_change(channel: ChannelConfig, at: datetime, tz: tzinfo) -> DiscountChange | None:
+    """When the channel's discount next ends (inside a window) or starts; None without one."""
+    if channel.discount_price is None or not channel.discount_time:
+        return None
+    local = local_time(at, tz)
+    hhmm = minute_of(local)
+
+    def next_local(t: time) -> datetime:
+        """The next instant after ``at`` whose local wall clock reads ``t``."""
+        for days in (0, 1, 2):
+            day = local.date() + timedelta(days=days)
+            candidate = datetime(day.year, day.month, day.day, t.hour, t.minute, tzinfo=tz)
+            if candidate.astimezone(UTC) > at:
+                return candidate
+        raise AssertionError("unreachable: a wall-clock time recurs within two days")
+
+    for window in channel.discount_time:
+        if window.contains(hhmm):
+            if window.start == window.end:
+                return DiscountChange(True, window, None)
+            return DiscountChange(True, window, next_local(window.end))
+    starts = [(next_local(w.start).astimezone(UTC), w) for w in channel.discount_time]
+    when, window = min(starts, key=lambda s: s[0])
+    return DiscountChange(False, window, when.astimezone(tz))

@@ -10,6 +10,7 @@ from collections import deque
 from datetime import datetime, tzinfo
 
 from .base import (
+    BucketRow,
     CounterBook,
     InProcessCounters,
     RequestRecord,
@@ -18,6 +19,8 @@ from .base import (
     epoch,
     group_column,
 )
+from .buckets import SLOT, SlotSums, sum_into_buckets
+from .responses import ResponseBook
 
 DEFAULT_LOG_LIMIT = 100_000
 
@@ -34,6 +37,8 @@ class MemoryStore(InProcessCounters):
         self.tz = tz
         self._book = CounterBook(tz)
         self._log: deque[RequestRecord] = deque(maxlen=log_limit)
+        self._responses = ResponseBook()
+        self._sums = SlotSums()  # the log per 15 minutes, for timeseries
 
     async def start(self) -> None:
         return None
@@ -45,7 +50,10 @@ class MemoryStore(InProcessCounters):
         self, reservation: Reservation | None, record: RequestRecord, now: datetime
     ) -> None:
         if self._book.settle(reservation, record, now) is not None:
+            if len(self._log) == self._log.maxlen:
+                self._sums.remove(self._log[0])  # about to fall off the log
             self._log.append(record)
+            self._sums.add(record)
 
     async def query(
         self, start: datetime | None, end: datetime | None, group_by: str
@@ -54,6 +62,16 @@ class MemoryStore(InProcessCounters):
         lo, hi = epoch(start, self.tz), epoch(end, self.tz)
         records = (r for r in self._log if (lo is None or r.ts >= lo) and (hi is None or r.ts < hi))
         return aggregate(records, group_by)
+
+    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
+        self._responses.put(response_id, channel, now.timestamp())
+
+    async def response_channel(self, response_id: str, now: datetime) -> str | None:
+        return self._responses.get(response_id, now.timestamp())
+    async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
+        if all(e % SLOT == 0 for e in edges):
+            return self._sums.rows(edges, group_by)
+        return sum_into_buckets(self._log, edges, group_by)
 
     def status(self) -> dict[str, object]:
         return {

@@ -45,100 +45,117 @@ local function keep(key, level, cap, rate)
 end
 """
 
+# One call admits a batch (the admits of one event-loop turn), in order. For admit i,
+# KEYS[9i+1..9i+9] and ARGV[13i+1..13i+13]; the result is a list of one result per admit.
 # KEYS: 1 ud, 2 uh, 3 r, 4 rs, 5 cb, 6 cd, 7 kb, 8 kt, 9 kd
 # ARGV: 1 reservation id, 2 tokens, 3 day limit, 4 hour limit, 5 request limit, 6 ttl ms,
-#       7 check the key (0/1), 8 rpm, 9 burst, 10 tpm, 11 tokens for tpm, 12 budget (USD)
+#       7 check the key (0/1), 8 rpm, 9 burst, 10 tpm, 11 tokens for tpm, 12 budget (USD),
+#       13 max concurrency (0: none; compared with the live reservations' count ``rs.r``)
 # Returns {code, trial, day tokens, hour tokens, day requests, held tokens, held requests,
 #          req remaining, req limit, req reset ms, tok remaining, tok limit, tok reset ms,
 #          retry/remaining ms, spent (string)}
 # code: 0 reserved, 1 quota used, 2 circuit open, 3 half-open trial in flight, 4 cooling down,
-#       10 key requests/minute, 11 key tokens/minute, 12 key daily budget
+#       5 at max concurrency, 10 key requests/minute, 11 key tokens/minute, 12 key daily budget
 ADMIT = (
     _NOW
     + _BUCKET
     + """
-local rq = {0, 0, 0}
-local tk = {0, 0, 0}
-if ARGV[7] == '1' then
-  local rpm = tonumber(ARGV[8])
-  if rpm > 0 then
-    local cap = tonumber(ARGV[9])
-    local rate = rpm / 60000
-    local level = bucket(KEYS[7], cap, rate)
-    if level < 1 then
-      return {10, 0, 0, 0, 0, 0, 0, math.floor(level), cap, math.ceil((cap - level) / rate),
-              0, 0, 0, math.ceil((1 - level) / rate), '0'}
+local function admit(K, A)
+  local rq = {0, 0, 0}
+  local tk = {0, 0, 0}
+  if A[7] == '1' then
+    local rpm = tonumber(A[8])
+    if rpm > 0 then
+      local cap = tonumber(A[9])
+      local rate = rpm / 60000
+      local level = bucket(K[7], cap, rate)
+      if level < 1 then
+        return {10, 0, 0, 0, 0, 0, 0, math.floor(level), cap, math.ceil((cap - level) / rate),
+                0, 0, 0, math.ceil((1 - level) / rate), '0'}
+      end
+      level = level - 1
+      keep(K[7], level, cap, rate)
+      rq = {math.floor(level), cap, math.ceil((cap - level) / rate)}
     end
-    level = level - 1
-    keep(KEYS[7], level, cap, rate)
-    rq = {math.floor(level), cap, math.ceil((cap - level) / rate)}
-  end
-  local budget = tonumber(ARGV[12])
-  if budget > 0 then
-    local spent = tonumber(redis.call('GET', KEYS[9]) or '0')
-    if spent >= budget then
-      return {12, 0, 0, 0, 0, 0, 0, rq[1], rq[2], rq[3], 0, 0, 0, 0, tostring(spent)}
+    local budget = tonumber(A[12])
+    if budget > 0 then
+      local spent = tonumber(redis.call('GET', K[9]) or '0')
+      if spent >= budget then
+        return {12, 0, 0, 0, 0, 0, 0, rq[1], rq[2], rq[3], 0, 0, 0, 0, tostring(spent)}
+      end
+    end
+    local tpm = tonumber(A[10])
+    if tpm > 0 then
+      local rate = tpm / 60000
+      local level = bucket(K[8], tpm, rate)
+      local needed = math.min(tonumber(A[11]), tpm)
+      tk = {math.max(0, math.floor(level)), tpm, math.ceil((tpm - level) / rate)}
+      if level < needed then
+        return {11, 0, 0, 0, 0, 0, 0, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3],
+                math.ceil((needed - level) / rate), '0'}
+      end
     end
   end
-  local tpm = tonumber(ARGV[10])
-  if tpm > 0 then
-    local rate = tpm / 60000
-    local level = bucket(KEYS[8], tpm, rate)
-    local needed = math.min(tonumber(ARGV[11]), tpm)
-    tk = {math.max(0, math.floor(level)), tpm, math.ceil((tpm - level) / rate)}
-    if level < needed then
-      return {11, 0, 0, 0, 0, 0, 0, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3],
-              math.ceil((needed - level) / rate), '0'}
+  local trial = 0
+  local cb = redis.call('HMGET', K[5], 'until', 'trial', 'texp')
+  if cb[1] then
+    local untl = tonumber(cb[1])
+    if now < untl then
+      return {2, 0, 0, 0, 0, 0, 0, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], untl - now, '0'}
     end
+    if cb[2] and (tonumber(cb[3]) or 0) > now then
+      return {3, 0, 0, 0, 0, 0, 0, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0, '0'}
+    end
+    trial = 1
   end
-end
-local trial = 0
-local cb = redis.call('HMGET', KEYS[5], 'until', 'trial', 'texp')
-if cb[1] then
-  local untl = tonumber(cb[1])
-  if now < untl then
-    return {2, 0, 0, 0, 0, 0, 0, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], untl - now, '0'}
+  local cool = redis.call('PTTL', K[6])
+  if cool > 0 then
+    return {4, 0, 0, 0, 0, 0, 0, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], cool, '0'}
   end
-  if cb[2] and (tonumber(cb[3]) or 0) > now then
-    return {3, 0, 0, 0, 0, 0, 0, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0, '0'}
+  local old = redis.call('ZRANGEBYSCORE', K[3], '-inf', now)
+  if #old > 0 then
+    local freed = 0
+    for _, m in ipairs(old) do freed = freed + tonumber(string.match(m, ':(%d+)$')) end
+    redis.call('ZREMRANGEBYSCORE', K[3], '-inf', now)
+    redis.call('HINCRBY', K[4], 't', -freed)
+    redis.call('HINCRBY', K[4], 'r', -#old)
   end
-  trial = 1
+  local held = redis.call('HMGET', K[4], 't', 'r')
+  local ht = tonumber(held[1]) or 0
+  local hr = tonumber(held[2]) or 0
+  local d = redis.call('HMGET', K[1], 'tokens', 'requests')
+  local dt = tonumber(d[1]) or 0
+  local dr = tonumber(d[2]) or 0
+  local hh = tonumber(redis.call('HGET', K[2], 'tokens') or '0')
+  local mc = tonumber(A[13]) or 0
+  if mc > 0 and hr >= mc then
+    return {5, 0, dt, hh, dr, ht, hr, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0, '0'}
+  end
+  local dl, hl, rl = tonumber(A[3]), tonumber(A[4]), tonumber(A[5])
+  if (dl > 0 and dt + ht >= dl) or (hl > 0 and hh + ht >= hl) or (rl > 0 and dr + hr >= rl) then
+    return {1, 0, dt, hh, dr, ht, hr, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0, '0'}
+  end
+  local tokens = tonumber(A[2])
+  local ttl = tonumber(A[6])
+  redis.call('ZADD', K[3], now + ttl, A[1] .. ':' .. tokens)
+  redis.call('HINCRBY', K[4], 't', tokens)
+  redis.call('HINCRBY', K[4], 'r', 1)
+  redis.call('PEXPIRE', K[3], ttl + 60000)
+  redis.call('PEXPIRE', K[4], ttl + 60000)
+  if trial == 1 then
+    redis.call('HSET', K[5], 'trial', A[1] .. ':' .. tokens, 'texp', now + ttl)
+  end
+  return {0, trial, dt, hh, dr, ht + tokens, hr + 1, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0,
+          '0'}
 end
-local cool = redis.call('PTTL', KEYS[6])
-if cool > 0 then
-  return {4, 0, 0, 0, 0, 0, 0, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], cool, '0'}
+local out = {}
+for i = 0, #KEYS / 9 - 1 do
+  local K, A = {}, {}
+  for j = 1, 9 do K[j] = KEYS[i * 9 + j] end
+  for j = 1, 13 do A[j] = ARGV[i * 13 + j] end
+  out[i + 1] = admit(K, A)
 end
-local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-if #old > 0 then
-  local freed = 0
-  for _, m in ipairs(old) do freed = freed + tonumber(string.match(m, ':(%d+)$')) end
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  redis.call('HINCRBY', KEYS[4], 't', -freed)
-  redis.call('HINCRBY', KEYS[4], 'r', -#old)
-end
-local held = redis.call('HMGET', KEYS[4], 't', 'r')
-local ht = tonumber(held[1]) or 0
-local hr = tonumber(held[2]) or 0
-local d = redis.call('HMGET', KEYS[1], 'tokens', 'requests')
-local dt = tonumber(d[1]) or 0
-local dr = tonumber(d[2]) or 0
-local hh = tonumber(redis.call('HGET', KEYS[2], 'tokens') or '0')
-local dl, hl, rl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-if (dl > 0 and dt + ht >= dl) or (hl > 0 and hh + ht >= hl) or (rl > 0 and dr + hr >= rl) then
-  return {1, 0, dt, hh, dr, ht, hr, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0, '0'}
-end
-local tokens = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[6])
-redis.call('ZADD', KEYS[3], now + ttl, ARGV[1] .. ':' .. tokens)
-redis.call('HINCRBY', KEYS[4], 't', tokens)
-redis.call('HINCRBY', KEYS[4], 'r', 1)
-redis.call('PEXPIRE', KEYS[3], ttl + 60000)
-redis.call('PEXPIRE', KEYS[4], ttl + 60000)
-if trial == 1 then
-  redis.call('HSET', KEYS[5], 'trial', ARGV[1] .. ':' .. tokens, 'texp', now + ttl)
-end
-return {0, trial, dt, hh, dr, ht + tokens, hr + 1, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0,
-        '0'}
+return out
 """
 )
 

@@ -128,6 +128,15 @@ class HealthBook:
         health = self._entries.get(name)
         return "healthy" if health is None else health.status(now)
 
+    def detail(self, name: str, now: datetime | None = None) -> tuple[StateName, datetime | None]:
+        """(breaker state, cool-down end if cooling down) of a channel, for the admin status."""
+        health = self._entries.get(name)
+        if health is None:
+            return "closed", None
+        now = now or self._clock()
+        until = health.cooldown_until if health.cooling_down(now) else None
+        return health.breaker.effective_state(now), until
+
     def forget(self, names_not_in: Set[str]) -> None:
         """Drop channels that left the config (a channel that comes back starts closed)."""
         for name in [n for n in self._entries if n not in names_not_in]:

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from ..config import ChannelConfig, Config
 from ..state import GATEWAY, KEY_CHECK, Gateway
-from ..storage.base import KeyCheck, Limits, Reservation
+from ..storage.base import KeyCheck, Limits, RequestRecord, Reservation
 from ..storage.redis import RedisStore, SharedReservation
 from .breaker import Permit
 from .exchange import Exchange, Verdict
@@ -34,11 +34,14 @@ from .retry import MAX_RETRY_AFTER
 
 log = logging.getLogger("smartproxy.upstream")
 
+AT_MAX_CONCURRENCY = "at max_concurrency"  # the dispatcher queues for these (all processes' count)
+
 _REFUSED = {
     1: "quota used",
     2: "circuit open",
     3: "circuit half-open, trial in flight",
     4: "cooling down after 429",
+    5: AT_MAX_CONCURRENCY,
 }
 
 
@@ -113,6 +116,13 @@ async def _admit(
     if adm.code in (2, 4) and adm.wait_ms > 0:  # learnt here first: mirror it now
         mirror(gw, ch, adm.wait_ms if adm.code == 2 else -2, adm.wait_ms if adm.code == 4 else 0)
     return None, _REFUSED.get(adm.code, "refused by the shared store")
+
+
+def settle(gw: Gateway, reservation: Reservation, record: RequestRecord) -> None:
+    """Queue the settlement for the store's next batch (the one round trip after the answer)."""
+    store = shared_store(gw)
+    assert store is not None
+    store.settle_nowait(reservation, record, gw.clock())
 
 
 @dataclass(slots=True)

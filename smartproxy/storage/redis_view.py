@@ -1,0 +1,433 @@
+"""The redis backend's base: connection, key names, outage bookkeeping and every read.
+
+``RedisView`` holds the connection pool and the scripts, names the keys (``redis_scripts`` draws
+them), notices outages (``_outage``: logged once, counted, this process's own counting seeded from
+the last shared numbers), and reads: ``poll`` (the routing view, twice a second), ``usage_now``
+(that view, no round trip), ``usage`` (exact, every process and host), key spend, response ids,
+the request log and ``status``. ``redis.RedisStore`` adds the writes (admit, settle, write-back).
+The value objects both sides use are here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..config import StorageConfig
+from ..errors import NoChannelAvailable
+from . import redis_scripts as lua
+from .base import (
+    DAY,
+    HOUR,
+    RESPONSE_TTL,
+    BucketRow,
+    Clock,
+    Counter,
+    CounterBook,
+    RequestRecord,
+    Reservation,
+    Usage,
+)
+from .sqlite import SqliteStore
+
+log = logging.getLogger("smartproxy.storage.redis")
+
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+POLL_INTERVAL = 0.5
+MAX_BATCH = 256
+MAX_REPLAY = 200_000  # settlements kept while Redis is away; beyond, the oldest are dropped
+
+
+class _Unreachable(Exception):
+    """An admit's batch could not reach Redis (the store is offline now)."""
+
+
+class StorageUnavailable(NoChannelAvailable):
+    """503: the shared store is unreachable and ``storage.on_error`` is ``closed``."""
+
+    code = "storage_unavailable"
+
+
+@dataclass(slots=True)
+class SharedReservation(Reservation):
+    """A reservation held in Redis; the attempt's breaker outcome rides along to settlement."""
+
+    member: str = ""
+    trial: bool = False
+    outcome: str = ""  # s success | f failure | c 429 cool-down | n none
+    cooldown_ms: int = 0
+    breaker: tuple[int, float] = (5, 30.0)
+    key_name: str = ""
+    tpm: int = 0
+
+
+@dataclass(slots=True)
+class Settlement:
+    channel: str
+    day: str
+    hour: str
+    member: str = ""
+    record: RequestRecord | None = None  # None: release only
+    outcome: str = ""
+    cooldown_ms: int = 0
+    breaker: tuple[int, float] = (5, 30.0)
+    key_name: str = ""
+    tpm: int = 0
+    budget_day: str = ""
+    done: asyncio.Future[None] | None = field(default=None, repr=False)
+
+
+@dataclass(slots=True)
+class ChannelView:
+    """One channel as ``poll`` read it: breaker -1 closed, 0 due for its trial, >0 ms open."""
+
+    name: str
+    breaker_ms: int
+    cooldown_ms: int
+
+
+class RequestLog(SqliteStore):
+    """This host's request log (SQLite); the counters live in Redis."""
+
+    count_windows = False
+
+    def add(self, record: RequestRecord) -> None:
+        self._pending.append((record, "", ""))
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password (for logs and /health)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class RedisView:
+    """Connection, keys, outages and reads of the redis backend (see the module docstring)."""
+
+    backend = "redis"
+    shared = True
+
+    def __init__(
+        self,
+        cfg: StorageConfig,
+        tz: tzinfo,
+        *,
+        clock: Clock | None = None,
+        poll_interval: float = POLL_INTERVAL,
+    ) -> None:
+        if not cfg.url:
+            raise ValueError("storage.url is required for the redis backend")
+        self.url = cfg.url
+        self.tz = tz
+        self.on_error = cfg.on_error
+        self.timeout = cfg.timeout
+        self.grace = cfg.reservation_grace
+        self.poll_interval = poll_interval
+        self._k = f"{cfg.key_prefix}{{sp}}:"
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            cfg.url,
+            max_connections=cfg.max_connections,
+            timeout=cfg.timeout,
+            socket_timeout=cfg.timeout,
+            socket_connect_timeout=cfg.timeout,
+        )
+        self._redis = aioredis.Redis(connection_pool=self._pool, retry=Retry(NoBackoff(), 0))
+        self._admit = self._redis.register_script(lua.ADMIT)
+        self._settle = self._redis.register_script(lua.SETTLE)
+        self._poll = self._redis.register_script(lua.POLL)
+        self.log = RequestLog(cfg.path, tz, clock=clock)
+        self._book = CounterBook(tz)  # window keys; counting while Redis is away
+        self._inst = f"{os.getpid():x}{os.urandom(3).hex()}"
+        self._ids = itertools.count(1)
+        self._live: dict[int, SharedReservation] = {}
+        self._view: dict[str, tuple[str, str, Usage]] = {}
+        self._pending: list[Settlement] = []
+        self._admits: list[tuple[Sequence[str], Sequence[Any], asyncio.Future[list[Any]]]] = []
+        self._admitter: asyncio.Task[None] | None = None
+        self._abandoned_tasks: set[asyncio.Task[None]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._replay: list[Settlement] = []
+        # response ids remembered while Redis was away (this process only; bounded)
+        self._responses: dict[str, str] = _Bounded()
+        self.online = True
+        self.errors = 0
+        self.dropped = 0
+        self.last_error: str | None = None
+        self.outage_since: str | None = None
+        # Set by the gateway: told each failed Redis call, and each breaker the settle script
+        # opened or closed (channel, 1 opened | 2 closed, ms open).
+        self.on_error_count: Callable[[], None] | None = None
+        self.on_breaker: Callable[[str, int, int], None] | None = None
+
+    # ------------------------------------------------------------------ keys
+    def _keys(self, channel: str, day: str, hour: str) -> tuple[str, str, str, str, str, str]:
+        k = self._k
+        return (
+            f"{k}u:{channel}:d:{day}",
+            f"{k}u:{channel}:h:{hour}",
+            f"{k}r:{channel}",
+            f"{k}rs:{channel}",
+            f"{k}cb:{channel}",
+            f"{k}cd:{channel}",
+        )
+
+    def _key_keys(self, name: str, day: str) -> tuple[str, str, str]:
+        k = self._k
+        return f"{k}kb:{name}", f"{k}kt:{name}", f"{k}kd:{name}:{day}"
+
+    def _remember(
+        self, channel: str, day: str, hour: str, dt: int, hh: int, dr: int, ht: int, hr: int
+    ) -> None:
+        old = self._view.get(channel)
+        u = old[2] if old is not None and old[0] == day else None
+        self._view[channel] = (
+            day,
+            hour,
+            Usage(
+                day_tokens=dt,
+                hour_tokens=hh,
+                day_requests=dr,
+                day_reserved_tokens=ht,
+                hour_reserved_tokens=ht,
+                total_tokens=u.total_tokens if u else 0,
+                total_requests=u.total_requests if u else 0,
+                total_prompt_tokens=u.total_prompt_tokens if u else 0,
+                total_completion_tokens=u.total_completion_tokens if u else 0,
+                total_cost=u.total_cost if u else 0.0,
+                day_cost=u.day_cost if u else 0.0,
+                reserved_requests=hr,
+            ),
+        )
+
+    # ------------------------------------------------------------------ outage and recovery
+    def _outage(self, exc: BaseException) -> None:
+        self.errors += 1
+        if self.on_error_count is not None:
+            self.on_error_count()
+        self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if not self.online:
+            return
+        self.online = False
+        self.outage_since = datetime.now(UTC).isoformat()
+        mode = (
+            "counting in this process"
+            if self.on_error == "open"
+            else "answering 503 (storage.on_error: closed)"
+        )
+        log.error(
+            "usage store: redis %s unreachable (%s); %s until it returns",
+            safe_url(self.url),
+            self.last_error,
+            mode,
+        )
+        # Count on from the last shared numbers seen (reservations of others included).
+        self._book = CounterBook(self.tz)
+        for channel, (day, hour, u) in self._view.items():
+            self._book.load(
+                channel,
+                DAY,
+                day,
+                Counter(u.day_tokens + u.day_reserved_tokens, requests=u.day_requests),
+            )
+            self._book.load(channel, HOUR, hour, Counter(u.hour_tokens + u.hour_reserved_tokens))
+
+    async def _reachable(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._redis.ping()
+        except REDIS_ERRORS:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ reading
+    async def poll(self, channels: Sequence[str], now: datetime) -> list[ChannelView] | None:
+        """Refresh the routing view of ``channels`` (one script call); None while offline."""
+        if not await self.recover() or not channels:
+            return None
+        day, hour = self._book.window_keys(now)
+        keys: list[str] = []
+        for ch in channels:
+            ud, uh, rz, rs, cb, cd = self._keys(ch, day, hour)
+            keys.extend((ud, uh, rs, cb, cd, rz))
+        try:
+            async with asyncio.timeout(self.timeout):
+                rows = await self._poll(keys=keys, args=())
+        except REDIS_ERRORS as exc:
+            self._outage(exc)
+            return None
+        views = []
+        for ch, (dt, hh, dr, ht, hr, breaker, cool) in zip(channels, rows, strict=True):
+            self._remember(ch, day, hour, int(dt), int(hh), int(dr), int(ht), int(hr))
+            views.append(ChannelView(ch, int(breaker), int(cool)))
+        return views
+
+    def usage_now(self, channels: Iterable[str], now: datetime) -> dict[str, Usage]:
+        """The routing view (no round trip): as of the last poll or admit."""
+        if not self.online:
+            return self._book.usages(channels, now)
+        day, hour = self._book.window_keys(now)
+        out = {}
+        for ch in channels:
+            hit = self._view.get(ch)
+            if hit is None:
+                out[ch] = _zero()
+            elif hit[0] == day and hit[1] == hour:
+                out[ch] = hit[2]
+            else:  # a new window since the last poll: only the reservations carry over
+                u = hit[2]
+                out[ch] = Usage(
+                    0 if hit[0] != day else u.day_tokens,
+                    0,
+                    0 if hit[0] != day else u.day_requests,
+                    u.day_reserved_tokens,
+                    u.hour_reserved_tokens,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0.0,
+                    0.0,
+                    u.reserved_requests,
+                )
+        return out
+
+    async def usage(self, channels: Sequence[str], now: datetime) -> dict[str, Usage]:
+        """Exact numbers from Redis (every process and host); offline: this process's view."""
+        if not self.online:
+            return self._book.usages(channels, now)
+        day, hour = self._book.window_keys(now)
+        try:
+            async with asyncio.timeout(self.timeout * 4):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for ch in channels:
+                        ud, uh, _, rs, _, _ = self._keys(ch, day, hour)
+                        for key in (ud, uh, f"{self._k}u:{ch}:t", rs):
+                            pipe.hgetall(key)
+                    rows = await pipe.execute()
+        except REDIS_ERRORS as exc:
+            self._outage(exc)
+            return self._book.usages(channels, now)
+        out = {}
+        for i, ch in enumerate(channels):
+            d, h, t, held = (_decode(x) for x in rows[4 * i : 4 * i + 4])
+            out[ch] = Usage(
+                day_tokens=int(d.get("tokens", 0)),
+                hour_tokens=int(h.get("tokens", 0)),
+                day_requests=int(d.get("requests", 0)),
+                day_reserved_tokens=max(0, int(held.get("t", 0))),
+                hour_reserved_tokens=max(0, int(held.get("t", 0))),
+                total_tokens=int(t.get("tokens", 0)),
+                total_requests=int(t.get("requests", 0)),
+                total_prompt_tokens=int(t.get("prompt", 0)),
+                total_completion_tokens=int(t.get("completion", 0)),
+                total_cost=float(t.get("cost", 0.0)),
+                day_cost=float(d.get("cost", 0.0)),
+                reserved_requests=max(0, int(held.get("r", 0))),
+            )
+        return out
+
+    async def spent(self, key_name: str, day: str) -> float:
+        """A key's spend (USD) on local day ``day`` across every process (0 when offline)."""
+        if not self.online:
+            return 0.0
+        try:
+            async with asyncio.timeout(self.timeout):
+                raw = await self._redis.get(self._key_keys(key_name, day)[2])
+        except REDIS_ERRORS as exc:
+            self._outage(exc)
+            return 0.0
+        return float(raw or 0.0)
+
+    async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
+        """The request log of this host in buckets (the dashboard's charts): the SQLite log's."""
+        return await self.log.timeseries(edges, group_by)
+
+    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
+        """Keep ``response_id -> channel`` for 30 days, for every process and host (a later
+        ``previous_response_id`` goes to the same channel whichever process answers it)."""
+        if not self.online:
+            self._responses[response_id] = channel
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._redis.set(f"{self._k}resp:{response_id}", channel, ex=RESPONSE_TTL)
+        except REDIS_ERRORS as exc:
+            self._outage(exc)
+            self._responses[response_id] = channel
+
+    async def response_channel(self, response_id: str, now: datetime) -> str | None:
+        """The channel that answered ``response_id``, or None (unknown or expired)."""
+        if self.online:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    raw = await self._redis.get(f"{self._k}resp:{response_id}")
+            except REDIS_ERRORS as exc:
+                self._outage(exc)
+            else:
+                if raw is not None:
+                    return raw.decode() if isinstance(raw, bytes) else str(raw)
+        return self._responses.get(response_id)
+
+    async def query(
+        self, start: datetime | None, end: datetime | None, group_by: str
+    ) -> list[dict[str, object]]:
+        """The request log of this host (every worker of it shares the file)."""
+        return await self.log.query(start, end, group_by)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "backend": self.backend,
+            "ok": self.online,
+            "url": safe_url(self.url),
+            "key_prefix": self._k,
+            "on_error": self.on_error,
+            "last_error": self.last_error,
+            "outage_since": self.outage_since,
+            "errors": self.errors,
+            "pending_writes": len(self._pending) + len(self._replay),
+            "unwritten_settlements": len(self._replay),
+            "dropped_writes": self.dropped,
+            "reservations": len(self._live) + self._book.reservations,
+            "request_log": {
+                "path": str(self.log.path),
+                "ok": self.log.status()["ok"],
+                "pending_writes": self.log.status()["pending_writes"],
+            },
+        }
+
+    async def recover(self) -> bool:
+        """While offline: reach Redis again and write back (``RedisStore``); True once online."""
+        raise NotImplementedError
+
+
+class _Bounded(dict[str, str]):
+    """A dict keeping its 10,000 newest entries."""
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        if len(self) > 10_000:
+            del self[next(iter(self))]
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _zero() -> Usage:
+    return Usage(0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0)
