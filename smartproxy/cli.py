@@ -23,6 +23,7 @@ from aiohttp import web
 from . import __version__
 from .config import Config, find_config, load_config, parse_listen
 from .errors import ConfigError
+from .gcpolicy import CyclePolicy
 
 if TYPE_CHECKING:
     from .state import Gateway
@@ -41,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="config file (default: $SMARTPROXY_CONFIG, "
                        "./etc/smartproxy.yaml, then the built-in default)")
         p.add_argument("--listen", help="HOST:PORT; overrides server.listen")
-        p.add_argument("--workers", type=int, default=1,
-                       help="processes sharing the port (SO_REUSEPORT)")
+        p.add_argument("--workers", type=worker_count, default=1,
+                       help="processes sharing the port (SO_REUSEPORT); 'auto' = one per core")
 
     run_options(parser)
     run_options(sub.add_parser("run", help="serve the gateway (the default)"))
@@ -53,6 +54,48 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--minutes", type=int, default=None, help="lifetime (default: jwt.expiry_minutes)")
     token.add_argument("--config", help="config file")
     return parser
+
+
+def worker_count(value: str) -> int:
+    """``--workers``: a positive number, or ``auto`` for one process per core this one may use."""
+    if value == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - macOS has no sched_getaffinity
+            return max(1, os.cpu_count() or 1)
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return count
+
+
+def raise_open_file_limit(workers: int) -> int:
+    """Raise this process's open-file soft limit to the hard limit (workers inherit it) and log
+    how many requests that lets be in flight: each proxied request holds two sockets, the
+    client's and the upstream's. Returns the soft limit now in effect."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    per_process = max(0, (soft - _RESERVED_FILES) // 2)
+    log.info("open-file limit %d per process: about %d requests in flight per process, %d with "
+             "%d worker(s) (2 sockets per proxied request)", soft, per_process,
+             per_process * workers, workers)
+    return int(soft)
+
+
+_RESERVED_FILES = 100  # listening sockets, logs, the usage store, redis connections, pipes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +167,7 @@ def run(path: str | None, listen: str | None, workers: int) -> int:
               f"would count quotas, rate limits, budgets and breakers alone, letting {workers} "
               "times the quota through.", file=sys.stderr)
         return 2
+    raise_open_file_limit(workers)
     if workers > 1:
         return _run_workers(path, config, workers)
     return _serve_process(path, config, reuse_port=False)
@@ -137,6 +181,12 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     SIGTERM and SIGINT to them and restarts a worker that dies (not one that exits on a stop)."""
     # One generated admin secret for all workers, so a token is accepted by whichever one answers.
     secret = None if config.security.jwt.secret else generate_secret()
+    # Load the whole application here, once: the workers then share its memory copy-on-write
+    # (frozen, so that no collection in a worker writes to the shared objects' headers).
+    from . import app  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
     stopping = False
 
     def spawn(index: int) -> int:
@@ -254,7 +304,9 @@ async def serve(
     except OSError:  # e.g. the port is taken: release the session and store before failing
         await runner.cleanup()
         raise
-    tune_gc()
+    cycles = CyclePolicy(lambda: gw.metrics.in_flight_now)
+    cycles.start()
+    collector = asyncio.ensure_future(cycles.run())
     scheme = "https" if ssl_ctx else "http"
     log.info("SmartProxy %s serving on %s://%s:%d (config: %s)", __version__, scheme,
              config.server.host, config.server.port, path or "built-in default")
@@ -269,6 +321,8 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        collector.cancel()
+        cycles.stop()
         log.info("shutting down: draining in-flight requests (up to %ss)",
                  config.server.shutdown_timeout)
         gw.draining = True
@@ -302,21 +356,6 @@ def announce_admin_token(config: Config, secret: str) -> None:
     log.warning("no security.auth.jwt.secret configured: generated a random one for this run. "
                 "Admin token (valid %d min, this run only) written to %s (mode 0600)",
                 minutes, path.resolve())
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper cyclic collections while serving.
-
-    Each request allocates a few hundred short-lived objects (aiohttp request/response, headers,
-    the parsed body) that reference counting frees; the cyclic collector still runs every 700
-    allocations by default and, every few hundred runs, walks the whole heap (modules, config,
-    caches). Moving what startup built into the permanent generation (``gc.freeze``) and raising
-    the thresholds cut the gateway's CPU per proxied request by about an eighth
-    (``benchmarks/proxy_overhead.py``); memory held by cycles is still reclaimed, only later.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 1_000)
 
 
 async def _reload(gw: Gateway) -> None:

@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "smartproxy.errors",
         "smartproxy.fastjson",
         "smartproxy.localtime",
+        "smartproxy.gcpolicy",
         "smartproxy.files",
     ),
     ("smartproxy.config",),

@@ -27,7 +27,7 @@ from multidict import CIMultiDict
 
 from .. import __version__
 from ..errors import BadRequest, GatewayError, NotFound
-from ..state import GATEWAY, RATELIMIT_HEADERS, REQUEST_ID, Gateway
+from ..state import GATEWAY, KEY_CHECK, RATELIMIT_HEADERS, REQUEST_ID, Gateway
 from ..upstream.client import Dispatcher, Exchange
 from ..upstream.headers import client_request_headers
 from ..upstream.wire import CHAT, EMBEDDINGS
@@ -286,6 +286,10 @@ async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResp
             resp.set_status(405)
         else:
             raise
+    finally:
+        check = request.pop(KEY_CHECK, None)  # a key check never sent: its cycle, broken
+        if check is not None:
+            check.drop()
     # Answers relayed from upstream already carry these (``Dispatcher._response_headers``).
     if not resp.prepared and "x-request-id" not in resp.headers:
         headers = resp.headers

@@ -139,6 +139,13 @@ class KeyCheck:
     answer: Callable[[Admission], None] | None = None
     local: list[Callable[[], None]] | None = None
 
+    def drop(self) -> None:
+        """Forget the callbacks once the check is done: they refer to the request and to this
+        check, a reference cycle that would keep every request alive until the cycle collector
+        runs (``smartproxy.gcpolicy``; ``tests/test_per_request.py``)."""
+        self.answer = None
+        self.local = None
+
 
 @dataclass(slots=True)
 class Admission:

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from ..config import ChannelConfig, Config
 from ..state import GATEWAY, KEY_CHECK, Gateway
-from ..storage.base import Limits, RequestRecord, Reservation
+from ..storage.base import KeyCheck, Limits, RequestRecord, Reservation
 from ..storage.redis import RedisStore, SharedReservation
 from .breaker import Permit
 from .exchange import Exchange, Verdict
@@ -69,6 +69,24 @@ async def admit(
     store = shared_store(gw)
     assert store is not None
     check = ex.request.pop(KEY_CHECK, None)
+    try:
+        return await _admit(gw, store, ch, ex, limits, attempt_timeout, breaker, now, check)
+    finally:
+        if check is not None:
+            check.drop()
+
+
+async def _admit(
+    gw: Gateway,
+    store: RedisStore,
+    ch: ChannelConfig,
+    ex: Exchange,
+    limits: Limits,
+    attempt_timeout: float,
+    breaker: tuple[int, float],
+    now: datetime,
+    check: KeyCheck | None,
+) -> tuple[Reservation | None, str]:
     if check is not None and not store.online and store.on_error == "open":
         for local_check in check.local or ():
             local_check()  # in-process limits while Redis is away; raises 429
