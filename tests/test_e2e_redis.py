@@ -262,7 +262,12 @@ async def test_redis_stopped_mid_run_open_keeps_serving_closed_refuses_nothing_l
                 break
             await asyncio.sleep(0.1)
         assert (await b.chat(http))[0] == 200  # closed: serving again without a restart
-        usage = await a.usage(http)
+        # settlements (and A's write-back) reach Redis just after the answers: wait for them
+        deadline = time.monotonic() + 5
+        while (usage := await a.usage(http))["up"]["requests"] < 10:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         assert usage["up"]["requests"] == 4 + 5 + 1  # the outage's 5 were written back
         assert usage["up"]["total_tokens"] == 100
     finally:
