@@ -125,7 +125,7 @@ class Dispatcher:
             counters = gw.counters
             why = "quota used"
             if counters is not None:
-                reservation = counters.try_reserve_now(ch.name, ex.reserve_tokens, plan.limits, now)
+                reservation = counters.try_reserve_now(ch.name, ex.reserve_on(ch), plan.limits, now)
             elif gw.shared:  # one round trip: key limits (first attempt), breaker, quota
                 try:
                     reservation, why = await shared.admit(
@@ -136,7 +136,7 @@ class Dispatcher:
                     raise
             else:
                 reservation = await gw.store.try_reserve(
-                    ch.name, ex.reserve_tokens, plan.limits, now
+                    ch.name, ex.reserve_on(ch), plan.limits, now
                 )
             if reservation is None:
                 health.release(permit)

@@ -72,7 +72,7 @@ async def admit(
         check = None
     adm = await store.admit(
         ch.name,
-        ex.reserve_tokens,
+        ex.reserve_on(ch),
         limits,
         now=now,
         ttl=attempt_timeout + store.grace,
