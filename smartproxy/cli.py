@@ -131,6 +131,7 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     # One generated admin secret for all workers, so a token is accepted by whichever one answers.
     secret = None if config.security.jwt.secret else generate_secret()
     stopping = False
+    parent = os.getpid()
 
     def spawn(index: int) -> int:
         pid = os.fork()
@@ -141,6 +142,7 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
                 signal.signal(signal.SIGTERM, _stop_starting_worker)
                 signal.signal(signal.SIGINT, _stop_starting_worker)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the config is being read anyway
+                _stop_with_parent(parent)
                 code = _serve_process(path, config, reuse_port=True, jwt_secret=secret,
                                       announce=index == 0)
             except SystemExit as exc:
@@ -190,6 +192,20 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
 
 def _stop_starting_worker(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int) -> None:
+    """A worker is told SIGTERM (drain, exit) when the parent dies, even by kill -9 (Linux), so
+    no orphan keeps serving the shared port with the old config beside a restarted gateway."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before that took effect
+        raise SystemExit(0)
 
 
 def _serve_process(

@@ -325,3 +325,31 @@ async def test_workers_need_redis_and_serve_with_it(tmp_path, http, procs, share
     assert gw.stop() == 0  # SIGTERM forwarded: every worker drained and exited 0
     # the workers of one host share its request log file (WAL, one writer at a time)
     assert gw.log_rows() == {"up": {"requests": 60, "total_tokens": 60 * 17}}
+
+
+async def test_workers_stop_when_their_parent_is_killed(tmp_path, http, procs, shared_redis,
+                                                        upstream_factory):
+    """kill -9 of the parent (OOM killer, a supervisor's hard stop): its workers must not go on
+    serving the port alone, where a restarted gateway would share it with them (SO_REUSEPORT)
+    and they would keep answering with the old config."""
+    import psutil
+
+    url, prefix = shared_redis
+    _, up_url = await upstream_factory("up")
+    gw = GatewayProcess(tmp_path, "orphans", gateway_config(
+        [channel("up", up_url)], storage(url, prefix, tmp_path, "o")), workers=2)
+    procs.append(gw)
+    await gw.start(http)
+    assert gw.proc is not None
+    parent = psutil.Process(gw.proc.pid)
+    deadline = time.monotonic() + 10
+    while len(parent.children()) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    workers = parent.children()
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGKILL)
+    gw.proc.wait(10)
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    for p in alive:
+        p.kill()
+    assert not alive, "workers kept serving after their parent was killed"
