@@ -30,6 +30,7 @@ from .api.proxy import create_proxy_app
 from .config import Config
 from .metrics import Metrics
 from .providers import make_providers
+from .security.clientaddr import client_address
 from .security.ratelimit import FailurePenalty, RateLimiter
 from .state import GATEWAY, Gateway, Snapshot, utc_now
 from .storage import create_store
@@ -70,6 +71,25 @@ def observer(metrics: Metrics) -> Any:
     return observe
 
 
+def real_client(gateway: Gateway) -> Any:
+    """Requests from ``server.trusted_proxies`` carry the client's address from X-Forwarded-For:
+    below this middleware ``request.remote`` is the client (penalties, logs, audit lines)."""
+
+    @web.middleware
+    async def client(request: web.Request, handler: Any) -> web.StreamResponse:
+        trusted = gateway.snapshot.config.server.trusted_proxies
+        if trusted:
+            address = client_address(
+                request.remote, request.headers.get("X-Forwarded-For"), trusted
+            )
+            if address is not None and address != request.remote:
+                request = request.clone(remote=address)
+        resp: web.StreamResponse = await handler(request)
+        return resp
+
+    return client
+
+
 def create_app(
     config: Config,
     *,
@@ -96,7 +116,11 @@ def create_app(
         retry_sleep=retry_sleep,
         retry_jitter=retry_jitter,
     )
-    app = web.Application(middlewares=[observer(gateway.metrics)])
+    # aiohttp applies the root app's client_max_size to every request (a sub-app's is ignored):
+    # /v1 takes server.max_body_mb (restart to change); admin writes read at most 1 MiB.
+    app = web.Application(
+        middlewares=[observer(gateway.metrics), real_client(gateway)], client_max_size=config.server.max_body_bytes
+    )
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(_client_session(session))
     app.cleanup_ctx.append(_usage_store)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import Config
 
@@ -66,6 +67,8 @@ def config_secrets(config: Config) -> list[str]:
     """Every secret value of a config, to scrub from messages that might quote one."""
     out = [c.api_key for c in config.channels] + [k.key for k in config.security.api_keys]
     out += [v for c in config.channels for v in c.headers.values()]
+    proxies = [c.proxy for c in config.channels] + [config.server.proxy]
+    out += [urlsplit(p).password or "" for p in proxies if p]
     return out + [config.security.jwt.secret or ""]
 
 
@@ -141,7 +144,7 @@ class AuditLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, text.encode())
+                os.write(fd, text.encode("utf-8", "backslashreplace"))  # lone surrogates too
             finally:
                 os.close(fd)
         except OSError as exc:

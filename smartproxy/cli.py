@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -94,13 +95,19 @@ def print_token(path: str | None, sub: str, minutes: int | None) -> int:
     return 0
 
 
+def with_listen(config: Config, listen: str) -> Config:
+    """``--listen``: the address to bind. ``server.listen`` keeps the file's text, so reloads and
+    admin writes warn only when the file's address really changes (``state.keep_listener``)."""
+    host, port = parse_listen(listen)
+    return replace(config, server=replace(config.server, host=host, port=port))
+
+
 def run(path: str | None, listen: str | None, workers: int) -> int:
     path = find_config(path)
     try:
         config = load_config(path)
         if listen:
-            host, port = parse_listen(listen)
-            config = replace(config, server=replace(config.server, listen=listen, host=host, port=port))
+            config = with_listen(config, listen)
     except (ConfigError, ValueError) as exc:
         print(f"smartproxy: config refused:\n{exc}", file=sys.stderr)
         return 1
@@ -236,12 +243,14 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file."""
     from .app import create_app
+    from .server import ClientTimeouts, GatewayRunner
     from .state import GATEWAY
 
     app = create_app(config, config_path=path, jwt_secret=jwt_secret)
     gw = app[GATEWAY]
-    runner = web.AppRunner(
+    runner = GatewayRunner(
         app,
+        timeouts=ClientTimeouts.of(config.server),  # header/body/keep-alive timeouts
         handle_signals=False,
         handler_cancellation=True,  # a client that goes away cancels its upstream call
         shutdown_timeout=config.server.shutdown_timeout,
@@ -266,11 +275,7 @@ async def serve(
     log.info("SmartProxy %s serving on %s://%s:%d (config: %s)", __version__, scheme,
              config.server.host, config.server.port, path or "built-in default")
     if announce and gw.jwt_secret and not config.security.jwt.secret:
-        from .security.jwt import JwtVerifier
-
-        token = JwtVerifier(config.security.jwt, secret=gw.jwt_secret).mint("admin", 12 * 60)
-        log.warning("no security.auth.jwt.secret configured: generated a random one for this run. "
-                    "Admin token (valid 12 h): %s", token)
+        announce_admin_token(config, gw.jwt_secret)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -285,6 +290,34 @@ async def serve(
         gw.draining = True
         await runner.cleanup()
         log.info("stopped")
+
+
+def admin_token_path(config: Config) -> Path:
+    """Where a gateway without a JWT secret leaves its admin token: beside the usage database."""
+    return Path(config.storage.path).parent / "admin-token"
+
+
+def announce_admin_token(config: Config, secret: str) -> None:
+    """No ``security.auth.jwt.secret``: a random one was generated for this run. The admin token
+    made with it goes to a 0600 file, never into the log (logs are shipped and kept; a token
+    there is a credential anyone with log access can use)."""
+    from .files import write_private_file
+    from .security.jwt import JwtVerifier
+
+    jwt_cfg = config.security.jwt
+    minutes = min(12 * 60, jwt_cfg.max_lifetime_minutes)
+    token = JwtVerifier(jwt_cfg, secret=secret).mint("admin", minutes)
+    path = admin_token_path(config)
+    try:
+        write_private_file(path, token + "\n")
+    except OSError as exc:
+        log.warning("no security.auth.jwt.secret configured: generated a random one for this "
+                    "run; cannot write the admin token to %s (%s), so the admin API is "
+                    "unusable until a secret is set", path, exc.strerror or exc)
+        return
+    log.warning("no security.auth.jwt.secret configured: generated a random one for this run. "
+                "Admin token (valid %d min, this run only) written to %s (mode 0600)",
+                minutes, path.resolve())
 
 
 def tune_gc() -> None:

@@ -9,6 +9,7 @@
         ├── PermissionDenied        403  key not allowed for this model
         ├── NotFound                404  unknown model / route / object
         ├── Conflict                409  admin change that would break references
+        ├── PayloadTooLarge         413  request body above ``server.max_body_mb`` (admin: 1 MiB)
         ├── RateLimited             429  token bucket empty (carries Retry-After)
         │   └── QuotaExceeded       429  the key's daily budget is spent (``insufficient_quota``)
         ├── NoChannelAvailable      503  no candidate channel could be tried
@@ -115,6 +116,12 @@ class Conflict(GatewayError):
     status = 409
     error_type = "invalid_request_error"
     code = "conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
 
 
 class RateLimited(GatewayError):

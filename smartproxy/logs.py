@@ -7,10 +7,11 @@ appends those as ``key=value`` so they can be grepped and parsed without a JSON 
 from __future__ import annotations
 
 import logging
-import os
+import re
 import sys
 
 from .config import Config
+from .files import ensure_private_file
 
 FIELDS = (
     "request_id",
@@ -24,11 +25,30 @@ FIELDS = (
 )
 
 
+# Control characters (a newline in a JWT ``sub`` would forge a log line), line separators and
+# lone surrogates (unwritable as UTF-8) are shown escaped: ``\n``, ``\x1b``, ``\ud800``.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def escape(text: str) -> str:
+    """``text`` on one line: control characters escaped, everything else (any script) kept."""
+    return _UNSAFE.sub(lambda m: ascii(m.group())[1:-1], text) if _UNSAFE.search(text) else text
+
+
 class FieldsFormatter(logging.Formatter):
+    """One line per event: the message and the fields are escaped (a traceback, appended by the
+    base class after the message, keeps its own lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = [
-            f"{k}={getattr(record, k)}" for k in FIELDS if getattr(record, k, None) is not None
+            f"{k}={escape(str(getattr(record, k)))}"
+            for k in FIELDS
+            if getattr(record, k, None) is not None
         ]
         return f"{line} {' '.join(extras)}" if extras else line
 
@@ -37,7 +57,7 @@ def setup_logging(config: Config) -> None:
     level = {"warn": "WARNING"}.get(config.log.level, config.log.level.upper())
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config.log.file:
-        os.makedirs(os.path.dirname(os.path.abspath(config.log.file)), exist_ok=True)
+        ensure_private_file(config.log.file, 0o640)  # readable by the service's group (logs)
         handlers.append(logging.FileHandler(config.log.file, encoding="utf-8"))
     formatter = FieldsFormatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     for handler in handlers:

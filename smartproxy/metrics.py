@@ -25,7 +25,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -42,6 +42,9 @@ _go_float: Callable[[float], str] = floatToGoString  # untyped upstream; "+Inf",
 DURATION_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
     math.inf,
+)  # fmt: skip
+QUEUE_BUCKETS: tuple[float, ...] = (
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, math.inf,
 )  # fmt: skip
 
 CIRCUIT_VALUES: dict[str, int] = {
@@ -203,7 +206,13 @@ class Metrics:
         self.retries_total = HotCounter(
             "smartproxy_retries", "Upstream attempts after the first.", ("channel",)
         )
+        self.rule_errors_total = HotCounter(
+            "smartproxy_rule_errors",
+            "Rule evaluations that raised at run time (the rule counted as false).",
+            ("rule",),
+        )
         self._hot: tuple[HotCounter | HotHistogram, ...] = (
+            self.rule_errors_total,
             self.requests_total,
             self.request_duration_seconds,
             self.upstream_requests_total,
@@ -253,12 +262,25 @@ class Metrics:
         )
         self.in_flight_now = 0  # the hot path adds to a plain int; the gauge reads it on scrape
         self.in_flight.set_function(lambda: self.in_flight_now)
+        self.channel_in_flight = Gauge(
+            "smartproxy_channel_in_flight",
+            "Requests in flight to the channel (max_concurrency caps it).",
+            ["channel"],
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "smartproxy_queue_wait_seconds",
+            "Time requests waited for a channel slot (every candidate at max_concurrency).",
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
         self.build_info = Info("smartproxy_build", "Build information.", registry=r)
         self.build_info.info({"version": version})
 
         self._used = _Children(self.channel_tokens_used)
         self._quota = _Children(self.channel_quota_tokens)
         self._circuit = _Children(self.circuit_state)
+        self._channel_in_flight = _Children(self.channel_in_flight)
         self._auth = _Children(self.auth_failures_total)
         self._limited = _Children(self.rate_limited_total)
         self._reloads = _Children(self.config_reloads_total)
@@ -272,6 +294,7 @@ class Metrics:
             self._used,
             self._quota,
             self._circuit,
+            self._channel_in_flight,
         )
 
     # -- hot path --------------------------------------------------------------------------
@@ -290,6 +313,10 @@ class Metrics:
         tokens.inc((channel, "prompt"), prompt)
         tokens.inc((channel, "completion"), completion)
         self.cost_usd_total.inc((channel,), cost)
+
+    def rule_errors(self, rule: str, count: int) -> None:
+        if count:
+            self.rule_errors_total.inc((rule,), count)
 
     def retry(self, channel: str) -> None:
         self.retries_total.inc((channel,))
@@ -319,6 +346,13 @@ class Metrics:
         if value not in (0, 1, 2):
             raise ValueError(f"circuit state must be 0, 1 or 2, not {value!r}")
         self._circuit.get(channel).set(value)
+
+    def set_channel_in_flight(self, channel: str, count: int) -> None:
+        self._channel_in_flight.get(channel).set(count)
+
+    def queue_wait(self, seconds: float) -> None:
+        """One wait for a channel slot (whether a slot came or the queue timed out)."""
+        self.queue_wait_seconds.observe(seconds)
 
     def storage_error(self) -> None:
         self.storage_errors_total.inc()

@@ -31,12 +31,14 @@ from .providers.base import Provider
 from .routing.router import ChannelState, Ranked, rank_by_price
 from .routing.rules import RuleSet, compile_rules
 from .security.apikeys import KeyRing, Principal
+from .security.authlog import FailureLines
 from .security.jwt import JwtVerifier, generate_secret
 from .security.ratelimit import FailurePenalty, RateLimiter
 from .storage.base import InProcessCounters, KeyCheck, UsageStore
 from .upstream.failures import RecentFailures
 from .upstream.health import HealthBook
 from .upstream.retry import Jitter, Sleep
+from .upstream.slots import LocalSlots, SlotBook
 
 log = logging.getLogger("smartproxy")
 
@@ -123,9 +125,11 @@ class Gateway:
     config_path: str | None = None
     clock: Callable[[], datetime] = utc_now
     health: HealthBook = field(default_factory=HealthBook)
+    slots: SlotBook = field(default_factory=LocalSlots)  # max_concurrency: in flight, queue
     failures: RecentFailures = field(default_factory=RecentFailures)  # for the dashboard
     limiter: RateLimiter = field(default_factory=RateLimiter)
     penalty: FailurePenalty = field(default_factory=FailurePenalty)
+    auth_lines: FailureLines = field(default_factory=FailureLines)  # failed-auth lines, limited
     providers: dict[str, Provider] = field(default_factory=dict)
     session: aiohttp.ClientSession | None = None
     # How the failover loop waits between attempts; tests inject a recording sleep and no jitter.
@@ -266,13 +270,14 @@ class Gateway:
 
 
 def keep_listener(running: Config, new: Config, *, note: bool = True) -> Config:
-    """The socket is bound: a reload keeps the running address (``--listen`` may have set it)."""
-    if note and new.server.listen != running.server.listen:
-        log.info("server.listen %s in the file differs from the running listener %s: a restart "
-                 "applies it", new.server.listen, running.server.listen)
-    server = replace(new.server, listen=running.server.listen, host=running.server.host,
-                     port=running.server.port)
-    return replace(new, server=server)
+    """The socket is bound: a new config keeps the running host and port (``--listen`` may have
+    set them). ``server.listen`` keeps the file's text, so there is something to say only when the
+    file's address changed and differs from the one in use: then a restart applies it."""
+    r, n = running.server, new.server
+    if note and n.listen != r.listen and (n.host, n.port) != (r.host, r.port):
+        log.info("server.listen %s in the file differs from the running listener %s:%d: a restart "
+                 "applies it", n.listen, r.host, r.port)
+    return replace(new, server=replace(n, host=r.host, port=r.port))
 
 
 def _warn_restart_only(old: Config, new: Config) -> None:

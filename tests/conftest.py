@@ -118,6 +118,10 @@ async def gateway_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitab
             if write_file:
                 path = tmp_path / "smartproxy.yaml"
                 path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+            elif "audit" not in config:
+                # No file and no sqlite folder: the audit log would go to ./data of the working
+                # folder (a running gateway's, once); tests write only under tmp_path.
+                config = {**config, "audit": {"path": str(tmp_path / "audit.log")}}
             parsed = parse_config(config, source=str(path) if path else None)
         app = create_app(
             parsed, config_path=str(path) if path else None, clock=clock or Clock(), **kwargs

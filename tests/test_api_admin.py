@@ -286,7 +286,7 @@ async def test_audit_names_the_sub_and_no_secret_reaches_audit_or_log(
         ("auth_failed", "error", None),
     ]
     assert lines[0]["diff"]["api_key"] == {"old": None, "new": "sk-...7777"}
-    assert lines[1]["diff"] == {"priority": {"old": None, "new": 3}}
+    assert lines[1]["diff"] == {"priority": {"old": 0, "new": 3}}
     assert "not a URL" in lines[2]["reason"] and lines[0]["address"] == "127.0.0.1"
     audit_text = (gw.config_path.parent / "audit.log").read_text()
     for text in (audit_text, caplog.text):

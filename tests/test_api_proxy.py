@@ -64,7 +64,7 @@ def test_parse_body_facts_carry_the_key_name():
     ).encode()
     body, facts = parse_body(raw, snapshot(), principal())
     assert body["model"] == "m" and facts.stream and facts.max_tokens == 7
-    assert facts.api_key_name == "k" and facts.prompt_tokens == len(raw) // 4
+    assert facts.api_key_name == "k" and facts.prompt_tokens == 101  # text chars ("m", "user", 400 x) / 4
     assert parse_body(raw, snapshot(), None)[1].api_key_name == ""
 
 
@@ -104,6 +104,9 @@ def test_reservation_per_endpoint_and_choices() -> None:
     assert reservation(snap, facts, {}, "/embeddings") == 10  # no completion tokens
     with_max = RequestFacts(model="m", prompt_tokens=10, max_tokens=20)
     assert reservation(snap, with_max, {"n": 3}, "/chat/completions") == 70
-    assert reservation(snap, with_max, {"n": "x"}, "/completions") == 30
+    from smartproxy.errors import BadRequest
+
+    with pytest.raises(BadRequest):  # parse_body refuses it first; never reserved as 1 choice
+        reservation(snap, with_max, {"n": "x"}, "/completions")
     zero = RequestFacts(model="m", prompt_tokens=10, max_tokens=0)
     assert reservation(snap, zero, {}, "/chat/completions") == 10

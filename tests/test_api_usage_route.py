@@ -317,3 +317,12 @@ async def test_route_dry_run_refuses_a_bad_body(gateway_factory):
         resp = await gw.client.post("/api/route", data=raw, headers=gw.admin_headers())
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] == code
+
+
+async def test_refused_admin_calls_audit_under_tmp_path_only(gateway_factory, tmp_path):
+    """The 401s above are audited; without a config file they once went to ./data/audit.log of
+    the working folder (a running gateway's log, when the suite ran beside one)."""
+    gw = await gateway_factory(base_config(channels=[{"name": "m", "type": "mock"}]))
+    assert (await gw.client.get("/api/usage")).status == 401
+    assert gw.gateway.audit.path.is_relative_to(tmp_path)
+    assert "auth_failed" in gw.gateway.audit.path.read_text()

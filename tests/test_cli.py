@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -108,11 +109,21 @@ def test_smartproxy_serves_default_config_and_stops_on_sigterm(tmp_path):
             assert resp.status == 200
             assert resp.headers["x-smartproxy-channel"] == "local-mock"
             assert b"chat.completion" in resp.read()
+        # No jwt secret configured: one generated, a ready admin token in a 0600 file, not the log.
+        token_file = tmp_path / "data" / "admin-token"
+        token = token_file.read_text().strip()
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        admin = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/channels", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(admin, timeout=5) as resp:
+            assert resp.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out.decode()
-    assert b"Admin token" in out  # no jwt secret configured: one generated, a ready token logged
+    assert b"Admin token" in out and str(token_file).encode() in out
+    assert token.encode() not in out and token.split(".")[2].encode() not in out
 
 
 def _spawn(
@@ -191,3 +202,39 @@ async def test_sigterm_lets_an_inflight_stream_finish(tmp_path, upstream_factory
 
     with sqlite3.connect(tmp_path / "usage.db") as db:
         assert db.execute("select count(*) from request_log").fetchone()[0] == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="signals")
+def test_smartproxy_run_closes_idle_connections_after_its_timeouts(tmp_path):
+    """`smartproxy run` serves with the configured client timeouts (issue [6]): a socket that
+    sends nothing, and one with half a request line, are closed."""
+    import yaml
+
+    port = _free_port()
+    cfg = {
+        "server": {"listen": f"127.0.0.1:{port}", "client_header_timeout": 0.5,
+                   "keepalive_timeout": 0.5},
+        "channels": [{"name": "m", "type": "mock"}],
+        "security": {"auth": {"api_keys": {"dev": "sk-dev-test-1"}, "jwt": {"secret": "x" * 32}}},
+        "storage": {"backend": "memory"},
+        "audit": {"path": str(tmp_path / "audit.log")},
+    }  # fmt: skip
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = _spawn(["run", "--config", str(path)], tmp_path)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/healthz")
+        for first in (b"", b"POST /v1/chat/comp"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(first)
+                started = time.monotonic()
+                try:
+                    while sock.recv(65536):  # until the gateway closes it (5 s: the test fails)
+                        pass
+                except ConnectionResetError:
+                    pass  # closed by abort (RST): closed all the same
+                assert time.monotonic() - started < 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out.decode()

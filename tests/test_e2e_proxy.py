@@ -63,7 +63,8 @@ async def test_stream_chunks_arrive_before_upstream_finishes(upstream_factory, g
 
 async def test_forwarding_body_query_headers_and_key(upstream_factory, gateway_factory):
     up, url = await upstream_factory("a")
-    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    # forward_openai_org: the organization header goes up only when the channel says so ([6])
+    gw = await gateway_factory(base_config(channels=[channel("a", url, forward_openai_org=True)]))
     raw = (
         b'{"model": "gpt-4o-mini",   "messages": [{"role":"user","content":"x"}], "extra_field": 1}'
     )

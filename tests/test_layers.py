@@ -18,7 +18,13 @@ import smartproxy
 
 # Lowest first. A module belongs to the first entry that names it or one of its packages.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("smartproxy", "smartproxy.errors", "smartproxy.fastjson", "smartproxy.localtime"),
+    (
+        "smartproxy",
+        "smartproxy.errors",
+        "smartproxy.fastjson",
+        "smartproxy.localtime",
+        "smartproxy.files",
+    ),
     ("smartproxy.config",),
     (
         "smartproxy.routing",
@@ -34,11 +40,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "smartproxy.upstream.health",
         "smartproxy.upstream.failures",
         "smartproxy.upstream.sse",
+        "smartproxy.upstream.slots",
     ),
     ("smartproxy.state",),
     ("smartproxy.upstream",),
     ("smartproxy.api",),
-    ("smartproxy.app",),
+    ("smartproxy.app", "smartproxy.server"),
     ("smartproxy.cli", "smartproxy.__main__"),
 )
 

@@ -250,7 +250,7 @@ def test_rules_for_excluded_or_unknown_channels_are_traced_not_evaluated() -> No
     rules = [
         rule("to-open", "cheap", "true", 1),
         rule("to-ghost", "ghost", "true", 2),
-        rule("broken", "mid", "time > 5", 3),
+        rule("broken", "mid", "time > max_tokens", 3),  # str > int: fails at run time
         rule("works", "pricey", "model == 'gpt-4o-mini'", 4),
     ]
     decision = run(CHANNELS, rules, {"cheap": ChannelState(circuit="open")})

@@ -247,7 +247,7 @@ def test_error_column_points_at_original_text(expression: str, column: str) -> N
 @pytest.mark.parametrize(
     ("expression", "variables", "error"),
     [
-        ("time < 5", VARS, "TypeError"),
+        ("time < max_tokens", VARS, "TypeError"),  # loads (max_tokens may be None)
         ("max_tokens > 100", with_vars(max_tokens=None), "TypeError"),
         ("day_tokens_used / (hour - 3) > 1", VARS, "ZeroDivisionError"),
         ("1e6 ** 64 > 1", VARS, "OverflowError"),
@@ -333,7 +333,7 @@ def test_variable_halves_partition_the_contract() -> None:
     [
         ("day_tokens_used + prompt_tokens < daily_limit AND NOT stream", VARS),
         ("day_tokens_used + prompt_tokens < daily_limit AND NOT stream", with_vars(stream=True)),
-        ("time < 5", VARS),  # runtime error
+        ("time < max_tokens", VARS),  # runtime error
         ("max_tokens > 100", with_vars(max_tokens=None)),
         ("true", VARS),
         ("min(daily_limit - day_tokens_used, hour_limit) > 50", with_vars(day_tokens_used=990)),

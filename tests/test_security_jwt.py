@@ -360,3 +360,66 @@ async def test_middleware_follows_verifier_swap(aiohttp_client: Any) -> None:
     assert (await client.get("/api/x", headers={"Authorization": f"Bearer {old}"})).status == 200
     current["v"] = JwtVerifier(HS, secret=generate_secret())  # a reload with a new secret
     assert (await client.get("/api/x", headers={"Authorization": f"Bearer {old}"})).status == 401
+
+
+# ----------------------------------------------------------------------------- max lifetime ([6])
+TEN_YEARS = 10 * 365 * 24 * 3600
+
+
+@pytest.mark.parametrize("with_iat", [True, False])
+def test_a_ten_year_token_is_refused(with_iat: bool) -> None:
+    c = claims(exp=int(time.time()) + TEN_YEARS)
+    if not with_iat:
+        c.pop("iat", None)
+    token = pyjwt.encode(c, SECRET, algorithm="HS256")
+    with pytest.raises(AdminAuthError) as exc:
+        JwtVerifier(HS).verify(token)
+    assert exc.value.reason == "lifetime too long"
+
+
+def test_lifetime_up_to_the_maximum_is_accepted() -> None:
+    now = int(time.time())
+    cfg = JwtConfig(secret=SECRET, leeway=5, max_lifetime_minutes=60)
+    ok = pyjwt.encode(claims(iat=now, exp=now + 3600), SECRET, algorithm="HS256")
+    assert JwtVerifier(cfg).verify(ok)["sub"] == "alice"
+    long = pyjwt.encode(claims(iat=now, exp=now + 3700), SECRET, algorithm="HS256")
+    with pytest.raises(AdminAuthError, match="lifetime too long"):
+        JwtVerifier(cfg).verify(long)
+
+
+def test_mint_refuses_longer_than_the_maximum() -> None:
+    with pytest.raises(ValueError, match="max_lifetime_minutes"):
+        JwtVerifier(HS).mint("alice", 1441)
+    assert JwtVerifier(HS).verify(JwtVerifier(HS).mint("alice", 1440))["sub"] == "alice"
+
+
+def test_token_command_refuses_a_ten_year_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from smartproxy.cli import main
+
+    p = tmp_path / "c.yaml"
+    p.write_text("security: {auth: {jwt: {secret: 'cli-secret-0123456789abcdef0123'}}}\n")
+    assert main(["token", "--sub", "ops", "--minutes", str(TEN_YEARS // 60), "--config", str(p)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "max_lifetime_minutes (1440)" in captured.err
+
+
+async def test_a_ten_year_token_is_401_and_audited(gateway_factory: Any) -> None:
+    from conftest import ADMIN_SECRET, base_config
+
+    gw = await gateway_factory(base_config(), write_file=True)
+    token = pyjwt.encode(
+        claims(exp=int(time.time()) + TEN_YEARS), ADMIN_SECRET, algorithm="HS256"
+    )
+    resp = await gw.client.get("/api/channels", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 401
+    line = json.loads((gw.config_path.parent / "audit.log").read_text().splitlines()[-1])
+    assert line["action"] == "auth_failed" and line["reason"] == "lifetime too long"
+
+
+def test_expiry_minutes_above_the_maximum_is_a_config_error() -> None:
+    from smartproxy.config import parse_config
+
+    with pytest.raises(ConfigError, match="expiry_minutes: 2000 is longer than max_lifetime"):
+        parse_config({"security": {"auth": {"jwt": {"secret": "x" * 32, "expiry_minutes": 2000}}}})

@@ -290,3 +290,20 @@ async def test_request_log_reports_come_from_this_hosts_sqlite_log(stores):
     assert [(r["key"], r["requests"], r["prompt_tokens"]) for r in rows] == [("free", 1, 3)]
     (row,) = await a.query(None, None, "channel")
     assert (row["channel"], row["total_tokens"]) == ("free", 7)
+
+
+async def test_admit_refuses_at_max_concurrency_counting_every_process(stores: Any) -> None:
+    one, two = await stores(), await stores()
+    cap = Limits(concurrency=2)
+    first = await admit(one, "c", 5, cap)
+    second = await admit(two, "c", 5, cap)
+    assert first.code == second.code == 0
+    third = await admit(one, "c", 5, cap)
+    assert third.code == 5 and third.reservation is None  # two in flight, in two processes
+    await two.release(second.reservation)
+    for _ in range(100):  # releases are batched per loop turn
+        again = await admit(one, "c", 5, cap)
+        if again.code == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert again.code == 0

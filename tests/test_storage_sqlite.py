@@ -86,7 +86,7 @@ async def test_start_creates_folder_and_wal_file(open_store: Opener, db: Path) -
     assert store.status() == {
         "backend": "sqlite", "ok": True, "path": str(db), "pending_writes": 0,
         "last_error": None, "last_error_at": None, "write_errors": 0, "dropped_writes": 0,
-        "reservations": 0, "flushing": True,
+        "repaired_rows": 0, "rejected_rows": 0, "reservations": 0, "flushing": True,
     }  # fmt: skip
 
 
@@ -260,3 +260,42 @@ async def test_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
 async def test_bad_flush_interval() -> None:
     with pytest.raises(ValueError, match="flush_interval"):
         SqliteStore("x.db", UTC, flush_interval=0)
+
+
+async def test_one_bad_row_never_costs_the_batch(
+    open_store: Opener, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lone surrogate (or a NaN) in one record is repaired alone; the batch is written whole."""
+    store = await open_store()
+    await store.settle(None, rec(model="a"), NOON)
+    await store.settle(None, rec(model="gpt\ud800", key="k\ud800\nforged"), NOON)
+    await store.settle(None, rec(model="b", cost=float("nan")), NOON)
+    await store.settle(None, rec(model="c"), NOON)
+    assert await store.flush()
+    models = [m for (m,) in rows(db, "SELECT model FROM request_log ORDER BY id")]
+    assert models == ["a", "gpt\ufffd", "b", "c"]
+    assert rows(db, "SELECT requests FROM counters WHERE \"window\" = 'total'") == [(4,)]
+    status = store.status()
+    assert (status["ok"], status["repaired_rows"], status["pending_writes"]) == (True, 2, 0)
+    assert "repaired a request-log row" in caplog.text
+
+
+async def test_a_row_the_database_refuses_is_dropped_alone(
+    open_store: Opener, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import smartproxy.storage.sqlite as sq
+
+    store = await open_store()
+    original = sq._write_rows
+
+    def picky(conn: sqlite3.Connection, batch: list[sq.Pending], *rest: bool) -> None:
+        if any(r.model == "poison" for r, _, _ in batch):
+            raise sqlite3.IntegrityError("refused")
+        original(conn, batch, *rest)
+
+    monkeypatch.setattr(sq, "_write_rows", picky)
+    for model in ("a", "poison", "b"):
+        await store.settle(None, rec(model=model), NOON)
+    assert await store.flush()
+    assert [m for (m,) in rows(db, "SELECT model FROM request_log ORDER BY id")] == ["a", "b"]
+    assert store.status()["rejected_rows"] == 1

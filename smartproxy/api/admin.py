@@ -16,10 +16,14 @@ from aiohttp import web
 from ..audit import Actor
 from ..errors import BadRequest, ConfigError, GatewayError
 from ..routing.pricing import effective_price
+from ..routing.router import Candidate
+from ..security.authlog import left_out_note
 from ..security.jwt import admin_auth_middleware
 from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
 from .admin_status import add_status_routes
+from .channel_test import add_test_route
+from .limits import read_body, too_large_response
 from .proxy import decide, parse_body, reservation
 
 log = logging.getLogger("smartproxy.admin")
@@ -151,7 +155,7 @@ async def route_dry_run(request: web.Request) -> web.Response:
     """
     gw = request.config_dict[GATEWAY]
     snap = gw.snapshot
-    raw = await request.read()
+    raw = await read_body(request, snap.config.server.max_body_bytes)
     path = "/" + request.query.get("endpoint", "chat/completions").strip("/")
     body, facts = parse_body(raw, snap, None, path)
     named = body.get("path")  # the body may name the endpoint: "/v1/embeddings"
@@ -164,6 +168,12 @@ async def route_dry_run(request: web.Request) -> web.Response:
         facts = replace(facts, api_key_name=name or facts.api_key_name, path=path)
     reserve = reservation(snap, facts, body, path)
     decision = await decide(gw, snap, facts, reserve, explain=True)
+    slots = gw.slots
+    candidates: list[Candidate] = []
+    full: list[Candidate] = []
+    for c in decision.candidates:
+        cap = c.channel.max_concurrency
+        (full if cap and slots.in_flight(c.channel.name) >= cap else candidates).append(c)
     return web.json_response(
         {
             "model": facts.model,
@@ -179,10 +189,22 @@ async def route_dry_run(request: web.Request) -> web.Response:
                     "priority": c.channel.priority,
                     "rule": c.rule,
                     "upstream_model": c.channel.upstream_model(facts.model),
+                    "in_flight": slots.in_flight(c.channel.name),
+                    "max_concurrency": c.channel.max_concurrency,
                 }
-                for c in decision.candidates
+                for c in candidates
             ],
-            "excluded": [{"channel": e.channel, "reason": e.reason} for e in decision.excluded],
+            "excluded": [
+                {
+                    "channel": c.channel.name,
+                    "reason": f"at max_concurrency ({c.channel.max_concurrency} in flight); "
+                    "a request waits for a slot when every candidate is full",
+                }
+                for c in full
+            ]
+            + [{"channel": e.channel, "reason": e.reason} for e in decision.excluded],
+            "queued": slots.queued(),
+            "queue_timeout": snap.config.server.queue_timeout,
             "rules": [
                 {"rule": t.rule, "channel": t.channel, "matched": t.matched, "error": t.error}
                 for t in decision.rules
@@ -227,8 +249,13 @@ async def admin_errors(request: web.Request, handler: Any) -> web.StreamResponse
         response: web.StreamResponse = await handler(request)
         return response
     except GatewayError as exc:
-        return exc.to_response()
+        response = exc.to_response()
+        if exc.status == 413:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
+        if exc.status == 413:
+            return too_large_response(request.config_dict[GATEWAY].config.server.max_body_bytes)
         if exc.status in (404, 405):
             return web.Response(
                 status=exc.status,
@@ -248,11 +275,18 @@ async def admin_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 
 def create_admin_app(gateway: Gateway) -> web.Application:
-    def on_auth_failure(request: web.Request, reason: str) -> None:
+    def on_auth_failure(request: web.Request, reason: str) -> bool:
         gateway.metrics.auth_failure(f"admin_{reason.replace(' ', '_')}")
+        address = request.remote or "unknown"
+        left_out = gateway.auth_lines.take(address)  # one line per address per second
+        if left_out is None:
+            return False
+        note = left_out_note(left_out)
+        log.warning("admin auth failed from %s: %s%s", address, reason, note)
         # The reason is a fixed label from the verifier; nothing of the token is kept.
         gateway.audit.record(Actor(sub=None, address=request.remote), "auth_failed",
-                             f"{request.method} {request.path}", ok=False, reason=reason)
+                             f"{request.method} {request.path}", ok=False, reason=reason + note)
+        return False  # logged here
 
     app = web.Application(
         middlewares=[
@@ -265,4 +299,5 @@ def create_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/reload", reload)
     add_config_routes(app)
     add_status_routes(app)
+    add_test_route(app)
     return app

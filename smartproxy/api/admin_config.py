@@ -33,6 +33,7 @@ from ..config.kinds import API_KEYS, CHANNELS, RULES, Kind
 from ..errors import BadRequest, ConfigError, GatewayError
 from ..security.jwt import ADMIN_SUB, JwtVerifier
 from ..state import GATEWAY, Gateway, Snapshot, keep_listener
+from .limits import ADMIN_MAX_BODY, read_body
 
 log = logging.getLogger("smartproxy.admin")
 
@@ -106,8 +107,8 @@ def posted_problems(posted: Any) -> list[str]:
 
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
-        body = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(await read_body(request, ADMIN_MAX_BODY) or b"null")
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("the body must be JSON") from None
     problems = posted_problems(body)
     if problems:
@@ -233,7 +234,7 @@ async def get_channels(request: web.Request) -> web.Response:
     summary: List channels
     responses:
       '200':
-        description: Channels as the config file holds them (defaults left out), keys masked.
+        description: Every field with the value in effect (defaults included), secrets masked.
         content:
           application/json:
             schema: {$ref: '#/components/schemas/ChannelList'}
@@ -259,6 +260,7 @@ async def post_channel(request: web.Request) -> web.Response:
       '201': {$ref: '#/components/responses/ConfigChanged'}
       '400': {$ref: '#/components/responses/ConfigRefused'}
       '401': {$ref: '#/components/responses/AdminUnauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '409': {$ref: '#/components/responses/Conflict'}
     """
     return await save_entry(request, CHANNELS)
@@ -306,6 +308,7 @@ async def post_rule(request: web.Request) -> web.Response:
       '201': {$ref: '#/components/responses/ConfigChanged'}
       '400': {$ref: '#/components/responses/ConfigRefused'}
       '401': {$ref: '#/components/responses/AdminUnauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '409': {$ref: '#/components/responses/Conflict'}
     """
     return await save_entry(request, RULES)
@@ -357,6 +360,7 @@ async def post_key(request: web.Request) -> web.Response:
       '201': {$ref: '#/components/responses/ConfigChanged'}
       '400': {$ref: '#/components/responses/ConfigRefused'}
       '401': {$ref: '#/components/responses/AdminUnauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '409': {$ref: '#/components/responses/Conflict'}
     """
     return await save_entry(request, API_KEYS)
@@ -383,4 +387,4 @@ def add_config_routes(app: web.Application) -> None:
     ):
         app.router.add_get(path, get)
         app.router.add_post(path, post)
-        app.router.add_delete(path + "/{name:.+}", delete)  # names may hold a "/"
+        app.router.add_delete(path + r"/{name:[\s\S]+}", delete)  # names may hold "/" (any text)

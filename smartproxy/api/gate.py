@@ -23,6 +23,7 @@ from aiohttp import web
 from ..errors import AuthenticationFailed, PermissionDenied, QuotaExceeded, RateLimited
 from ..localtime import MinuteClock
 from ..security.apikeys import Principal, extract_key, key_prefix
+from ..security.authlog import left_out_note
 from ..security.budget import DailySpend, budget_spent, check_budget, day_start
 from ..security.ratelimit import RateDecision
 from ..state import KEY_CHECK, PRINCIPAL, RATELIMIT_HEADERS, Gateway, Snapshot
@@ -59,13 +60,17 @@ async def authenticate(request: web.Request, gw: Gateway, snap: Snapshot) -> Pri
 
 async def _auth_failed(gw: Gateway, address: str, reason: str, presented: str | None) -> None:
     gw.metrics.auth_failure(reason)
-    # The address and at most a short prefix of what was sent: never a whole key.
-    log.warning(
-        "API key rejected (%s) from %s%s",
-        reason,
-        address,
-        f" key {key_prefix(presented)}" if presented else "",
-    )
+    # The address and at most a short prefix of what was sent: never a whole key. At most one
+    # line per address per second (a key-guessing flood must not fill the disk).
+    left_out = gw.auth_lines.take(address)
+    if left_out is not None:
+        log.warning(
+            "API key rejected (%s) from %s%s%s",
+            reason,
+            address,
+            f" key {key_prefix(presented)}" if presented else "",
+            left_out_note(left_out),
+        )
     # Repeated failures from one address slow down (bounded); only this request waits.
     await gw.penalty.punish(address)
 

@@ -55,6 +55,8 @@ async def health_report(gw: Gateway) -> dict[str, Any]:
                 "reserved_tokens": u.day_reserved_tokens,
                 "day_quota_left": quota_left(ch.daily_limit, u.day_tokens_with_reserved),
                 "hour_quota_left": quota_left(ch.hour_limit, u.hour_tokens_with_reserved),
+                "in_flight": gw.slots.in_flight(ch.name),
+                "max_concurrency": ch.max_concurrency,
             }
         )
     store_status = gw.store.status()
@@ -70,6 +72,7 @@ async def health_report(gw: Gateway) -> dict[str, Any]:
             "last_reload_error": gw.last_reload_error,
         },
         "storage": store_status,
+        "queued": gw.slots.queued(),  # requests waiting for a slot (every candidate full)
         "channels": channels,
     }
 
@@ -121,6 +124,9 @@ async def refresh_gauges(gw: Gateway) -> None:
         gw.metrics.set_quota(ch.name, "day", u.day_tokens, ch.daily_limit)
         gw.metrics.set_quota(ch.name, "hour", u.hour_tokens, ch.hour_limit)
         gw.metrics.set_circuit(ch.name, gw.health.numeric(ch.name))
+        gw.metrics.set_channel_in_flight(ch.name, gw.slots.in_flight(ch.name))
+    for rule in snap.rules:
+        gw.metrics.rule_errors(rule.name, rule.new_errors())
 
 
 def _iso(ts: float | None) -> str | None:

@@ -24,10 +24,12 @@ from multidict import CIMultiDict
 
 from .. import __version__, fastjson
 from ..errors import BadRequest, GatewayError, NotFound
+from ..routing.estimate import prompt_tokens as estimate_prompt
 from ..routing.router import RequestFacts, RouteDecision, route, route_by_price
 from ..security.apikeys import Principal
 from ..state import GATEWAY, RATELIMIT_HEADERS, REQUEST_ID, Gateway, Snapshot
 from ..upstream.client import Dispatcher, Exchange
+from ..upstream.headers import client_request_headers
 from .gate import (
     SPEND,
     authenticate,
@@ -38,6 +40,8 @@ from .gate import (
     rate_limit,
     setup_gate,
 )
+from .limits import read_body, too_large_response
+from .validate import check_fields, require_utf8
 
 log = logging.getLogger("smartproxy.proxy")
 
@@ -49,28 +53,6 @@ def new_request_id() -> str:
     return f"req-{_ID_PREFIX}{next(_ID_SEQ) & 0xFFFFFFFFFFFF:012x}"
 
 
-# Request headers never forwarded upstream (hop-by-hop, ours, or recomputed by the client session).
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Host",
-        "Authorization",
-        "x-api-key",
-        "Content-Length",
-        "Accept-Encoding",
-        "Expect",
-    )
-)
-
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher", Dispatcher)
 
 
@@ -78,21 +60,8 @@ _USER_AGENT = f"SmartProxy/{__version__}"
 
 
 def forward_headers(request: web.Request) -> CIMultiDict[str]:
-    headers = request.headers
-    drop: frozenset[str] | set[str] = HOP_BY_HOP
-    if "Connection" in headers:
-        # Headers the client lists in Connection are hop-by-hop too (RFC 9110 7.6.1).
-        drop = set(HOP_BY_HOP)
-        for value in headers.getall("Connection"):
-            drop.update(v.strip().lower() for v in value.split(","))
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in headers.items():
-        if k.lower() not in drop:
-            out.add(k, v)
-    out["Accept-Encoding"] = "identity"  # usage is read from the body; relay bytes as they come
-    if "User-Agent" not in out:  # the client's own is forwarded; else say who calls, not aiohttp
-        out["User-Agent"] = _USER_AGENT
-    return out
+    """The client's headers that go upstream (the policy: ``upstream.headers``)."""
+    return client_request_headers(request.headers, _USER_AGENT)
 
 
 def parse_body(
@@ -102,13 +71,15 @@ def parse_body(
         raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
     try:
         body = fastjson.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest(f"could not parse the JSON body: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object", code="invalid_json")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", code="missing_model", param="model")
+    require_utf8(model, "model")
+    check_fields(body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false", param="stream")
@@ -118,7 +89,7 @@ def parse_body(
     ):
         raise BadRequest("'max_tokens' must be a non-negative integer", param="max_tokens")
     usage_cfg = snap.config.usage
-    prompt_tokens = max(1, int(len(raw) / usage_cfg.chars_per_token))
+    prompt_tokens = estimate_prompt(body, usage_cfg.chars_per_token)
     facts = RequestFacts(
         model=model,
         stream=stream,
@@ -136,8 +107,7 @@ def reservation(snap: Snapshot, facts: RequestFacts, body: dict[str, Any], path:
     Embeddings produce no completion tokens, so only the prompt is held."""
     if path == "/embeddings":
         return facts.prompt_tokens
-    n = body.get("n")
-    choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+    choices = check_fields(body)
     completion = (
         facts.max_tokens if facts.max_tokens is not None else snap.config.usage.default_max_tokens
     )
@@ -150,7 +120,7 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     principal = await authenticate(request, gw, snap)
     rate_limit(request, gw, snap, principal)
     budget(request, gw, snap, principal)
-    raw = await request.read()
+    raw = await read_body(request, snap.config.server.max_body_bytes)
     body, facts = parse_body(raw, snap, principal, path)
     check_model_allowed(principal, facts.model)
     reserve = reservation(snap, facts, body, path)
@@ -258,6 +228,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
               data: [DONE]\\n\\n"
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/Unauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '403': {$ref: '#/components/responses/Forbidden'}
       '404': {$ref: '#/components/responses/NotFound'}
       '429': {$ref: '#/components/responses/RateLimited'}
@@ -292,6 +263,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                       usage: {prompt_tokens: 3, completion_tokens: 2, total_tokens: 5}}
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/Unauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '429': {$ref: '#/components/responses/RateLimited'}
       '502': {$ref: '#/components/responses/UpstreamFailed'}
       '503': {$ref: '#/components/responses/NoChannel'}
@@ -322,6 +294,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
                       usage: {prompt_tokens: 2, total_tokens: 2}}
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/Unauthorized'}
+      '413': {$ref: '#/components/responses/TooLarge'}
       '429': {$ref: '#/components/responses/RateLimited'}
       '502': {$ref: '#/components/responses/UpstreamFailed'}
       '503': {$ref: '#/components/responses/NoChannel'}
@@ -371,15 +344,19 @@ async def models(request: web.Request) -> web.Response:
 async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Request id, OpenAI-shaped errors, rate-limit headers on every answer."""
     request_id = request.headers.get("x-request-id") or new_request_id()
-    if not request_id.isascii() or len(request_id) > 128:
+    if not (request_id.isascii() and request_id.isprintable()) or len(request_id) > 128:
         request_id = new_request_id()
     request[REQUEST_ID] = request_id
     try:
         resp: web.StreamResponse = await handler(request)
     except GatewayError as exc:
         resp = exc.to_response()
+        if exc.status == 413:
+            resp.force_close()  # the rest of the body may still be on its way
     except web.HTTPException as exc:
-        if exc.status == 404:
+        if exc.status == 413:  # a handler's own request.read() past the root's client_max_size
+            resp = too_large_response(request.app[GATEWAY].config.server.max_body_bytes)
+        elif exc.status == 404:
             resp = NotFound(f"unknown endpoint {request.method} {request.path}").to_response()
         elif exc.status == 405:
             resp = BadRequest(
@@ -399,7 +376,7 @@ async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 def create_proxy_app(gateway: Gateway) -> web.Application:
-    app = web.Application(middlewares=[proxy_middleware], client_max_size=32 * 1024 * 1024)
+    app = web.Application(middlewares=[proxy_middleware])  # body limit: the root's, read_body
     app[DISPATCHER] = Dispatcher(gateway)
     app[GATEWAY] = gateway  # request.app[...] is a dict lookup; config_dict builds a ChainMap
     setup_gate(app, gateway)

@@ -201,7 +201,11 @@ PROXY_SCHEMAS: dict[str, Json] = {
                 day_tokens_used={**_INT, "description": "Settled plus reserved in flight."},
                 hour_tokens_used=_INT, reserved_tokens=_INT, day_quota_left=_NULLABLE_INT,
                 hour_quota_left=_NULLABLE_INT,
+                in_flight={**_INT, "description": "Requests in flight to it (this process)."},
+                max_concurrency={**_NULLABLE_INT, "description": "Its cap; null: none."},
             )),
+            queued={**_INT, "description": "Requests waiting for a slot (every candidate at "
+                    "max_concurrency)."},
         ),
         "description": "Gateway health; never contains secrets. Quota left is null if unlimited.",
         "example": HEALTH_EXAMPLE,

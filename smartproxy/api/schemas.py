@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from .proxy_schemas import (
     _INT,
+    _NULLABLE_INT,
     _NULLABLE_STR,
     _STR,
     CHAT_REQUEST_EXAMPLE,
@@ -123,6 +124,8 @@ _COUNT: Json = {"type": "integer", "minimum": 0}
 _STRS: Json = {"type": "array", "items": _STR}
 _STR_MAP: Json = {"type": "object", "additionalProperties": _STR}
 _CLOSED: Json = {"additionalProperties": False}
+_NULL_NUM: Json = {**_NUM, "nullable": True}
+_NULL_COUNT: Json = {**_COUNT, "nullable": True}
 
 CHANNEL_EXAMPLE: Json = {
     "name": "openai-paid", "type": "openai", "endpoint": "https://api.openai.com/v1",
@@ -161,8 +164,13 @@ SCHEMAS.update({
                discount_price=_NUM, priority=_INT,
                status={**_STR, "enum": ["active", "disabled"]},
                headers={**_STR_MAP, "description": "Extra upstream headers; masked on read."},
-               timeout=_NUM, connect_timeout=_NUM, first_byte_timeout=_NUM, fail_max=_COUNT,
-               reset_timeout=_NUM,
+               timeout=_NULL_NUM, connect_timeout=_NULL_NUM, first_byte_timeout=_NULL_NUM,
+               fail_max=_NULL_COUNT, reset_timeout=_NULL_NUM,
+               proxy={**_NULLABLE_STR, "description":
+               "Outbound HTTP proxy (http://user:pass@host:3128); the password is masked on "
+               "read. null: server.proxy, else HTTPS_PROXY/NO_PROXY."},
+               max_concurrency={**_NULL_COUNT, "description": "At most this many requests in "
+               "flight; more wait up to server.queue_timeout. null: no cap."},
                api_version={**_STR, "description": "azure: deployments URL with ?api-version=; "
                             "absent: the v1 URL."},
                anthropic_version={**_STR, "description": "anthropic: the anthropic-version "
@@ -189,6 +197,22 @@ SCHEMAS.update({
                daily_budget_usd=_NUM),
         **_CLOSED,
         "example": API_KEY_EXAMPLE,
+    },
+    "ChannelTestRequest": {
+        **_obj(model={**_STR, "description": "Default: the channel's first model (or "
+                      "model_mapping key); required for a channel that serves any model."}),
+        "example": {"model": "gpt-4o-mini"},
+    },
+    "ChannelTestResult": {
+        **_obj("ok", "status", "latency_ms", "model", "error",
+               ok={"type": "boolean"},
+               status={**_NULLABLE_INT, "description": "Upstream's HTTP status; null: no answer."},
+               latency_ms={"type": "number"},
+               model={**_STR, "description": "The model asked of upstream (after mapping)."},
+               error={**_NULLABLE_STR, "description": "Why it failed (upstream's message)."},
+               request_id={**_STR, "description": "Its line in the request log (test-...)."}),
+        "example": {"ok": True, "status": 200, "latency_ms": 180.2, "model": "gpt-4o-mini",
+                    "error": None, "request_id": "test-5f0c2a9e1b3d4c6a"},
     },
     "ChannelList": {**_obj(channels=_array(_ref("Channel"))),
                     "example": {"channels": [CHANNEL_EXAMPLE]}},
@@ -272,6 +296,12 @@ RESPONSES: dict[str, Json] = {
         "model 'gpt-4o' is not allowed for this key",
         "invalid_request_error",
         "model_not_allowed",
+    ),
+    "TooLarge": _error_response(
+        "The request body is larger than server.max_body_mb (admin writes: 1 MiB)",
+        "request body too large: 40000000 bytes, the limit is 33554432 bytes (32 MiB)",
+        "invalid_request_error",
+        "request_too_large",
     ),
     "NotFound": _error_response(
         "No such model, route or object",

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from . import yamlsafe
 from .model import (
     CHANNEL_TYPES,
     JWT_ALGORITHMS,
@@ -85,8 +86,17 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- files
 def read_yaml(text: str, source: str = "<config>") -> Any:
+    """Parse config text (aliases, depth and duplicate keys bounded: ``yamlsafe``); ``ConfigError`` naming the problem."""
     try:
-        return yaml.safe_load(text)
+        return yamlsafe.load(text)
+    except (
+        yamlsafe.AliasBombError,
+        yamlsafe.TooDeepError,
+        yamlsafe.DuplicateKeyError,
+    ) as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: YAML nested too deeply"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

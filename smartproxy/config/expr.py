@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from .exprtypes import TypeProblem, check_types
+
 # contract §4: what a request says (the same for every rule of one request) ...
 REQUEST_VARIABLES = frozenset(
     """model stream api_key_name prompt_tokens max_tokens time time_of_day hour minute
@@ -150,7 +152,8 @@ def _compile(expression: str, rule_name: str) -> tuple[str, ast.expr, tuple[str,
     checker = _Checker()
     try:
         checker.visit(tree.body, 0)
-    except _Refused as exc:
+        check_types(tree.body)  # variables have fixed types: refuse what can only raise
+    except (_Refused, TypeProblem) as exc:
         problem, node = exc.args
         line = text.split("\n")[node.lineno - 1]
         column = len(line.encode("utf-8")[: node.col_offset].decode("utf-8", errors="ignore"))

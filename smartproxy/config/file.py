@@ -337,7 +337,7 @@ def _finish(
     out = io.StringIO()
     y.dump(doc, out)
     new_text = out.getvalue()
-    if yaml.safe_load(new_text) != plain:  # the loader must read exactly the intended document
+    if read_yaml(new_text) != plain:  # the loader must read exactly the intended document
         raise CannotWrite(
             "the change cannot be written so that the file reads back the same; edit the file "
             "by hand and POST /api/reload"

@@ -19,6 +19,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.tokens import CommentToken
@@ -45,6 +46,15 @@ _MASKED = re.compile(r"(?:[A-Za-z]{1,2}-|sha256:)?\.\.\.[^.]{0,4}|\*{4}")
 def mask_key(key: str) -> str:
     """A gateway key as shown: ``sk-...abcd``, hashed ones ``sha256:...abcd``."""
     return f"sha256:...{key[-4:]}" if key.startswith("sha256:") else mask_secret(key)
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password hidden: ``http://user:****@proxy:3128``."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:****@{host}"))
 
 
 def _plain(value: Any) -> Any:
@@ -74,6 +84,7 @@ class Kind:
 
     secret: str | None = None
     secret_maps: tuple[str, ...] = ()
+    secret_urls: tuple[str, ...] = ()  # URLs whose password is masked (``proxy``)
 
     def __init__(self, name: str, section: str, always: tuple[str, ...]) -> None:
         self.name = name  # "channel"
@@ -97,19 +108,19 @@ class Kind:
         return mask_secret(value)
 
     def view(self, obj: Any, *, masked: bool = True) -> dict[str, Any]:
-        """The entry as the file would hold it, defaults left out, secrets masked."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if f.name not in self.always and (value in (None, "", (), {}) or value == _default(f)):
-                continue
-            out[f.name] = _plain(value)
+        """The entry with every field and the value in effect (defaults included: ``status:
+        active``, ``models: []``; ``null`` where the server-wide setting applies), secrets masked.
+        The keys are the file's, so ``GET`` -> edit -> ``POST`` works."""
+        out: dict[str, Any] = {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
         if masked:
             if self.secret and out.get(self.secret):
                 out[self.secret] = self.mask(out[self.secret])
             for m in self.secret_maps:
                 if m in out:
                     out[m] = {k: mask_secret(str(v)) for k, v in out[m].items()}
+            for u in self.secret_urls:
+                if out.get(u):
+                    out[u] = mask_url(out[u])
         return out
 
     def diff(self, old: Any, new: Any) -> dict[str, dict[str, Any]]:
@@ -174,6 +185,9 @@ class Kind:
             sent = posted.get(self.secret)
             if sent is None or sent == self.mask(str(expand_env(old[self.secret]))):
                 new[self.secret] = old[self.secret]
+        for u in self.secret_urls:
+            if u in old and new.get(u) is not None and new[u] == mask_url(str(expand_env(old[u]))):
+                new[u] = old[u]
         for m in self.secret_maps:
             stored, sent = old.get(m), new.get(m)
             if isinstance(stored, dict) and isinstance(sent, dict):
@@ -198,9 +212,24 @@ class Kind:
             if (old_cfg is not None and new_cfg is not None and hasattr(old_cfg, k)
                     and getattr(old_cfg, k) == getattr(new_cfg, k)):
                 merged[k] = old[k]
+        merged = self._without_defaults(merged, set(old))
         changed = {k for k in merged if k not in old or merged[k] is not old[k]}
         return merged, frozenset(changed | (set(old) - set(merged)))
 
+
+    def _without_defaults(self, entry: dict[str, Any], stored: set[str]) -> dict[str, Any]:
+        """Drop the fields (not in the file before) whose value is the default anyway: a ``GET``
+        shows every field, and posting it back must not fill the file with defaults."""
+        cfg = self.parse(expand_env(entry))
+        if cfg is None:
+            return entry
+        defaults = {f.name: _default(f) for f in dataclasses.fields(cfg)}
+        return {
+            k: v
+            for k, v in entry.items()
+            if k in stored or k in self.always or k not in defaults
+            or (getattr(cfg, k) != defaults[k] and getattr(cfg, k) not in ("", (), {}))
+        }
 
     def _refuse_masked(self, new: dict[str, Any], old: dict[str, Any] | None) -> None:
         """A masked value that is not the stored one's mask (copied from another entry?)."""
@@ -282,6 +311,7 @@ def _update(stored: Any, merged: dict[str, Any], changed: frozenset[str], node: 
 class Channels(Kind):
     secret = "api_key"
     secret_maps = ("headers",)
+    secret_urls = ("proxy",)
 
     def parse(self, entry: dict[str, Any]) -> ChannelConfig | None:
         return parse_channel(entry, "channel", [])

@@ -54,14 +54,25 @@ class ServerConfig:
     listen: str = "127.0.0.1:8080"
     host: str = "127.0.0.1"
     port: int = 8080
-    timeout: float = 30.0
-    connect_timeout: float = 10.0
+    timeout: float = 30
+    connect_timeout: float = 10
     max_connections: int = 1000
     timezone: str = "UTC"
-    shutdown_timeout: float = 30.0
+    shutdown_timeout: float = 30
     enable_https: bool = False
     cert_file: str | None = None
     key_file: str | None = None
+    queue_timeout: float = 10  # seconds a request may wait for a channel slot (max_concurrency)
+    proxy: str | None = None  # default outbound proxy of channels without their own
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
+    max_body_mb: float = 32.0  # /v1 request bodies above it: 413 (admin bodies: 1 MiB)
+    client_header_timeout: float = 60.0  # a request's headers must arrive within it
+    client_body_timeout: float = 60.0  # longest pause between two parts of a request body
+    keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after it
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -76,7 +87,7 @@ class ChannelConfig:
     api_key: str = ""
     models: tuple[str, ...] = ()
     model_mapping: Mapping[str, str] = field(default_factory=dict)
-    price_per_token: float = 0.0
+    price_per_token: float = 0
     price_per_prompt_token: float | None = None
     price_per_completion_token: float | None = None
     daily_limit: int = 0  # tokens; 0 = unlimited
@@ -92,6 +103,9 @@ class ChannelConfig:
     first_byte_timeout: float | None = None
     fail_max: int | None = None
     reset_timeout: float | None = None
+    proxy: str | None = None  # outbound HTTP(S) proxy; None: server.proxy, else the environment
+    max_concurrency: int | None = None  # requests in flight at once; None: no cap
+    forward_openai_org: bool = False  # pass the client's OpenAI-Organization/-Project upstream
     api_version: str | None = None  # azure: deployments URL with ?api-version=; None: the v1 URL
     anthropic_version: str = ANTHROPIC_VERSION  # anthropic: the anthropic-version header
     default_max_tokens: int = 4096  # anthropic: max_tokens when a request sets none
@@ -135,7 +149,8 @@ class JwtConfig:
     public_key_file: str | None = None
     private_key_file: str | None = None
     expiry_minutes: int = 60
-    leeway: float = 30.0
+    leeway: float = 30
+    max_lifetime_minutes: int = 1440  # tokens valid longer (exp - iat) are refused
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,7 +174,7 @@ class ApiKeyConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RateLimitConfig:
-    requests_per_minute: float = 600.0  # 0 = unlimited
+    requests_per_minute: float = 600  # 0 = unlimited
     burst: int = 60
 
 
@@ -173,15 +188,15 @@ class SecurityConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryConfig:
     max_attempts: int = 3
-    base_delay_ms: float = 100.0
-    max_delay_ms: float = 2000.0
+    base_delay_ms: float = 100
+    max_delay_ms: float = 2000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerConfig:
     fail_max: int = 5
-    reset_timeout: float = 30.0
-    cooldown_seconds: float = 10.0  # default 429 cool-down when upstream sends no Retry-After
+    reset_timeout: float = 30
+    cooldown_seconds: float = 10  # default 429 cool-down when upstream sends no Retry-After
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,7 +234,7 @@ class UsageConfig:
     """How tokens are reserved before upstream reports usage."""
 
     default_max_tokens: int = 1024  # reserved for completion when a request sets no max_tokens
-    chars_per_token: float = 4.0  # prompt estimate when upstream reports no usage
+    chars_per_token: float = 4  # prompt estimate when upstream reports no usage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

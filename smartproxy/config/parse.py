@@ -36,7 +36,10 @@ from .model import (
 from .read import (
     T,
     _bool,
+    _cidrs,
     _count,
+    _expression,
+    _header_map,
     _integer,
     _kind,
     _listen,
@@ -44,6 +47,8 @@ from .read import (
     _number,
     _one_of,
     _positive,
+    _proxy_url,
+    _secret_line,
     _Section,
     _str_list,
     _str_map,
@@ -51,7 +56,9 @@ from .read import (
     _timezone,
     _url,
     _windows,
+    check_line,
     parse_listen,
+    printable,
 )
 
 # SmartAIProxy keys that load without meaning here (path of the section -> keys).
@@ -80,6 +87,13 @@ def _server(data: Any, problems: list[str], ignored: list[str]) -> ServerConfig:
         enable_https=s.get("enable_https", _bool, False),
         cert_file=s.get("cert_file", _text, "") or None,
         key_file=s.get("key_file", _text, "") or None,
+        queue_timeout=s.get("queue_timeout", _number, d.queue_timeout),
+        proxy=s.get("proxy", _proxy_url, "") or None,
+        trusted_proxies=s.get("trusted_proxies", _cidrs, ()),
+        max_body_mb=s.get("max_body_mb", _positive, d.max_body_mb),
+        client_header_timeout=s.get("client_header_timeout", _positive, d.client_header_timeout),
+        client_body_timeout=s.get("client_body_timeout", _positive, d.client_body_timeout),
+        keepalive_timeout=s.get("keepalive_timeout", _positive, d.keepalive_timeout),
     )
     if cfg.enable_https and not (cfg.cert_file and cfg.key_file):
         s.error("enable_https", "needs cert_file and key_file")
@@ -98,7 +112,7 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
         type=ch_type,
         endpoint=s.get("endpoint", _url, "", required=endpoint_required)
         or (ANTHROPIC_ENDPOINT if provider == "anthropic" else ""),
-        api_key=s.get("api_key", _text, ""),
+        api_key=s.get("api_key", _secret_line, ""),
         models=s.get("models", _str_list, ()),
         model_mapping=s.get("model_mapping", _str_map, {}),
         price_per_token=s.get("price_per_token", _number, 0.0),
@@ -111,12 +125,15 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
         discount_price=s.get("discount_price", _number, None),
         priority=s.get("priority", _integer, 0),
         status=s.get("status", _one_of({"active", "disabled"}), "active"),
-        headers=s.get("headers", _str_map, {}),
+        headers=s.get("headers", _header_map, {}),
         timeout=s.get("timeout", _positive, None),
         connect_timeout=s.get("connect_timeout", _positive, None),
         first_byte_timeout=s.get("first_byte_timeout", _positive, None),
         fail_max=s.get("fail_max", _count, None),
         reset_timeout=s.get("reset_timeout", _positive, None),
+        proxy=s.get("proxy", _proxy_url, "") or None,
+        max_concurrency=s.get("max_concurrency", _count, None),
+        forward_openai_org=s.get("forward_openai_org", _bool, False),
         api_version=s.get("api_version", _nonempty, "") or None,
         anthropic_version=s.get("anthropic_version", _nonempty, ANTHROPIC_VERSION),
         default_max_tokens=s.get("default_max_tokens", _positive_int, 4096),
@@ -126,6 +143,8 @@ def parse_channel(data: Any, path: str, problems: list[str]) -> ChannelConfig | 
         s.error("discount_price", "is required when discount_time is set")
     if cfg.fail_max == 0:
         s.error("fail_max", "must be at least 1")
+    if cfg.max_concurrency == 0:
+        s.error("max_concurrency", "must be at least 1 (leave it out for no cap)")
     s.finish()
     return cfg if len(problems) == before else None
 
@@ -160,7 +179,7 @@ def parse_rule(data: Any, path: str, problems: list[str]) -> RuleConfig | None:
     cfg = RuleConfig(
         name=s.get("name", _nonempty, "", required=True),
         channel=s.get("channel", _nonempty, "", required=True),
-        expression=s.get("expression", _nonempty, "", required=True),
+        expression=s.get("expression", _expression, "", required=True),
         priority=s.get("priority", _integer, 0),
     )
     s.finish()
@@ -190,13 +209,23 @@ def _api_keys(data: Any, problems: list[str]) -> tuple[ApiKeyConfig, ...]:
         problems.append(f"{path}: must be a mapping of name: key")
         return ()
     for name, value in items:
-        kpath = f"{path}.{name}"
+        kpath = f"{path}.{printable(str(name))}"
+        try:
+            check_line(str(name), "a key name")
+        except ValueError as exc:
+            problems.append(f"{kpath}: {exc}")
+            continue
         if isinstance(value, dict):
             key = parse_api_key(str(name), value, kpath, problems)
             if key:
                 out.append(key)
         elif isinstance(value, (str, int)) and str(value).strip():
-            out.append(_checked_key(ApiKeyConfig(name=str(name), key=str(value)), kpath, problems))
+            try:
+                secret = _secret_line(str(value))
+            except ValueError as exc:
+                problems.append(f"{kpath}: {exc}")
+                continue
+            out.append(_checked_key(ApiKeyConfig(name=str(name), key=secret), kpath, problems))
         else:
             problems.append(f"{kpath}: must be a key string or a mapping with key")
     return tuple(out)
@@ -242,7 +271,16 @@ def _jwt(data: Any, problems: list[str]) -> JwtConfig:
         private_key_file=s.get("private_key_file", _text, "") or None,
         expiry_minutes=s.get("expiry_minutes", _count, d.expiry_minutes),
         leeway=s.get("leeway", _number, d.leeway),
+        max_lifetime_minutes=s.get("max_lifetime_minutes", _count, d.max_lifetime_minutes),
     )
+    if cfg.max_lifetime_minutes < 1:
+        s.error("max_lifetime_minutes", "must be at least 1")
+    elif cfg.expiry_minutes > cfg.max_lifetime_minutes:
+        s.error(
+            "expiry_minutes",
+            f"{cfg.expiry_minutes} is longer than max_lifetime_minutes "
+            f"({cfg.max_lifetime_minutes}): tokens minted with it would be refused",
+        )
     if any(a.startswith(("RS", "ES")) for a in algorithms) and not cfg.public_key_file:
         s.error("public_key_file", "is required for RS*/ES* algorithms")
     s.finish()

@@ -7,6 +7,7 @@ the problem list shows. The sections built with them are in :mod:`smartproxy.con
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -116,7 +117,29 @@ def _number(v: Any) -> float:
         raise ValueError("must be a finite number")
     if f < 0:
         raise ValueError(f"must not be negative, got {v!r}")
+    if isinstance(v, int) or (isinstance(v, str) and re.fullmatch(r"\s*\d+\s*", v)):
+        return int(f)  # a configured 60 stays 60 in every answer (not 60.0)
     return f
+
+
+def _proxy_url(v: Any) -> str:
+    """An outbound proxy: ``http://[user:pass@]host:port`` (HTTP CONNECT)."""
+    s = _text(v).strip()
+    parts = urlsplit(s)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = s.replace(f"{parts.password}@", "****@") if parts.password else s
+        raise ValueError(f"must be a proxy URL like http://host:3128, got {shown!r}")
+    return s
+
+
+def _cidrs(v: Any) -> tuple[str, ...]:
+    out = []
+    for item in _str_list(v):
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR (e.g. 10.0.0.0/8)") from None
+    return tuple(out)
 
 
 def _positive(v: Any) -> float:
@@ -153,6 +176,31 @@ def _bool(v: Any) -> bool:
     raise ValueError(f"must be true or false, got {v!r}")
 
 
+# Text that ends up in HTTP headers, log lines, metric labels or the YAML file: no control
+# characters (C0, DEL, C1), no line/paragraph separators, and encodable as UTF-8. A CR/LF in a
+# channel key would otherwise make every request to it fail (500) and forge log lines.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # an HTTP header name (RFC 9110 token)
+
+
+def check_line(s: str, what: str = "") -> str:
+    """``s`` if it holds no control character, else ``ValueError`` naming the first one."""
+    m = _CONTROL.search(s)
+    if m is not None:
+        where = f"{what} " if what else ""
+        raise ValueError(
+            f"{where}must not contain control characters or invalid text "
+            f"(found {ascii(m.group())[1:-1]} at position {m.start()})"
+        )
+    return s
+
+
+def printable(s: str) -> str:
+    """``s`` for a problem path or a log line: control characters shown escaped."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], s)
+
+
 def _str_list(v: Any) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [v]
@@ -162,7 +210,7 @@ def _str_list(v: Any) -> tuple[str, ...]:
     for i, item in enumerate(v):
         if isinstance(item, (dict, list)) or item is None:
             raise ValueError(f"item {i} must be a string, got {_kind(item)}")
-        out.append(str(item))
+        out.append(check_line(str(item), f"item {i}"))
     return tuple(out)
 
 
@@ -171,10 +219,57 @@ def _str_map(v: Any) -> dict[str, str]:
         raise ValueError(f"must be a mapping of strings, got {_kind(v)}")
     out = {}
     for k, item in v.items():
+        key = check_line(str(k), "a key")
         if isinstance(item, (dict, list)) or item is None:
-            raise ValueError(f"value of {k!r} must be a string, got {_kind(item)}")
-        out[str(k)] = str(item)
+            raise ValueError(f"value of {key!r} must be a string, got {_kind(item)}")
+        out[key] = check_line(str(item), f"the value of {key!r}")
     return out
+
+
+def _header_map(v: Any) -> dict[str, str]:
+    """Extra upstream headers: token names, values without control characters (tab allowed)."""
+    if not isinstance(v, dict):
+        raise ValueError(f"must be a mapping of strings, got {_kind(v)}")
+    out = {}
+    for k, item in v.items():
+        name = str(k)
+        if not _TOKEN.match(name):
+            raise ValueError(f"{printable(name)!r} is not a valid header name")
+        if isinstance(item, (dict, list)) or item is None:
+            raise ValueError(f"value of {name!r} must be a string, got {_kind(item)}")
+        value = str(item)
+        m = _CONTROL.search(value.replace("\t", " "))
+        if m is not None:  # the value is a secret: say where, never what
+            raise ValueError(
+                f"value of {name!r} must not contain control characters "
+                f"(found {ascii(m.group())[1:-1]} at position {m.start()})"
+            )
+        out[name] = value
+    return out
+
+
+def _secret_line(v: Any) -> str:
+    """A key sent in a header: no control characters (the message never shows the key)."""
+    s = _text(v)
+    m = _CONTROL.search(s)
+    if m is not None:
+        raise ValueError(
+            f"must not contain control characters (found {ascii(m.group())[1:-1]} at "
+            f"position {m.start()})"
+        )
+    return s
+
+
+def _expression(v: Any) -> str:
+    """A rule expression: may span lines (tabs and line ends are whitespace there)."""
+    s = _nonempty_text(v)
+    m = _CONTROL_IN_TEXT.search(s)
+    if m is not None:
+        raise ValueError(
+            f"must not contain control characters (found {ascii(m.group())[1:-1]} at "
+            f"position {m.start()})"
+        )
+    return s
 
 
 def _one_of(options: set[str]) -> Callable[[Any], str]:
@@ -212,6 +307,12 @@ def _listen(v: Any) -> str:
 def _url(v: Any) -> str:
     s = _text(v).strip()
     parts = urlsplit(s)
+    if "@" in parts.netloc:  # the value holds a password: never echo it
+        raise ValueError(
+            "must not contain user:password@ (credentials in a URL end up in logs and views); "
+            "put the key in api_key or headers"
+        )
+    check_line(s)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"not a URL (http:// or https://), got {s!r}")
     return s.rstrip("/")
@@ -249,8 +350,13 @@ def _timezone(v: Any) -> str:
     return s
 
 
-def _nonempty(v: Any) -> str:
+def _nonempty_text(v: Any) -> str:
     s = _text(v).strip()
     if not s:
         raise ValueError("must not be empty")
     return s
+
+
+def _nonempty(v: Any) -> str:
+    """A name (of a channel, rule, model, key...): non-empty, one line, no control characters."""
+    return check_line(_nonempty_text(v))

@@ -14,7 +14,7 @@ Failures are translated where they enter: a provider raises only ``upstream.erro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +24,15 @@ from ..config import ChannelConfig
 
 if TYPE_CHECKING:
     from ..upstream.sse import StreamTally
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRoute:
+    """An outbound HTTP proxy: its URL without credentials, and the headers it needs
+    (``Proxy-Authorization``). Chosen per channel by ``upstream.proxyconf``."""
+
+    url: str
+    headers: Mapping[str, str]
 
 
 @dataclass(slots=True)  # built per request: a frozen init costs ~0.16 µs a field
@@ -36,6 +45,7 @@ class OutgoingRequest:
     headers: CIMultiDict[str]  # client headers minus hop-by-hop/auth/host/content-length
     body: bytes
     stream: bool
+    proxy: ProxyRoute | None = None  # send through this HTTP proxy (None: direct)
     model: str = ""  # the upstream model name (after model_mapping): Azure's deployment
 
 
@@ -87,6 +97,18 @@ def channel_headers(channel: ChannelConfig, request: OutgoingRequest) -> CIMulti
 def join_url(endpoint: str, path: str, query_string: str) -> str:
     url = endpoint.rstrip("/") + path
     return f"{url}?{query_string}" if query_string else url
+
+
+def proxy_args(request: OutgoingRequest, url: str, headers: CIMultiDict[str]) -> dict[str, Any]:
+    """aiohttp's ``proxy``/``proxy_headers`` for ``request.proxy``. An ``http://`` upstream gets
+    absolute-form requests, on which aiohttp sends no ``proxy_headers``: the proxy's
+    ``Proxy-Authorization`` then goes in ``headers`` (an https tunnel carries it on CONNECT only)."""
+    proxy = request.proxy
+    if proxy is None:
+        return {}
+    if url.startswith("http:"):
+        headers.update(proxy.headers)
+    return {"proxy": proxy.url, "proxy_headers": proxy.headers or None}
 
 
 # ----------------------------------------------------------------------------- API shapes

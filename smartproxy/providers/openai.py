@@ -18,7 +18,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..config import ChannelConfig
 from ..upstream.errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
-from .base import OutgoingRequest, Timeouts, channel_headers, join_url
+from .base import OutgoingRequest, Timeouts, channel_headers, join_url, proxy_args
+from .bodies import upload
 
 
 class HttpReply:
@@ -56,13 +57,19 @@ class HttpReply:
                 chunk = await content.readany()
         except AttemptError:
             raise
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: aiohttp refusing what the channel's config would send (a control
+            # character in a header value). The loader refuses such values; should one get
+            # through, the attempt fails over like any broken channel instead of a bare 500.
             raise translate(exc, read_timeout=self._read_timeout) from exc
 
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: aiohttp refusing what the channel's config would send (a control
+            # character in a header value). The loader refuses such values; should one get
+            # through, the attempt fails over like any broken channel instead of a bare 500.
             raise translate(exc, read_timeout=self._read_timeout) from exc
 
     def close(self) -> None:
@@ -100,14 +107,16 @@ class OpenAIProvider:
         # One deadline, from sending to the first chunk of the body: headers then silence
         # cannot stretch the first-byte wait to twice the configured time.
         deadline = asyncio.get_running_loop().time() + timeouts.first_byte
+        headers = self.headers(channel, request)
         call = self._session.request(
             request.method,
             url,
-            data=request.body if request.method != "GET" else None,
-            headers=self.headers(channel, request),
+            data=upload(request.body) if request.method != "GET" else None,
+            headers=headers,
             timeout=timeout,
             allow_redirects=False,
             auto_decompress=False,
+            **proxy_args(request, url, headers),
         )
         try:
             if request.stream or timeouts.first_byte < timeouts.total:
@@ -115,7 +124,10 @@ class OpenAIProvider:
                     resp = await call
             else:  # aiohttp's total timeout already ends the attempt at the same instant
                 resp = await call
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: aiohttp refusing what the channel's config would send (a control
+            # character in a header value). The loader refuses such values; should one get
+            # through, the attempt fails over like any broken channel instead of a bare 500.
             raise translate(
                 exc, first_byte=timeouts.first_byte, connect_timeout=timeouts.connect
             ) from exc

@@ -7,7 +7,10 @@ bounded by construction (no loops, no calls but ``min``/``max``/``abs``, ``**`` 
 literals, no ``*``/``%`` on strings, literals of limited size): one evaluation costs microseconds
 and cannot allocate without limit. The kept AST runs through asteval's node handlers (with its
 ``safe_pow``/``safe_mult`` as a second line of defence). A runtime error (``'01:00' < 5``) makes
-the rule false and is kept for the dry run; it never reaches the caller.
+the rule false and is kept for the dry run; it never reaches the caller. It is counted
+(``CompiledRule.errors``, the ``smartproxy_rule_errors_total`` metric) and logged at most once a
+minute per rule. What is certain to fail (``abs('x')``, ``model < 5``, ``x / 0``) is refused at
+load by the type check (:mod:`smartproxy.config.exprtypes`).
 
 Translation and the whitelist are in :mod:`smartproxy.config.expr` (its public names are re-exported here);
 this module evaluates what passed and compiles a config's rules in order.
@@ -16,7 +19,9 @@ this module evaluates what passed and compiles a config's rules in order.
 from __future__ import annotations
 
 import ast
+import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -75,9 +80,11 @@ __all__ = [
 VOLATILE_VARIABLES = frozenset(
     "day_tokens_used hour_tokens_used day_requests_used prompt_tokens".split()
 )
+ERROR_LOG_INTERVAL = 60.0  # seconds between two log lines about one rule's run-time failures
 MEMO_SIZE = 256  # outcomes a rule remembers, by the values it read (see match_split)
 
 _NONE: Mapping[str, object] = MappingProxyType({})
+log = logging.getLogger("smartproxy.rules")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -90,11 +97,15 @@ class _Evaluator(Interpreter):  # type: ignore[misc]  # asteval ships no type hi
     This takes a typical rule from ~8 µs (``Interpreter.eval``) to ~4 µs.
     """
 
-    def __init__(self, tree: ast.expr, names: tuple[str, ...]) -> None:
+    def __init__(self, tree: ast.expr, names: tuple[str, ...], rule: str = "") -> None:
         symbols: dict[str, object] = {**FUNCTIONS, "inf": math.inf}
         super().__init__(symtable=symbols, use_numpy=False, minimal=True, config={"ifexp": True})
         self.symbols, self.tree, self.names = symbols, tree, names
         self.last_error: str | None = None
+        self.rule = rule
+        self.errors = 0  # evaluations that raised (the rule read as false)
+        self.reported = 0  # of which already exported as a metric (see CompiledRule.new_errors)
+        self._logged_at = -math.inf
         # outcomes by input, for rules whose inputs repeat (see match_split); None: not kept
         self.memo: dict[tuple[object, ...], tuple[bool, str | None]] | None = (
             None if VOLATILE_VARIABLES.intersection(names) else {}
@@ -174,9 +185,24 @@ class _Evaluator(Interpreter):  # type: ignore[misc]  # asteval ships no type hi
             self.error.clear()  # forget what asteval recorded, so the next run starts clean
             self.error_msg = self._interrupt = None
             self.last_error = f"{type(exc).__name__}: {exc}"
+            self._count_error()
             return False, self.last_error
         self.last_error = None
         return result, None
+
+    def _count_error(self) -> None:
+        """Count a run-time failure; log it at most once per rule per ``ERROR_LOG_INTERVAL``."""
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._logged_at >= ERROR_LOG_INTERVAL:
+            self._logged_at = now
+            log.warning(
+                "rule %r failed at run time and counts as false: %s (%d failure(s) so far; "
+                "logged at most once a minute per rule)",
+                self.rule,
+                self.last_error,
+                self.errors,
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +224,7 @@ class CompiledRule:
         # which variables the rule reads, by half: the router builds only the halves needed
         object.__setattr__(self, "request_names", tuple(n for n in names if n in REQUEST_VARIABLES))
         object.__setattr__(self, "channel_names", tuple(n for n in names if n in CHANNEL_VARIABLES))
-        object.__setattr__(self, "_evaluator", _Evaluator(tree, names))
+        object.__setattr__(self, "_evaluator", _Evaluator(tree, names, self.name))
 
     def explain(self, variables: Mapping[str, object]) -> tuple[bool, str | None]:
         """(matched, error): a runtime error reads as not matched and is returned."""
@@ -218,6 +244,17 @@ class CompiledRule:
         """Drop the remembered outcomes (benchmarks measure evaluation with it)."""
         if self._evaluator.memo is not None:
             self._evaluator.memo.clear()
+
+    @property
+    def errors(self) -> int:
+        """Evaluations that raised at run time (each read as "no match")."""
+        return self._evaluator.errors
+
+    def new_errors(self) -> int:
+        """Run-time failures since the last call (what the error metric has not counted yet)."""
+        ev = self._evaluator
+        fresh, ev.reported = ev.errors - ev.reported, ev.errors
+        return fresh
 
     @property
     def last_error(self) -> str | None:

@@ -206,7 +206,23 @@ class JwtVerifier:
                 )
         except pyjwt.PyJWTError as exc:
             raise _reason(exc) from None
+        self._check_lifetime(claims)
         return claims
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """``max_lifetime_minutes``: a token valid longer than that (from ``iat``, or from now
+        when it has none) is refused, however it was signed: a leaked long-lived token must not
+        outlive the operator's rule."""
+        exp = claims["exp"]
+        iat = claims.get("iat")
+        start = iat if isinstance(iat, (int, float)) and not isinstance(iat, bool) else time.time()
+        limit = self.cfg.max_lifetime_minutes * 60 + self.cfg.leeway
+        if not isinstance(exp, (int, float)) or exp - start > limit:
+            minutes = (exp - start) / 60 if isinstance(exp, (int, float)) else float("inf")
+            raise AdminAuthError(
+                "lifetime too long",
+                f"{minutes:.0f} minutes > max_lifetime_minutes {self.cfg.max_lifetime_minutes}",
+            )
 
     def _signing(self) -> tuple[str, Any]:
         for alg in self.cfg.algorithms:
@@ -230,6 +246,11 @@ class JwtVerifier:
             raise ValueError("sub must not be empty")
         if minutes <= 0:
             raise ValueError(f"minutes must be positive, got {minutes}")
+        if minutes > self.cfg.max_lifetime_minutes:
+            raise ValueError(
+                f"--minutes {minutes} is longer than {_CFG}.max_lifetime_minutes "
+                f"({self.cfg.max_lifetime_minutes}); such a token would be refused"
+            )
         alg, key = self._signing()
         now = int(time.time())
         claims = {
@@ -243,17 +264,23 @@ class JwtVerifier:
             return pyjwt.encode(claims, key, algorithm=alg)
 
 
+NO_SECRET_HELP = (
+    f"{_CFG}.secret: no secret is configured, so no token can be minted. Do this: run\n"
+    "    export SMARTPROXY_JWT_SECRET=$(openssl rand -hex 32)\n"
+    "  in the shell that starts the gateway and in the one that runs `smartproxy token`, then "
+    "restart the gateway (the shipped config reads secret: \"${SMARTPROXY_JWT_SECRET:-}\"; a "
+    "config of your own needs that line too). Or, without a secret, use the admin token the "
+    "gateway writes at start to admin-token beside storage.path (./data/admin-token by "
+    "default, mode 0600; the start-up log names the file): it makes a new random secret each "
+    "start."
+)
+
+
 def mint_token_cli(cfg: Config, sub: str, minutes: int | None) -> str:
     """What ``smartproxy token`` prints: a token signed with the configured secret or key."""
     jcfg = cfg.security.jwt
     if not jcfg.secret and not jcfg.private_key_file:
-        raise ConfigError(
-            [
-                f"{_CFG}.secret: no secret or private_key_file configured, so no token can be "
-                "minted (a gateway without one uses a random secret per start and logs its own "
-                'admin token); set secret, e.g. secret: "${SMARTPROXY_JWT_SECRET}"'
-            ]
-        )
+        raise ConfigError([NO_SECRET_HELP])
     return JwtVerifier(jcfg).mint(sub, jcfg.expiry_minutes if minutes is None else minutes)
 
 
@@ -280,15 +307,16 @@ def _unauthorized(error: AdminAuthError) -> web.Response:
 def admin_auth_middleware(
     get_verifier: Callable[[], JwtVerifier],
     *,
-    on_failure: Callable[[web.Request, str], None] | None = None,
+    on_failure: Callable[[web.Request, str], bool | None] | None = None,
 ) -> Middleware:
     """Middleware for the ``/api`` sub-app: a valid admin JWT or a 401.
 
     ``get_verifier`` is called per request so that a reload swapping the snapshot swaps the keys.
     On success the claims are in ``request[ADMIN_CLAIMS]`` and the subject in
     ``request[ADMIN_SUB]`` (typed ``web.RequestKey``s named "admin_claims" / "admin_sub").
-    On failure ``on_failure(request, reason)`` is called (metrics, audit) and the reason
-    is logged with the client address; the token itself is never logged.
+    On failure ``on_failure(request, reason)`` is called (metrics, audit) and the reason is
+    logged with the client address, unless ``on_failure`` returns False (it logged the failure
+    itself); the token itself is never logged.
     """
 
     @web.middleware
@@ -296,13 +324,13 @@ def admin_auth_middleware(
         try:
             claims = get_verifier().verify(_bearer(request))
         except AdminAuthError as exc:
-            log.warning(
-                "admin auth failed from %s: %s",
-                request.remote or "unknown",
-                f"{exc.reason} ({exc.detail})" if exc.detail else exc.reason,
-            )
-            if on_failure is not None:
-                on_failure(request, exc.reason)
+            # ``on_failure`` returning False has logged the failure itself (rate limited).
+            if on_failure is None or on_failure(request, exc.reason) is not False:
+                log.warning(
+                    "admin auth failed from %s: %s",
+                    request.remote or "unknown",
+                    f"{exc.reason} ({exc.detail})" if exc.detail else exc.reason,
+                )
             return _unauthorized(exc)
         request[ADMIN_CLAIMS] = claims
         request[ADMIN_SUB] = claims["sub"]

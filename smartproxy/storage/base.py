@@ -47,6 +47,9 @@ class Limits:
     day_tokens: int = 0
     hour_tokens: int = 0
     day_requests: int = 0
+    # max_concurrency; a shared store (redis) checks it with the quota. In one process the
+    # dispatcher's slots (upstream.slots) enforce it, so in-process counters ignore it.
+    concurrency: int = 0
 
 
 @dataclass(slots=True)  # built per request: a frozen init costs ~0.16 µs a field
@@ -131,8 +134,8 @@ class Admission:
     """What one check-and-reserve of a shared store answered.
 
     ``code``: 0 reserved, 1 quota used, 2 circuit open, 3 half-open trial in flight, 4 cooling
-    down after 429; 10/11/12 the key's requests per minute / tokens per minute / daily budget
-    refused it (nothing reserved). ``offline``: the store was unreachable and this process
+    down after 429, 5 at max_concurrency (in flight in all processes); 10/11/12 the key's
+    requests per minute / tokens per minute / daily budget refused it (nothing reserved). ``offline``: the store was unreachable and this process
     counted alone (``storage.on_error: open``); the key's checks were not made.
     """
 

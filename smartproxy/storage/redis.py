@@ -130,6 +130,7 @@ class RedisStore(RedisView):
                 check.tpm,
                 check.tpm_tokens,
                 check.budget,
+                limits.concurrency,
             )
         else:
             keys = (ud, uh, rz, rs, cb, cd, *self._key_keys("", day))
@@ -146,6 +147,7 @@ class RedisStore(RedisView):
                 0,
                 0,
                 0,
+                limits.concurrency,
             )
         done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._admits.append((keys, args, done))

@@ -46,15 +46,16 @@ end
 """
 
 # One call admits a batch (the admits of one event-loop turn), in order. For admit i,
-# KEYS[9i+1..9i+9] and ARGV[12i+1..12i+12]; the result is a list of one result per admit.
+# KEYS[9i+1..9i+9] and ARGV[13i+1..13i+13]; the result is a list of one result per admit.
 # KEYS: 1 ud, 2 uh, 3 r, 4 rs, 5 cb, 6 cd, 7 kb, 8 kt, 9 kd
 # ARGV: 1 reservation id, 2 tokens, 3 day limit, 4 hour limit, 5 request limit, 6 ttl ms,
-#       7 check the key (0/1), 8 rpm, 9 burst, 10 tpm, 11 tokens for tpm, 12 budget (USD)
+#       7 check the key (0/1), 8 rpm, 9 burst, 10 tpm, 11 tokens for tpm, 12 budget (USD),
+#       13 max concurrency (0: none; compared with the live reservations' count ``rs.r``)
 # Returns {code, trial, day tokens, hour tokens, day requests, held tokens, held requests,
 #          req remaining, req limit, req reset ms, tok remaining, tok limit, tok reset ms,
 #          retry/remaining ms, spent (string)}
 # code: 0 reserved, 1 quota used, 2 circuit open, 3 half-open trial in flight, 4 cooling down,
-#       10 key requests/minute, 11 key tokens/minute, 12 key daily budget
+#       5 at max concurrency, 10 key requests/minute, 11 key tokens/minute, 12 key daily budget
 ADMIT = (
     _NOW
     + _BUCKET
@@ -126,6 +127,10 @@ local function admit(K, A)
   local dt = tonumber(d[1]) or 0
   local dr = tonumber(d[2]) or 0
   local hh = tonumber(redis.call('HGET', K[2], 'tokens') or '0')
+  local mc = tonumber(A[13]) or 0
+  if mc > 0 and hr >= mc then
+    return {5, 0, dt, hh, dr, ht, hr, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0, '0'}
+  end
   local dl, hl, rl = tonumber(A[3]), tonumber(A[4]), tonumber(A[5])
   if (dl > 0 and dt + ht >= dl) or (hl > 0 and hh + ht >= hl) or (rl > 0 and dr + hr >= rl) then
     return {1, 0, dt, hh, dr, ht, hr, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0, '0'}
@@ -147,7 +152,7 @@ local out = {}
 for i = 0, #KEYS / 9 - 1 do
   local K, A = {}, {}
   for j = 1, 9 do K[j] = KEYS[i * 9 + j] end
-  for j = 1, 12 do A[j] = ARGV[i * 12 + j] end
+  for j = 1, 13 do A[j] = ARGV[i * 13 + j] end
   out[i + 1] = admit(K, A)
 end
 return out

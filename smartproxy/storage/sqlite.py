@@ -21,8 +21,11 @@ checks quotas against its own view (the redis backend is the one for several pro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import math
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -30,6 +33,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TypeVar
 
+from ..files import ensure_private_file
 from .base import (
     DAY,
     HOUR,
@@ -135,6 +139,8 @@ class SqliteStore(InProcessCounters):
         self._last_error_at: str | None = None
         self._write_errors = 0
         self._dropped = 0
+        self._repaired = 0  # request-log rows whose text or numbers had to be repaired
+        self._rejected = 0  # rows the database refused alone (the rest of their batch kept)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -241,6 +247,8 @@ class SqliteStore(InProcessCounters):
             "last_error_at": self._last_error_at,
             "write_errors": self._write_errors,
             "dropped_writes": self._dropped,
+            "repaired_rows": self._repaired,
+            "rejected_rows": self._rejected,
             "reservations": self._book.reservations,
             "flushing": self._task is not None and not self._task.done(),
         }
@@ -255,7 +263,7 @@ class SqliteStore(InProcessCounters):
             self._writing = len(batch)
             try:
                 await asyncio.to_thread(self._write, batch)
-            except (sqlite3.Error, OSError) as exc:
+            except Exception as exc:  # the file, or a bug: keep the batch, never lose it here
                 self._pending[:0] = batch
                 self._write_errors += 1
                 if self._last_error is None:  # log a failure once, not every interval
@@ -271,32 +279,39 @@ class SqliteStore(InProcessCounters):
             return True
 
     def _write(self, batch: list[Pending]) -> None:
-        deltas: dict[tuple[str, str, str], list[float]] = {}
-        for record, day, hour in batch if self.count_windows else ():
-            for window, key in ((DAY, day), (HOUR, hour), (TOTAL, TOTAL_KEY)):
-                d = deltas.setdefault((record.channel, window, key), [0, 0, 0, 0, 0.0])
-                d[0] += record.total_tokens
-                d[1] += record.prompt_tokens
-                d[2] += record.completion_tokens
-                d[3] += 1
-                d[4] += record.cost
-        log_rows = [
-            (r.ts, r.request_id, r.api_key_name, r.channel, r.model, r.prompt_tokens,
-             r.completion_tokens, r.cost, r.status, r.latency_ms, int(r.stream),
-             r.usage_source, r.error)
-            for r, _, _ in batch
-        ]  # fmt: skip
-
-        rollup = rollup_rows(r for r, _, _ in batch)
-
-        def write(conn: sqlite3.Connection) -> None:
-            with conn:  # one transaction: all of the batch or none of it
-                if self.count_windows:
-                    conn.executemany(_UPSERT, [(*k, *d) for k, d in deltas.items()])
-                conn.executemany(_INSERT_LOG, log_rows)
-                conn.executemany(ROLLUP_UPSERT, rollup)
-
-        self._run(write)
+        """Write ``batch`` in one transaction. Rows are repaired first (``repair_record``); if
+        the batch is still refused for what one row holds, the rows are written one by one and
+        only the refused ones are dropped (counted and logged): one bad request never costs the
+        other clients' usage. A refused *file* (locked, full, read-only) raises to the caller,
+        which keeps the whole batch for the next round."""
+        records: list[Pending] = []
+        for record, day, hour in batch:
+            fixed = repair_record(record)
+            if fixed is not record:
+                self._repaired += 1
+                log.warning(
+                    "usage store: repaired a request-log row with invalid text or "
+                    "numbers (request %s)",
+                    _show(fixed.request_id),
+                )
+            records.append((fixed, day, hour))
+        try:
+            self._run(lambda conn: _write_rows(conn, records, self.count_windows))
+        except _ROW_ERRORS:
+            for one in records:
+                try:
+                    self._run(
+                        lambda conn: _write_rows(conn, [one], self.count_windows)  # noqa: B023
+                    )
+                except _ROW_ERRORS as exc:
+                    self._rejected += 1
+                    log.error(
+                        "usage store: dropped one request-log row the database refuses "
+                        "(request %s): %s: %s",
+                        _show(one[0].request_id),
+                        type(exc).__name__,
+                        _show(str(exc)),
+                    )
 
     # ------------------------------------------------------------------ worker-thread helpers
     def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -310,7 +325,8 @@ class SqliteStore(InProcessCounters):
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600 before SQLite creates it (its -wal/-shm files take the database file's mode).
+            ensure_private_file(self.path)
             conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -350,3 +366,81 @@ def _select_sql(column: str) -> str:
         " WHERE (? IS NULL OR ts >= ?) AND (? IS NULL OR ts < ?)"
         f" GROUP BY {column} ORDER BY {column}"
     )
+
+
+# A row the database (or the sqlite3 module) refuses for its values, not for the file's state.
+_ROW_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+
+
+def _write_rows(conn: sqlite3.Connection, batch: list[Pending], count_windows: bool = True) -> None:
+    """One transaction: counter deltas (unless another store counts), log rows, rollup rows."""
+    deltas: dict[tuple[str, str, str], list[float]] = {}
+    for record, day, hour in batch if count_windows else ():
+        for window, key in ((DAY, day), (HOUR, hour), (TOTAL, TOTAL_KEY)):
+            d = deltas.setdefault((record.channel, window, key), [0, 0, 0, 0, 0.0])
+            d[0] += record.total_tokens
+            d[1] += record.prompt_tokens
+            d[2] += record.completion_tokens
+            d[3] += 1
+            d[4] += record.cost
+    log_rows = [
+        (r.ts, r.request_id, r.api_key_name, r.channel, r.model, r.prompt_tokens,
+         r.completion_tokens, r.cost, r.status, r.latency_ms, int(r.stream),
+         r.usage_source, r.error)
+        for r, _, _ in batch
+    ]  # fmt: skip
+    rollup = rollup_rows(r for r, _, _ in batch)
+    with conn:  # one transaction: all of the batch or none of it
+        conn.executemany(_UPSERT, [(*k, *d) for k, d in deltas.items()])
+        conn.executemany(_INSERT_LOG, log_rows)
+        conn.executemany(ROLLUP_UPSERT, rollup)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_TEXT_FIELDS = ("request_id", "api_key_name", "channel", "model", "usage_source", "error")
+_INT_FIELDS = ("prompt_tokens", "completion_tokens", "status")
+_SQLITE_INT = 2**63 - 1
+
+
+def repair_record(record: RequestRecord) -> RequestRecord:
+    """``record`` with text made valid UTF-8 (a lone surrogate becomes U+FFFD) and numbers made
+    storable (non-finite -> 0, integers clamped to SQLite's 64 bits); the same object if it was
+    fine already."""
+    changes: dict[str, object] = {}
+    for name in _TEXT_FIELDS:
+        value = getattr(record, name)
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else str(value)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                text = _SURROGATE.sub("\ufffd", text)
+        if text is not value:
+            changes[name] = text
+    for name in ("ts", "cost", "latency_ms"):
+        value = getattr(record, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            changes[name] = 0.0
+    for name in _INT_FIELDS:
+        value = getattr(record, name)
+        if not isinstance(value, int) or not -_SQLITE_INT <= value <= _SQLITE_INT:
+            try:
+                changes[name] = max(-_SQLITE_INT, min(_SQLITE_INT, int(value)))
+            except (TypeError, ValueError, OverflowError):
+                changes[name] = 0
+    return dataclasses.replace(record, **changes) if changes else record  # type: ignore[arg-type]
+
+
+def _show(text: str | None) -> str:
+    """A value for a log line: printable ASCII only (no forged lines, no encoding errors)."""
+    return ascii(text)[1:-1] if isinstance(text, str) else str(text)

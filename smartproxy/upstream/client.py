@@ -10,11 +10,13 @@ in ``exchange`` and are re-exported from here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +25,7 @@ from multidict import CIMultiDict
 from ..config import ChannelConfig, Config, RetryConfig
 from ..errors import NoChannelAvailable, Untranslatable, UpstreamFailed, UpstreamTimeout
 from ..providers import adapter_for
-from ..providers.base import Adapter, OutgoingRequest, Timeouts, UpstreamReply
+from ..providers.base import Adapter, OutgoingRequest, ProxyRoute, Timeouts, UpstreamReply
 from ..routing.pricing import cost_local
 from ..routing.router import Candidate
 from ..state import Gateway, Snapshot
@@ -34,31 +36,16 @@ from .exchange import AttemptLog as AttemptLog
 from .exchange import Exchange as Exchange
 from .exchange import Verdict as Verdict
 from .exchange import header_safe as header_safe
+from .headers import channel_secrets, for_channel, response_header_allowed
+from .proxyconf import proxy_route
 from .relay import relay_stream
 from .retry import RetryPolicy, is_breaker_failure_status, is_retryable_status, parse_retry_after
+from .slots import Slot, SlotQueue
 from .sse import usage_of_body
 
 log = logging.getLogger("smartproxy.upstream")
 
-# Upstream response headers never relayed (hop-by-hop, or recomputed by our server).
-_DROP_RESPONSE = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Content-Length",
-        "Content-Encoding",
-        "Date",
-        "Server",
-    )
-)
-
+SHARED_POLL = 0.05  # with redis, a waiting request looks for a freed slot this often (seconds)
 
 _UNAVAILABLE = {
     "open": "circuit open",
@@ -97,70 +84,142 @@ class Dispatcher:
         refused: Untranslatable | None = None
         tried = 0
         waited = False
-        while queue and tried < policy.max_attempts:
-            ch = queue[0].channel
-            plan = self._plan(ch)
-            adapter = adapter_for(ch.provider, ex.path)
-            try:
-                outgoing = self._outgoing(ex, ch, adapter)
-            except Untranslatable as exc:  # this channel's API cannot say it; another may
-                queue.pop(0)
-                skipped.append(f"{ch.name}: {exc.message}")
-                refused = refused or exc
-                continue
-            health = gw.health.get(ch.name, *plan.breaker)
-            if tried and not waited and health.available():
-                # Wait before taking a permit or a reservation: a client that goes away during
-                # the backoff then leaves no half-open trial slot or reserved tokens behind.
-                # (A channel known to be unavailable is skipped below without a wait.)
-                await policy.wait(tried - 1)
-                waited = True
-            permit = health.begin_attempt()
-            if permit is None:
-                queue.pop(0)
-                skipped.append(f"{ch.name}: {_UNAVAILABLE.get(health.status(), 'unavailable')}")
-                continue
-            # The first attempt starts at the request's start; a retry may be seconds later.
-            now = gw.clock() if tried or waited else ex.started
-            counters = gw.counters
-            why = "quota used"
-            if counters is not None:
-                reservation = counters.try_reserve_now(ch.name, ex.reserve_on(ch), plan.limits, now)
-            elif gw.shared:  # one round trip: key limits (first attempt), breaker, quota
-                try:
-                    reservation, why = await shared.admit(
-                        gw, ex, ch, plan.limits, plan.timeouts.total, plan.breaker, now
+        full: dict[str, Candidate] = {}  # skipped at max_concurrency: the queue waits for them
+        granted: Slot | None = None  # a slot the queue handed over, for queue[0]
+        queuing: SlotQueue | None = None  # made when the request first has to wait
+        slot: Slot | None = None
+        try:
+            while tried < policy.max_attempts:
+                if not queue:
+                    if not full:
+                        break
+                    queuing = queuing or SlotQueue(
+                        gw.slots, ex.snap.config.server.queue_timeout, gw.metrics.queue_wait
                     )
+                    if (step := await self._queue_for_slot(queuing, full)) is None:
+                        skipped += queuing.why_not(_caps(full))
+                        break
+                    queue, granted = step
+                    waited = True  # the wait in the queue stands in for a backoff
+                ch = queue[0].channel
+                plan = self._plan(ch)
+                adapter = adapter_for(ch.provider, ex.path)
+                try:
+                    outgoing = self._outgoing(ex, ch, adapter)
+                except Untranslatable as exc:  # this channel's API cannot say it; another may
+                    queue.pop(0)
+                    skipped.append(f"{ch.name}: {exc.message}")
+                    refused = refused or exc
+                    if granted is not None:
+                        granted.release()
+                        granted = None
+                    continue
+                outgoing.proxy = plan.proxy
+                health = gw.health.get(ch.name, *plan.breaker)
+                if tried and not waited and health.available():
+                    # Wait before taking a permit or a reservation: a client that goes away during
+                    # the backoff then leaves no half-open trial slot or reserved tokens behind.
+                    # (A channel known to be unavailable is skipped below without a wait.)
+                    await policy.wait(tried - 1)
+                    waited = True
+                permit = health.begin_attempt()
+                if permit is None:
+                    queue.pop(0)
+                    skipped.append(f"{ch.name}: {_UNAVAILABLE.get(health.status(), 'unavailable')}")
+                    if granted is not None:
+                        granted.release()
+                        granted = None
+                    continue
+                cap = None if gw.shared else ch.max_concurrency  # shared: Redis counts them all
+                slot, granted = granted or gw.slots.try_acquire(ch.name, cap), None
+                if slot is None:  # full: skipped like a used-up quota; waited for if all are full
+                    health.release(permit)
+                    full[ch.name] = queue.pop(0)
+                    continue
+                # The first attempt starts at the request's start; a retry may be seconds later.
+                now = gw.clock() if tried or waited else ex.started
+                try:
+                    reservation, why = await self._reserve(ex, ch, plan, now)
                 except BaseException:
                     health.release(permit)
                     raise
-            else:
-                reservation = await gw.store.try_reserve(
-                    ch.name, ex.reserve_on(ch), plan.limits, now
+                if reservation is None:
+                    health.release(permit)
+                    slot.release()
+                    if why == shared.AT_MAX_CONCURRENCY:
+                        full[ch.name] = queue.pop(0)
+                    else:
+                        queue.pop(0)
+                        skipped.append(f"{ch.name}: {why}")
+                    continue
+                if queuing is not None:
+                    queuing.stop()  # served after waiting: how long it waited
+                if tried:
+                    gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
+                tried += 1
+                waited = False
+                verdict = (
+                    shared.verdict(gw, health, permit, reservation)
+                    if gw.shared
+                    else Verdict(health, permit)
                 )
-            if reservation is None:
-                health.release(permit)
-                queue.pop(0)
-                skipped.append(f"{ch.name}: {why}")
-                continue
-            if tried:
-                gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
-            tried += 1
-            waited = False
-            verdict = shared.verdict(gw, health, permit, reservation) if gw.shared else Verdict(
-                health, permit
-            )
-            outcome = await self._attempt(ex, plan, verdict, reservation, outgoing, adapter)
-            if isinstance(outcome, web.StreamResponse):
-                return outcome
-            if outcome is not None:
-                last_reply = outcome
-            # Fall back down the list; with one candidate left, retry that one.
-            if len(queue) > 1:
-                queue.pop(0)
+                try:  # a stream holds its slot until it ends (the relay returns then)
+                    outcome = await self._attempt(
+                        ex, plan, verdict, reservation, outgoing, adapter
+                    )
+                except BaseException as exc:
+                    self._abandon(ex, ch, verdict, reservation, exc)
+                    raise
+                finally:
+                    slot.release()
+                if isinstance(outcome, web.StreamResponse):
+                    return outcome
+                if outcome is not None:
+                    last_reply = outcome
+                # Fall back down the list; with one candidate left, retry that one — unless its key
+                # was refused (401/403): retrying a broken key cannot help.
+                if len(queue) > 1 or (outcome is not None and outcome[1] in (401, 403)):
+                    queue.pop(0)
+        finally:  # a client gone mid-wait leaves no slot taken
+            for held in (granted, slot):
+                if held is not None:
+                    held.release()
         if refused is not None and not ex.attempts:
             raise refused  # nothing was sent anywhere: the client's field is the reason
         return self._all_failed(ex, last_reply, skipped)
+
+    async def _queue_for_slot(
+        self, queuing: SlotQueue, full: dict[str, Candidate]
+    ) -> tuple[list[Candidate], Slot | None] | None:
+        """Every candidate is at max_concurrency: wait for a slot. The candidates to try next
+        (and the slot the queue handed over), or None when ``server.queue_timeout`` is up."""
+        if self.gw.shared:  # the count is in Redis: look again every 50 ms
+            if not await queuing.pause(SHARED_POLL):
+                return None
+            again = list(full.values())
+            full.clear()
+            return again, None
+        granted = await queuing.wait(_caps(full))
+        if granted is None:
+            return None
+        return [full.pop(granted.channel)], granted
+
+    async def _reserve(
+        self, ex: Exchange, ch: ChannelConfig, plan: _Plan, now: datetime
+    ) -> tuple[Reservation | None, str]:
+        """Quota tokens for one attempt: (reservation, "") or (None, why the channel is skipped)."""
+        gw = self.gw
+        counters = gw.counters
+        if counters is not None:
+            return counters.try_reserve_now(ch.name, ex.reserve_on(ch), plan.limits, now), (
+                "quota used"
+            )
+        if gw.shared:  # one round trip: key limits (first attempt), breaker, quota
+            return await shared.admit(
+                gw, ex, ch, plan.limits, plan.timeouts.total, plan.breaker, now
+            )
+        reservation = await gw.store.try_reserve(ch.name, ex.reserve_on(ch), plan.limits, now)
+        return reservation, "quota used"
 
     def _plan(self, ch: ChannelConfig) -> _Plan:
         """The channel's limits, timeouts and breaker settings, derived once per config."""
@@ -177,6 +236,7 @@ class Dispatcher:
                 day_tokens=ch.daily_limit,
                 hour_tokens=ch.hour_limit,
                 day_requests=ch.daily_request_limit,
+                concurrency=ch.max_concurrency or 0,
             ),
             timeouts=Timeouts(
                 total=total,
@@ -184,6 +244,7 @@ class Dispatcher:
                 first_byte=ch.first_byte_timeout or total,
             ),
             breaker=(ch.fail_max or cb.fail_max, ch.reset_timeout or cb.reset_timeout),
+            proxy=proxy_route(ch, server),
         )
         if len(self._plans) > 4 * len(config.channels) + 16:  # channels renamed by reloads
             self._plans = {ch.name: plan}
@@ -196,6 +257,30 @@ class Dispatcher:
             counters.release_now(reservation)
             return None
         return self.gw.store.release(reservation)
+
+    def _abandon(
+        self,
+        ex: Exchange,
+        ch: ChannelConfig,
+        verdict: Verdict,
+        reservation: Reservation,
+        exc: BaseException,
+    ) -> None:
+        """An attempt raised (a bug, a bad value, a cancelled client) before it settled: give
+        the breaker permit and the reserved tokens back. The one place between reserve and
+        settle that does so, so that no error path can leave a quota held until restart.
+
+        A client that left a non-streaming request before its answer is billed the prompt
+        estimate instead (upstream did the work); a stream cut before its first byte is not."""
+        if ex.settled:
+            return
+        verdict.release()
+        if isinstance(exc, asyncio.CancelledError) and not ex.facts.stream:
+            self._settle(ex, ch, reservation, 499, None, 0, "client disconnected", estimate=True)
+            return
+        pending = self._release(reservation)
+        if pending is not None:
+            self.gw.spawn(pending)
 
     async def _attempt(
         self,
@@ -227,12 +312,8 @@ class Dispatcher:
                     await pending
                 return ex.attempts[-1], status, CIMultiDict(reply.headers), body
             if outgoing.stream and status == 200 and _is_sse(reply.headers):
-                translate = (
-                    adapter.stream(include_usage=ex.client_wants_usage) if adapter else None
-                )
-                return await relay_stream(
-                    self, ex, ch, health, reservation, reply, t0, translate
-                )
+                translate = adapter.stream(include_usage=ex.client_wants_usage) if adapter else None
+                return await relay_stream(self, ex, ch, health, reservation, reply, t0, translate)
             body = await reply.read()
             usage = None
             if adapter is not None:
@@ -252,11 +333,7 @@ class Dispatcher:
         except BaseException:
             if reply is not None:
                 reply.close()
-            if not ex.settled:  # cancelled before any verdict: give everything back
-                health.release()
-                if (pending := self._release(reservation)) is not None:
-                    gw.spawn(pending)
-            raise
+            raise  # ``dispatch`` gives the permit and the reservation back (``_abandon``)
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
         gw.metrics.observe_upstream(ch.name, status, seconds)
@@ -287,7 +364,7 @@ class Dispatcher:
             method=ex.request.method,
             path=path,
             query_string=ex.request.query_string,
-            headers=ex.headers,
+            headers=for_channel(ex.headers, ch),
             body=body,
             stream=ex.facts.stream,
             model=mapped,
@@ -302,6 +379,8 @@ class Dispatcher:
         usage: dict[str, Any] | None,
         content_events: int,
         error: str | None = None,
+        *,
+        estimate: bool = False,
     ) -> None:
         """Record tokens and cost; runs as a task so a cancelled request still gets billed."""
         gw, snap = self.gw, ex.snap
@@ -312,7 +391,7 @@ class Dispatcher:
             completion = int(usage.get("completion_tokens") or 0)
             if not completion and usage.get("total_tokens"):
                 completion = max(0, int(usage["total_tokens"]) - prompt)
-        elif status < 400 or content_events > 0:
+        elif estimate or status < 400 or content_events > 0:
             # Upstream said nothing: estimate (prompt from the request, one token per chunk sent).
             source = "estimated"
             prompt = ex.facts.prompt_tokens
@@ -364,8 +443,9 @@ class Dispatcher:
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
         self.gw.metrics.observe_upstream(ch.name, status, seconds)
-        self.gw.failures.add(ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id,
-                             now=self.gw.clock())
+        self.gw.failures.add(
+            ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id, now=self.gw.clock()
+        )
         if status == 429:
             retry_after = parse_retry_after(headers.get("Retry-After"))
             health.rate_limited(retry_after, self.gw.config.circuit_breaker.cooldown_seconds)
@@ -386,8 +466,9 @@ class Dispatcher:
         seconds = time.monotonic() - t0
         ex.attempts.append(AttemptLog(ch.name, None, exc.message, seconds, kind=exc.kind))
         self.gw.metrics.observe_upstream(ch.name, exc.kind, seconds)
-        self.gw.failures.add(ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id,
-                             now=self.gw.clock())
+        self.gw.failures.add(
+            ex.attempts[-1], model=ex.facts.model, request_id=ex.request_id, now=self.gw.clock()
+        )
         health.failure()
         log.warning(
             "upstream %s failed: %s", ch.name, exc.message, extra={"request_id": ex.request_id}
@@ -402,7 +483,10 @@ class Dispatcher:
         attempts_header = ", ".join(a.short() for a in ex.attempts)
         if last_reply is not None and ex.attempts and ex.attempts[-1] is last_reply[0]:
             _, status, headers, body = last_reply
-            out = self._response_headers(ex, None, headers)
+            # Not marked as this channel's answer, but filtered against its secrets all the same.
+            out = self._response_headers(
+                ex, None, headers, of=ex.snap.config.channel(last_reply[0].channel)
+            )
             out["x-smartproxy-attempts"] = attempts_header
             return web.Response(status=status, body=body, headers=out)
         parts = [a.describe() for a in ex.attempts] + skipped
@@ -423,14 +507,21 @@ class Dispatcher:
         )
 
     def _response_headers(
-        self, ex: Exchange, ch: ChannelConfig | None, upstream: Any
+        self,
+        ex: Exchange,
+        ch: ChannelConfig | None,
+        upstream: Any,
+        *,
+        of: ChannelConfig | None = None,
     ) -> CIMultiDict[str]:
         out: CIMultiDict[str] = CIMultiDict()
         # The client's key limits replace the channel account's (which describe our upstream key).
         ours = ex.limit_headers
+        secrets = channel_secrets(ch or of)
         for k, v in upstream.items():
-            lower = k.lower()
-            if lower not in _DROP_RESPONSE and not (ours and lower.startswith("x-ratelimit-")):
+            if response_header_allowed(k, v, secrets) and not (
+                ours and k.lower().startswith("x-ratelimit-")
+            ):
                 out.add(k, v)
         if ch is not None:
             out["x-smartproxy-channel"] = header_safe(ch.name)
@@ -439,6 +530,10 @@ class Dispatcher:
             if k.lower() != "retry-after":
                 out[k] = v
         return out
+
+
+def _caps(full: dict[str, Candidate]) -> dict[str, int]:
+    return {name: c.channel.max_concurrency or 1 for name, c in full.items()}
 
 
 @dataclass(slots=True, frozen=True)
@@ -450,6 +545,7 @@ class _Plan:
     limits: Limits
     timeouts: Timeouts
     breaker: tuple[int, float]  # fail_max, reset_timeout
+    proxy: ProxyRoute | None  # outbound proxy (upstream.proxyconf)
 
 
 def _is_sse(headers: Any) -> bool:

@@ -119,7 +119,7 @@ def _finish_stream(
 ) -> None:
     seconds = time.monotonic() - t0
     dispatcher.gw.metrics.observe_upstream(ch.name, status if status != 499 else 200, seconds)
-    if error and status == 502:
+    if error and status != 499:  # broken, or closed cleanly but cut short: an upstream failure
         health.failure()
     else:
         health.success()

@@ -34,11 +34,14 @@ from .retry import MAX_RETRY_AFTER
 
 log = logging.getLogger("smartproxy.upstream")
 
+AT_MAX_CONCURRENCY = "at max_concurrency"  # the dispatcher queues for these (all processes' count)
+
 _REFUSED = {
     1: "quota used",
     2: "circuit open",
     3: "circuit half-open, trial in flight",
     4: "cooling down after 429",
+    5: AT_MAX_CONCURRENCY,
 }
 
 

@@ -1,0 +1,212 @@
+"""The HTTP server side: client timeouts per connection, and quiet logging of malformed requests.
+
+aiohttp closes a connection that stays idle after a response (``keepalive_timeout``), but not one
+that sends half a request line and stops, nor one whose body stops mid-way: each such connection
+holds its socket and the body bytes buffered so far, forever. ``GatewayRunner`` serves the app
+with ``GuardedConnection``, which closes (like nginx):
+
+- ``server.client_header_timeout``: a connection whose request headers have not all arrived this
+  long after its first byte (or after connecting, for the first request);
+- ``server.client_body_timeout``: a request whose body receives nothing for this long while the
+  handler still waits for it (a handler working on a complete body, or streaming an answer, is
+  never timed out here);
+- ``server.keepalive_timeout``: an idle connection between requests (aiohttp's own timer).
+
+Closing the transport cancels the handler (``handler_cancellation``), which drops the partial
+body it was reading. Bytes buffered for a request that is not yet authenticated are bounded by
+aiohttp's flow control (the transport is paused past ~128 KiB until the handler reads): the proxy
+authenticates before reading the body.
+
+One watchdog timer per connection, re-armed lazily (never per chunk received). Malformed HTTP
+(a bad request line, oversized headers, TLS sent to the plain port...) is logged as one WARNING
+line without traceback, at most ``MALFORMED_LOG_BURST`` per minute (then a count of the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+
+from .config import ServerConfig
+
+log = logging.getLogger("smartproxy.server")
+
+MALFORMED_LOG_BURST = 10  # lines per minute about malformed requests; the rest are counted
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTimeouts:
+    header: float = 60.0
+    body: float = 60.0
+    keepalive: float = 75.0
+
+    @classmethod
+    def of(cls, server: ServerConfig) -> ClientTimeouts:
+        return cls(
+            header=server.client_header_timeout,
+            body=server.client_body_timeout,
+            keepalive=server.keepalive_timeout,
+        )
+
+
+class _LogBudget:
+    """At most ``burst`` lines per window; says how many were left out when it logs again."""
+
+    def __init__(self, burst: int, window: float = 60.0) -> None:
+        self.burst, self.window = burst, window
+        self._start = -window
+        self._used = 0
+        self.suppressed = 0
+
+    def take(self, now: float) -> int | None:
+        """None: stay quiet; else the number of lines suppressed since the last one logged."""
+        if now - self._start >= self.window:
+            self._start, self._used = now, 0
+        if self._used >= self.burst:
+            self.suppressed += 1
+            return None
+        self._used += 1
+        left_out, self.suppressed = self.suppressed, 0
+        return left_out
+
+
+MALFORMED = _LogBudget(MALFORMED_LOG_BURST)
+
+
+class GuardedConnection(RequestHandler):
+    """aiohttp's connection handler with header and body timeouts (see the module docstring)."""
+
+    def __init__(self, manager: Any, *, timeouts: ClientTimeouts, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = timeouts
+        self._served = 0  # requests handled on this connection
+        self._idle_since = 0.0  # connected, or the last request ended
+        self._head_start: float | None = None  # first byte of the next request's headers
+        self._last_data = 0.0
+        self._watch: asyncio.TimerHandle | None = None
+
+    # -- connection events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        now = self._loop.time()
+        self._idle_since = self._last_data = now
+        self._arm(now + min(self._limits.header, self._limits.keepalive))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        now = self._loop.time()
+        self._last_data = now
+        if self._head_start is None and not self._request_in_progress:
+            self._head_start = now
+        super().data_received(data)
+
+    async def _handle_request(self, request: Any, start_time: Any, handler: Any) -> Any:
+        self._head_start = None
+        try:
+            return await super()._handle_request(request, start_time, handler)
+        finally:
+            self._served += 1
+            self._idle_since = self._loop.time()
+
+    # -- the watchdog
+    def _arm(self, when: float) -> None:
+        self._watch = self._loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._watch = None
+        if self._force_close or self.transport is None:
+            return
+        now = self._loop.time()
+        limits = self._limits
+        if self._request_in_progress:
+            request = self._current_request
+            waiting_for_body = request is not None and not request.content.is_eof()
+            if waiting_for_body and now - self._last_data >= limits.body:
+                return self._drop("request body stalled", limits.body)
+            due = self._last_data + limits.body if waiting_for_body else now + limits.body
+        elif self._head_start is not None:
+            if now - self._head_start >= limits.header:
+                return self._drop("request headers incomplete", limits.header)
+            due = self._head_start + limits.header
+        else:
+            limit = limits.header if self._served == 0 else limits.keepalive
+            if now - self._idle_since >= limit:
+                return self._drop("idle connection", limit)
+            due = self._idle_since + limit
+        self._arm(max(due, now + 0.01))
+
+    def _drop(self, why: str, after: float) -> None:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        log.info("closing client connection from %s: %s for %gs", _address(peer), why, after)
+        self.force_close()
+        if self.transport is not None:
+            self.transport.abort()  # the handler (if any) is cancelled; its buffers go with it
+
+    # -- malformed requests: one line, no traceback
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            left_out = MALFORMED.take(time.monotonic())
+            if left_out is not None:
+                peer = self.transport.get_extra_info("peername") if self.transport else None
+                more = f" ({left_out} more not logged)" if left_out else ""
+                log.warning(
+                    "malformed HTTP request from %s: %s%s",
+                    _address(peer),
+                    _first_line(str(exc.message or type(exc).__name__)),
+                    more,
+                )
+            return
+        super().log_exception(*args, **kw)
+
+
+def _first_line(text: str) -> str:
+    """aiohttp's parser messages span lines (the offending bytes, a caret): keep the first."""
+    lines = text.strip().splitlines()
+    return ascii(lines[0] if lines else text)[1:-1][:200]
+
+
+def _address(peer: Any) -> str:
+    if isinstance(peer, (tuple, list)) and peer:
+        return str(peer[0])
+    return "unknown"
+
+
+class GuardedServer(web.Server):
+    """``web.Server`` making ``GuardedConnection``s (``_timeouts`` set by ``GatewayRunner``)."""
+
+    _timeouts: ClientTimeouts
+
+    def __call__(self) -> RequestHandler:
+        return GuardedConnection(self, loop=self._loop, timeouts=self._timeouts, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections are ``GuardedConnection``s."""
+
+    def __init__(self, app: web.Application, *, timeouts: ClientTimeouts, **kwargs: Any) -> None:
+        kwargs.setdefault("keepalive_timeout", timeouts.keepalive)
+        super().__init__(app, **kwargs)
+        self._timeouts = timeouts
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The app builds its Server itself (handler, request factory, handler kwargs); only the
+        # connection class differs, so the same object is made a GuardedServer (no new state
+        # but the timeouts: web.Server has no __slots__).
+        server.__class__ = GuardedServer
+        assert isinstance(server, GuardedServer)
+        server._timeouts = self._timeouts
+        return server

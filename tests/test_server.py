@@ -1,0 +1,171 @@
+"""Client timeouts and malformed-request logging of the gateway's HTTP server (issue [6]),
+over real sockets: idle, half-sent and stalled connections are closed and their memory freed."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from conftest import DEV_KEY, Clock, base_config
+
+from smartproxy.app import create_app
+from smartproxy.config import parse_config
+from smartproxy.server import MALFORMED, ClientTimeouts, GatewayRunner
+
+FAST = ClientTimeouts(header=0.3, body=0.3, keepalive=0.4)
+Serve = Callable[..., Awaitable[int]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    runners: list[GatewayRunner] = []
+
+    async def start(app: web.Application, timeouts: ClientTimeouts = FAST) -> int:
+        runner = GatewayRunner(app, timeouts=timeouts, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        return int(runner.addresses[0][1])
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float:
+    """Seconds until the server closed the connection (reads until EOF)."""
+    started = time.monotonic()
+    async with asyncio.timeout(seconds):
+        try:
+            while await reader.read(65536):
+                pass
+        except ConnectionResetError:
+            pass  # closed by abort (RST): closed all the same
+    return time.monotonic() - started
+
+
+def hello_app() -> web.Application:
+    async def hello(request: web.Request) -> web.Response:
+        await request.read()
+        if request.query.get("work"):
+            await asyncio.sleep(float(request.query["work"]))
+        return web.Response(text="hi")
+
+    app = web.Application()
+    app.router.add_route("*", "/", hello)
+    return app
+
+
+async def test_a_connection_that_sends_nothing_is_closed(serve: Serve) -> None:
+    port = await serve(hello_app())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    took = await closed_within(reader, 3)
+    assert 0.2 < took < 1.5
+    writer.close()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_keepalive_timeout(
+    serve: Serve,
+) -> None:
+    port = await serve(hello_app())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await reader.readuntil(b"hi")
+    assert b"200 OK" in head
+    took = await closed_within(reader, 3)
+    assert 0.3 < took < 1.5
+    writer.close()
+
+
+async def test_half_sent_headers_are_dropped_after_the_header_timeout(serve: Serve) -> None:
+    port = await serve(hello_app())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le")
+    took = await closed_within(reader, 3)
+    assert took < 1.5
+    writer.close()
+
+
+async def test_work_longer_than_the_body_timeout_is_not_cut(serve: Serve) -> None:
+    """Only a body the handler waits for is timed out; a handler's own work never is."""
+    port = await serve(hello_app())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /?work=1.0 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+    async with asyncio.timeout(3):
+        head = await reader.readuntil(b"hi")
+    assert b"200 OK" in head
+    writer.close()
+
+
+async def test_a_stalled_body_is_dropped_and_its_memory_freed(serve: Serve) -> None:
+    """A chat request whose 8 MB body stops after 4 MB: the gateway holds the 4 MB until the body
+    timeout, then closes the connection and frees them (it used to hold them forever)."""
+    config = parse_config(base_config(channels=[{"name": "m", "type": "mock"}]))
+    port = await serve(create_app(config, clock=Clock()), ClientTimeouts(1.0, 1.0, 1.0))
+    sent = 4 << 20
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {DEV_KEY}\r\nContent-Length: {8 << 20}\r\n\r\n".encode()
+            + b"x" * sent
+        )
+        await writer.drain()  # the client holds at most its 64 KiB write buffer from here on
+        held = tracemalloc.get_traced_memory()[0]
+        for _ in range(40):  # until the gateway has read what was sent (a loaded machine...)
+            await asyncio.sleep(0.02)
+            held = max(held, tracemalloc.get_traced_memory()[0])
+            if held - base > sent * 0.9:
+                break
+        took = await closed_within(reader, 4)
+        writer.close()
+        await asyncio.sleep(0.05)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert took < 2.5
+    assert held - after > sent * 0.75, (held, after)
+
+
+async def test_malformed_requests_log_one_line_each_without_traceback(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    MALFORMED.__init__(burst=3)  # type: ignore[misc]
+    port = await serve(hello_app())
+    caplog.set_level(logging.INFO)
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+        await closed_within(reader, 3)
+        writer.close()
+    lines = [r for r in caplog.records if "malformed HTTP request" in r.getMessage()]
+    assert len(lines) == 3  # the budget; the rest are counted
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in lines)
+    assert all("\n" not in r.getMessage() for r in lines)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    MALFORMED.__init__(burst=10)  # type: ignore[misc]
+
+
+def test_timeouts_come_from_the_server_section() -> None:
+    config = parse_config(
+        {"server": {"client_header_timeout": 5, "client_body_timeout": 7, "keepalive_timeout": 9,
+                    "max_body_mb": 1.5}}
+    )  # fmt: skip
+    assert ClientTimeouts.of(config.server) == ClientTimeouts(header=5, body=7, keepalive=9)
+    assert config.server.max_body_bytes == 1572864
+    defaults = parse_config({}).server
+    assert (defaults.client_header_timeout, defaults.client_body_timeout,
+            defaults.keepalive_timeout, defaults.max_body_mb) == (60, 60, 75, 32)  # fmt: skip
+    assert json.dumps(ClientTimeouts.of(defaults).__class__.__name__)

@@ -1,0 +1,68 @@
+"""``LocalSlots``: caps, FIFO hand-over, no overtaking, timeouts that leave nothing taken."""
+
+from __future__ import annotations
+
+import asyncio
+
+from smartproxy.upstream.slots import LocalSlots, SlotQueue
+
+
+async def test_cap_and_release_and_uncapped_channels_are_counted() -> None:
+    book = LocalSlots()
+    a, b = book.try_acquire("c", 2), book.try_acquire("c", 2)
+    assert a and b and book.try_acquire("c", 2) is None and book.in_flight("c") == 2
+    free = book.try_acquire("free", None)
+    assert free is not None and book.in_flight("free") == 1
+    a.release()
+    a.release()  # idempotent
+    assert book.in_flight("c") == 1
+
+
+async def test_freed_slot_goes_to_the_oldest_waiter_and_newcomers_do_not_overtake() -> None:
+    book = LocalSlots()
+    held, held_d = book.try_acquire("c", 1), book.try_acquire("d", 1)
+    assert held is not None and held_d is not None
+    first = asyncio.create_task(book.wait_any({"c": 1}, 5))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(book.wait_any({"c": 1, "d": 1}, 5))
+    await asyncio.sleep(0)
+    assert book.queued() == 2
+    held.release()
+    assert book.try_acquire("c", 1) is None  # handed over, not up for grabs
+    got = await first
+    assert got is not None and got.channel == "c" and not second.done()
+    held_d.release()  # "d" frees first: the second waiter (which waits for c or d) takes it
+    got2 = await second
+    assert got2 is not None and got2.channel == "d"
+    assert book.try_acquire("c", 1) is None  # still held by the first waiter
+    got.release()
+    got2.release()
+    assert book.in_flight("c") == 0 and book.queued() == 0
+
+
+async def test_timeout_and_cancel_leave_no_slot_taken() -> None:
+    book = LocalSlots()
+    held = book.try_acquire("c", 1)
+    assert held is not None
+    assert await book.wait_any({"c": 1}, 0.01) is None
+    waiter = asyncio.create_task(book.wait_any({"c": 1}, 5))
+    await asyncio.sleep(0)
+    held.release()  # handed to the waiter ...
+    waiter.cancel()  # ... which is cancelled before it runs again: the slot comes back
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert book.in_flight("c") == 0 and book.queued() == 0
+
+
+async def test_slot_queue_has_one_deadline_and_says_why() -> None:
+    book = LocalSlots()
+    assert book.try_acquire("c", 1) is not None
+    waits: list[float] = []
+    queue = SlotQueue(book, 0.05, waits.append)
+    assert await queue.wait({"c": 1}) is None
+    t0 = asyncio.get_running_loop().time()
+    assert await queue.wait({"c": 1}) is None  # the time is used up: no second 0.05 s
+    assert asyncio.get_running_loop().time() - t0 < 0.02
+    assert len(waits) == 1 and waits[0] >= 0.05  # observed once, when it gave up
+    assert queue.why_not({"c": 1}) == [
+        "c: at max_concurrency (1 in flight); no slot freed within server.queue_timeout (0.05 s)"
+    ]
