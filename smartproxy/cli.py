@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -248,6 +249,8 @@ async def serve(
 
     app = create_app(config, config_path=path, jwt_secret=jwt_secret)
     gw = app[GATEWAY]
+    if reuse_port:  # a worker: the parent forwards SIGHUP to every worker (this one included)
+        gw.on_admin_change = partial(os.kill, os.getppid(), signal.SIGHUP)
     runner = GatewayRunner(
         app,
         timeouts=ClientTimeouts.of(config.server),  # header/body/keep-alive timeouts

@@ -353,3 +353,46 @@ async def test_workers_stop_when_their_parent_is_killed(tmp_path, http, procs, s
     for p in alive:
         p.kill()
     assert not alive, "workers kept serving after their parent was killed"
+
+
+async def test_an_admin_change_is_live_in_every_worker(tmp_path, http, procs, shared_redis,
+                                                       upstream_factory):
+    """``POST /api/channels`` is live at once: with --workers 2 the worker that took it is not
+    the only one serving the new channel (nor is it for ``POST /api/reload``)."""
+    url, prefix = shared_redis
+    _, up_url = await upstream_factory("up")
+    gw = GatewayProcess(tmp_path, "admin", gateway_config(
+        [channel("up", up_url, models=["gpt-4o-mini"])], storage(url, prefix, tmp_path, "x")),
+        workers=2)
+    procs.append(gw)
+    await gw.start(http)
+    new = {"name": "added", "type": "openai", "endpoint": up_url, "api_key": "sk-added-0001",
+           "models": ["gpt-added"]}
+    async with http.post(f"{gw.base}/api/channels", json=new,
+                         headers=gw.admin_headers()) as resp:
+        assert resp.status in (200, 201), await resp.text()
+
+    async def models_seen(model: str = "gpt-added") -> list[bool]:
+        seen = []
+        fresh = aiohttp.TCPConnector(force_close=True)  # each request a new connection
+        async with aiohttp.ClientSession(connector=fresh) as one_shot:
+            for _ in range(12):
+                async with one_shot.get(f"{gw.base}/v1/models",
+                                        headers={"Authorization": f"Bearer {DEV_KEY}"}) as r:
+                    ids = [m["id"] for m in (await r.json())["data"]]
+                seen.append(model in ids)
+        return seen
+
+    deadline = time.monotonic() + 5
+    while not all(seen := await models_seen()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert all(seen), seen
+    # a hand edit of the file, then POST /api/reload to one worker
+    text = Path(gw.config_path).read_text()
+    Path(gw.config_path).write_text(text.replace("gpt-added", "gpt-edited"))
+    async with http.post(f"{gw.base}/api/reload", headers=gw.admin_headers()) as resp:
+        assert resp.status == 200, await resp.text()
+    deadline = time.monotonic() + 5
+    while not all(seen := await models_seen("gpt-edited")) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert all(seen), seen
