@@ -140,6 +140,7 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     secret = None if config.security.jwt.secret else generate_secret()
     stopping = False
     parent = os.getpid()
+    loaded = _mtime(path)  # the file as ``config`` was read from it
 
     def spawn(index: int) -> int:
         pid = os.fork()
@@ -152,7 +153,7 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the config is being read anyway
                 _stop_with_parent(parent)
                 code = _serve_process(path, config, reuse_port=True, jwt_secret=secret,
-                                      announce=index == 0)
+                                      announce=index == 0, loaded=loaded)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 0
             finally:
@@ -202,6 +203,13 @@ def _stop_starting_worker(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
+def _mtime(path: str | None) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
+
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -223,8 +231,10 @@ def _serve_process(
     reuse_port: bool,
     jwt_secret: str | None = None,
     announce: bool = True,
+    loaded: int | None = None,
 ) -> int:
-    main = serve(path, config, reuse_port=reuse_port, jwt_secret=jwt_secret, announce=announce)
+    main = serve(path, config, reuse_port=reuse_port, jwt_secret=jwt_secret, announce=announce,
+                 loaded=loaded)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
@@ -241,8 +251,13 @@ async def serve(
     reuse_port: bool = False,
     jwt_secret: str | None = None,
     announce: bool = True,
+    loaded: int | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file."""
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file.
+
+    ``loaded``: the config file's mtime when ``config`` was read (a worker gets its config from
+    the parent): a worker that starts after the file changed (an admin change while it was
+    starting, whose SIGHUP it could not take yet, or a worker restarted later) re-reads it."""
     from .app import create_app
     from .server import ClientTimeouts, GatewayRunner
     from .state import GATEWAY
@@ -285,6 +300,8 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: gw.spawn(_reload(gw)))
+    if loaded is not None and _mtime(path) != loaded:
+        gw.spawn(_reload(gw))
     try:
         await stop.wait()
     finally:

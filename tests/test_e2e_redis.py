@@ -403,3 +403,23 @@ async def test_an_admin_change_is_live_in_every_worker(tmp_path, http, procs, sh
     while not all(seen := await models_seen("gpt-edited")) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert all(seen), seen
+    # a worker that dies is restarted with the config file as it is now, not as it was when
+    # the parent started
+    import psutil
+
+    assert gw.proc is not None
+    parent = psutil.Process(gw.proc.pid)
+    (victim, other) = parent.children()
+    victim.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        fresh = [c for c in parent.children() if c.pid not in (victim.pid, other.pid)]
+        if fresh and [c for c in fresh[0].net_connections("tcp")
+                      if c.status == psutil.CONN_LISTEN]:
+            break
+        assert time.monotonic() < deadline, "no new worker listened"
+        await asyncio.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while not all(seen := await models_seen("gpt-edited")) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert all(seen), seen
