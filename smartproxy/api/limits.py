@@ -44,8 +44,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def too_large_response(limit: int) -> web.Response:
-    """aiohttp's own 413 (``HTTPRequestEntityTooLarge`` from ``request.read()``), reshaped."""
-    resp = _too_large(limit, f"more than {limit}").to_response()
+def too_large_response(limit: int, *, anthropic: bool = False) -> web.Response:
+    """aiohttp's own 413 (``HTTPRequestEntityTooLarge`` from ``request.read()``), reshaped
+    (Anthropic-shaped on ``/v1/messages``)."""
+    resp = _too_large(limit, f"more than {limit}").to_response(anthropic=anthropic)
     resp.force_close()
     return resp

@@ -30,6 +30,8 @@ from ..security.apikeys import Principal
 from ..state import GATEWAY, RATELIMIT_HEADERS, REQUEST_ID, Gateway, Snapshot
 from ..upstream.client import Dispatcher, Exchange
 from ..upstream.headers import client_request_headers
+from ..upstream.wire import CHAT, EMBEDDINGS
+from .fronts.base import Front
 from .gate import (
     SPEND,
     authenticate,
@@ -54,6 +56,7 @@ def new_request_id() -> str:
 
 
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher", Dispatcher)
+ANTHROPIC_PREFIX = "/v1/messages"  # the routes whose gateway-made errors are Anthropic-shaped
 
 
 _USER_AGENT = f"SmartProxy/{__version__}"
@@ -107,6 +110,8 @@ def reservation(snap: Snapshot, facts: RequestFacts, body: dict[str, Any], path:
     Embeddings produce no completion tokens, so only the prompt is held."""
     if path == "/embeddings":
         return facts.prompt_tokens
+    if path == "/messages/count_tokens":  # counting makes no tokens
+        return 0
     choices = check_fields(body)
     completion = (
         facts.max_tokens if facts.max_tokens is not None else snap.config.usage.default_max_tokens
@@ -114,18 +119,22 @@ def reservation(snap: Snapshot, facts: RequestFacts, body: dict[str, Any], path:
     return facts.prompt_tokens + completion * choices
 
 
-async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
+async def _proxy(request: web.Request, front: Front) -> web.StreamResponse:
+    """The request path every front shares (``front`` says what differs)."""
     gw = request.app[GATEWAY]
     snap = gw.snapshot  # read once: a reload mid-request changes nothing for this request
     principal = await authenticate(request, gw, snap)
     rate_limit(request, gw, snap, principal)
     budget(request, gw, snap, principal)
     raw = await read_body(request, snap.config.server.max_body_bytes)
-    body, facts = parse_body(raw, snap, principal, path)
+    path = front.path
+    body, facts = front.parse(raw, snap, principal, path)
     check_model_allowed(principal, facts.model)
     reserve = reservation(snap, facts, body, path)
     limit_tokens(request, gw, principal, reserve)
     decision = await decide(gw, snap, facts, reserve)
+    if front.narrow is not None:
+        decision = await front.narrow(gw, snap, body, decision)
     if not decision.candidates:
         raise_no_candidate(snap, facts, decision)
     stream_options = body.get("stream_options")
@@ -146,8 +155,18 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
         on_settle=partial(charge_key, gw, request.app[SPEND], principal, snap.minutes),
         key_name=principal.name,
         limit_headers=request[RATELIMIT_HEADERS],
+        wire=front.wire,
+        endpoint=front.endpoint,
+        on_answer_id=front.answer_ids(gw) if front.answer_ids is not None else None,
     )
     return await request.app[DISPATCHER].dispatch(ex, decision.candidates)
+
+
+run_front = _proxy  # what the other fronts' handlers call (``api/fronts``)
+
+CHAT_FRONT = Front("/v1/chat/completions", "/chat/completions", parse_body, CHAT)
+COMPLETIONS_FRONT = Front("/v1/completions", "/completions", parse_body, CHAT)
+EMBEDDINGS_FRONT = Front("/v1/embeddings", "/embeddings", parse_body, EMBEDDINGS)
 
 
 async def decide(
@@ -236,7 +255,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
       '503': {$ref: '#/components/responses/NoChannel'}
       '504': {$ref: '#/components/responses/UpstreamTimeout'}
     """
-    return await _proxy(request, "/chat/completions")
+    return await _proxy(request, CHAT_FRONT)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -268,7 +287,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
       '502': {$ref: '#/components/responses/UpstreamFailed'}
       '503': {$ref: '#/components/responses/NoChannel'}
     """
-    return await _proxy(request, "/completions")
+    return await _proxy(request, COMPLETIONS_FRONT)
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
@@ -299,7 +318,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
       '502': {$ref: '#/components/responses/UpstreamFailed'}
       '503': {$ref: '#/components/responses/NoChannel'}
     """
-    return await _proxy(request, "/embeddings")
+    return await _proxy(request, EMBEDDINGS_FRONT)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -347,21 +366,26 @@ async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResp
     if not (request_id.isascii() and request_id.isprintable()) or len(request_id) > 128:
         request_id = new_request_id()
     request[REQUEST_ID] = request_id
+    # /v1/messages speaks Anthropic's API: its errors are Anthropic-shaped (same statuses).
+    anthropic = request.path.startswith(ANTHROPIC_PREFIX)
     try:
         resp: web.StreamResponse = await handler(request)
     except GatewayError as exc:
-        resp = exc.to_response()
+        resp = exc.to_response(anthropic=anthropic)
         if exc.status == 413:
             resp.force_close()  # the rest of the body may still be on its way
     except web.HTTPException as exc:
         if exc.status == 413:  # a handler's own request.read() past the root's client_max_size
-            resp = too_large_response(request.app[GATEWAY].config.server.max_body_bytes)
+            limit = request.app[GATEWAY].config.server.max_body_bytes
+            resp = too_large_response(limit, anthropic=anthropic)
         elif exc.status == 404:
-            resp = NotFound(f"unknown endpoint {request.method} {request.path}").to_response()
+            error: GatewayError = NotFound(f"unknown endpoint {request.method} {request.path}")
+            resp = error.to_response(anthropic=anthropic)
         elif exc.status == 405:
-            resp = BadRequest(
+            error = BadRequest(
                 f"method {request.method} not allowed on {request.path}", code="method_not_allowed"
-            ).to_response()
+            )
+            resp = error.to_response(anthropic=anthropic)
             resp.set_status(405)
         else:
             raise

@@ -100,7 +100,7 @@ SCHEMAS: dict[str, Json] = {
         "request log. Quota fields are null when unlimited.",
         "properties": {
             "channels": _OBJECTS,
-            "group_by": {**_STR, "enum": ["channel", "api_key", "model"]},
+            "group_by": {**_STR, "enum": ["channel", "api_key", "model", "endpoint"]},
             "from": _NULLABLE_STR,
             "to": _NULLABLE_STR,
             "rows": _OBJECTS,

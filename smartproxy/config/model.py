@@ -17,11 +17,13 @@ ROUTABLE_TYPES = set(CHANNEL_TYPES)  # every type has its provider module now
 # The client endpoints (paths below /v1) each provider can serve. A channel is not a candidate
 # for the others; ``POST /api/route`` lists it as excluded with ``ChannelConfig.cannot_serve``.
 OPENAI_ENDPOINTS = frozenset({"/chat/completions", "/completions", "/embeddings"})
+# The native fronts (contract §3): Responses needs a server that speaks it (its conversations
+# live there); Messages goes to anthropic channels unchanged and is translated to chat for others.
 PROVIDER_ENDPOINTS: dict[str, frozenset[str]] = {
-    "openai": OPENAI_ENDPOINTS,
-    "azure": OPENAI_ENDPOINTS,
-    "mock": OPENAI_ENDPOINTS,
-    "anthropic": frozenset({"/chat/completions"}),  # translated to the Messages API
+    "openai": OPENAI_ENDPOINTS | {"/responses", "/messages"},
+    "azure": OPENAI_ENDPOINTS | {"/responses", "/messages"},
+    "mock": OPENAI_ENDPOINTS | {"/messages"},
+    "anthropic": frozenset({"/chat/completions", "/messages", "/messages/count_tokens"}),
 }
 ANTHROPIC_ENDPOINT = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"

@@ -14,11 +14,16 @@ import aiohttp
 from .anthropic import AnthropicProvider, ChatToMessages
 from .azure import AzureProvider
 from .base import Adapter, Provider
+from .messages_chat import MessagesToChat
 from .mock import MockProvider
 from .openai import OpenAIProvider
 
 ADAPTERS: dict[tuple[str, str], Adapter] = {
     ("anthropic", "/chat/completions"): ChatToMessages(),
+    # The /v1/messages front on OpenAI-compatible channels (anthropic ones take it unchanged).
+    ("openai", "/messages"): MessagesToChat(),
+    ("azure", "/messages"): MessagesToChat(),
+    ("mock", "/messages"): MessagesToChat(),
 }
 
 

@@ -168,7 +168,9 @@ class MessagesStreamToChat:
         if kind == "content_block_stop":
             call = self._tools.get(obj.get("index", -1))
             if call is not None and not self._args.get(call):
-                return [self._chunk({"tool_calls": [{"index": call, "function": {"arguments": "{}"}}]})]
+                return [
+                    self._chunk({"tool_calls": [{"index": call, "function": {"arguments": "{}"}}]})
+                ]
             return []
         if kind == "message_delta":
             return self._message_delta(obj)

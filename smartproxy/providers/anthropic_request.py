@@ -149,7 +149,9 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     if fn.get("description"):
         out["description"] = fn["description"]
     params = fn.get("parameters")
-    out["input_schema"] = params if isinstance(params, dict) else {"type": "object", "properties": {}}
+    out["input_schema"] = (
+        params if isinstance(params, dict) else {"type": "object", "properties": {}}
+    )
     if fn.get("strict") is not None:
         out["strict"] = bool(fn["strict"])
     return out
@@ -267,7 +269,10 @@ def _image(spec: Any, where: str) -> dict[str, Any]:
         media_type, data = _data_url(url, f"{where}.url")
         if media_type not in _IMAGE_TYPES:
             raise refuse(f"{where}.url", f"image type {media_type!r} is not jpeg, png, gif or webp")
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise refuse(f"{where}.url", "must be a data: or http(s) URL")

@@ -3,7 +3,8 @@
 ``endpoint`` is the resource (``https://RESOURCE.openai.azure.com``; a trailing ``/openai`` or
 ``/openai/v1`` means the same). With ``api_version`` the URL is the deployments form
 ``/openai/deployments/{deployment}{path}?api-version=...`` where the deployment is the upstream
-model name (after ``model_mapping``); without it, the v1 form ``/openai/v1{path}``. Bodies and
+model name (after ``model_mapping``); without it, the v1 form ``/openai/v1{path}``. The
+Responses API has no deployments form: with ``api_version`` it is ``/openai/responses?api-version=``. Bodies and
 answers pass through unchanged, like any ``openai`` channel.
 """
 
@@ -31,6 +32,8 @@ def azure_url(channel: ChannelConfig, path: str, query_string: str, deployment: 
     if channel.api_version:
         version = urlencode({"api-version": channel.api_version})
         query = f"{query_string}&{version}" if query_string else version
+        if path == "/responses" or path.startswith("/responses/"):  # not per deployment
+            return f"{base}/openai{path}?{query}"
         return f"{base}/openai/deployments/{quote(deployment, safe='')}{path}?{query}"
     url = f"{base}/openai/v1{path}"
     return f"{url}?{query_string}" if query_string else url

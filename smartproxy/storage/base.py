@@ -14,6 +14,11 @@ its tokens at 00:00:01 (it will be counted in the new day), and releasing it tak
 in-flight pool it was added to, never from a window's settled count. ``Reservation.day_key`` and
 ``hour_key`` record where it was made, for logs and for backends that expire keys.
 
+Responses. ``remember_response`` keeps which channel answered an OpenAI Responses request (its
+server holds the conversation a later ``previous_response_id`` continues) for ``RESPONSE_TTL``
+(30 days, as long as OpenAI stores a response by default); ``response_channel`` reads it back.
+In-process backends keep at most ``RESPONSE_KEEP`` ids in memory (oldest dropped first).
+
 A record's ``ts`` is the request's start, so near a boundary the request log grouped by ``ts`` and
 the day counters may place one request on different sides of midnight; totals always agree.
 """
@@ -34,6 +39,9 @@ Clock = Callable[[], datetime]  # returns an aware datetime; injected so tests n
 DAY, HOUR, TOTAL = "day", "hour", "total"
 TOTAL_KEY = "total"
 GROUP_COLUMNS = {"channel": "channel", "api_key": "api_key_name", "model": "model"}
+# ``query`` (``GET /api/usage?group_by=``) may also group by the front a request came through.
+QUERY_COLUMNS = {**GROUP_COLUMNS, "endpoint": "endpoint"}
+RESPONSE_TTL = 30 * 86400  # seconds a response id -> channel mapping is kept (as OpenAI does)
 
 
 class StorageError(SmartProxyError):
@@ -105,6 +113,7 @@ class RequestRecord:
     stream: bool = False
     usage_source: str = "upstream"  # upstream | estimated | none
     error: str | None = None
+    endpoint: str = ""  # the client-facing route ("/v1/chat/completions", "/v1/messages", ...)
 
     @property
     def total_tokens(self) -> int:
@@ -188,7 +197,14 @@ class UsageStore(Protocol):
     async def query(
         self, start: datetime | None, end: datetime | None, group_by: str
     ) -> list[dict[str, object]]:
-        """Sum the request log over ``start <= ts < end``, grouped by channel|api_key|model."""
+        """Sum the request log over ``start <= ts < end``, grouped by channel|api_key|model|
+        endpoint."""
+
+    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
+        """Keep ``response_id -> channel`` for ``RESPONSE_TTL`` seconds from ``now``."""
+
+    async def response_channel(self, response_id: str, now: datetime) -> str | None:
+        """The channel that answered ``response_id``, or None (unknown or older than the TTL)."""
 
     async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
         """Sum the request log into the buckets between consecutive epoch ``edges``, grouped by
@@ -215,10 +231,10 @@ def epoch(dt: datetime | None, tz: tzinfo) -> float | None:
 
 def group_column(group_by: str) -> str:
     try:
-        return GROUP_COLUMNS[group_by]
+        return QUERY_COLUMNS[group_by]
     except KeyError:
         raise ValueError(
-            f"group_by must be one of {', '.join(GROUP_COLUMNS)}, got {group_by!r}"
+            f"group_by must be one of {', '.join(QUERY_COLUMNS)}, got {group_by!r}"
         ) from None
 
 

@@ -20,6 +20,7 @@ from .base import (
     group_column,
 )
 from .buckets import SLOT, SlotSums, sum_into_buckets
+from .responses import ResponseBook
 
 DEFAULT_LOG_LIMIT = 100_000
 
@@ -36,6 +37,7 @@ class MemoryStore(InProcessCounters):
         self.tz = tz
         self._book = CounterBook(tz)
         self._log: deque[RequestRecord] = deque(maxlen=log_limit)
+        self._responses = ResponseBook()
         self._sums = SlotSums()  # the log per 15 minutes, for timeseries
 
     async def start(self) -> None:
@@ -61,6 +63,11 @@ class MemoryStore(InProcessCounters):
         records = (r for r in self._log if (lo is None or r.ts >= lo) and (hi is None or r.ts < hi))
         return aggregate(records, group_by)
 
+    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
+        self._responses.put(response_id, channel, now.timestamp())
+
+    async def response_channel(self, response_id: str, now: datetime) -> str | None:
+        return self._responses.get(response_id, now.timestamp())
     async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
         if all(e % SLOT == 0 for e in edges):
             return self._sums.rows(edges, group_by)

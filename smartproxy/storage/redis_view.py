@@ -31,6 +31,7 @@ from . import redis_scripts as lua
 from .base import (
     DAY,
     HOUR,
+    RESPONSE_TTL,
     BucketRow,
     Clock,
     Counter,
@@ -47,7 +48,6 @@ REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 POLL_INTERVAL = 0.5
 MAX_BATCH = 256
 MAX_REPLAY = 200_000  # settlements kept while Redis is away; beyond, the oldest are dropped
-RESPONSE_TTL = 30 * 86400  # seconds a response id -> channel mapping is kept (as OpenAI does)
 
 
 class _Unreachable(Exception):

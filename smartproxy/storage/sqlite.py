@@ -14,6 +14,10 @@ logged and shown by ``status()``, and the gateway keeps serving from memory mean
 
 On ``start`` the current and previous day/hour counters and the totals are loaded back. Reservations
 live in memory only: they belong to in-flight requests, which die with the process that made them.
+Response ids (``remember_response``) are kept in memory and in a ``responses`` table written by
+the same flush; a lookup that misses memory reads the table (another process may have written
+it). Rows older than ``RESPONSE_TTL`` are deleted at start.
+
 Counters are exact within one process; processes sharing the file add to the same rows but each
 checks quotas against its own view (the redis backend is the one for several processes).
 """
@@ -28,6 +32,7 @@ import math
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -52,6 +57,7 @@ from .base import (
     window_keys,
 )
 from .buckets import SLOT
+from .responses import ResponseBook
 from .rollup import (
     ROLLUP_BACKFILL,
     ROLLUP_SCHEMA,
@@ -76,9 +82,12 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE TABLE IF NOT EXISTS request_log (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT, api_key_name TEXT, channel TEXT,
     model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost REAL, status INTEGER,
-    latency_ms REAL, stream INTEGER, usage_source TEXT, error TEXT
+    latency_ms REAL, stream INTEGER, usage_source TEXT, error TEXT, endpoint TEXT
 );
 CREATE INDEX IF NOT EXISTS request_log_ts ON request_log (ts);
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY, channel TEXT NOT NULL, expires REAL NOT NULL
+);
 """
 _UPSERT = """
 INSERT INTO counters
@@ -91,13 +100,15 @@ ON CONFLICT (channel, "window", key) DO UPDATE SET
 """
 _INSERT_LOG = """
 INSERT INTO request_log (ts, request_id, api_key_name, channel, model, prompt_tokens,
-    completion_tokens, cost, status, latency_ms, stream, usage_source, error)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    completion_tokens, cost, status, latency_ms, stream, usage_source, error, endpoint)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _LOAD = """
 SELECT channel, "window", key, tokens, prompt_tokens, completion_tokens, requests, cost
 FROM counters WHERE "window" = ? OR ("window" = ? AND key >= ?) OR ("window" = ? AND key >= ?)
 """
+
+_PUT_RESPONSE = "INSERT OR REPLACE INTO responses (id, channel, expires) VALUES (?, ?, ?)"
 
 T = TypeVar("T")
 Pending = tuple[RequestRecord, str, str]  # the record and the day/hour keys it was counted in
@@ -129,6 +140,8 @@ class SqliteStore(InProcessCounters):
         self._clock = clock or _utcnow
         self._book = CounterBook(tz)
         self._pending: list[Pending] = []
+        self._responses = ResponseBook()
+        self._pending_responses: list[tuple[str, str, float]] = []  # id, channel, expires
         self._writing = 0  # records of the batch a worker thread is writing now
         self._conn: sqlite3.Connection | None = None
         self._conn_lock = threading.Lock()  # one thread at a time on the connection
@@ -221,6 +234,30 @@ class SqliteStore(InProcessCounters):
             for key, n, p, c, cost, errors in rows
         ]
 
+    async def remember_response(self, response_id: str, channel: str, now: datetime) -> None:
+        expires = self._responses.put(response_id, channel, now.timestamp())
+        self._pending_responses.append((response_id, channel, expires))
+
+    async def response_channel(self, response_id: str, now: datetime) -> str | None:
+        at = now.timestamp()
+        hit = self._responses.get(response_id, at)
+        if hit is not None:
+            return hit
+        try:
+            row = await asyncio.to_thread(
+                self._run,
+                lambda c: c.execute(
+                    "SELECT channel, expires FROM responses WHERE id = ? AND expires > ?",
+                    (response_id, at),
+                ).fetchone(),
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read usage database {self.path}: {exc}") from exc
+        if row is None:
+            return None
+        self._responses.load(response_id, row[0], row[1])
+        return str(row[0])
+
     async def timeseries(self, edges: list[float], group_by: str) -> list[BucketRow]:
         column = group_column(group_by)
         sql = timeseries_sql(column, rollup=all(e % SLOT == 0 for e in edges))
@@ -257,14 +294,16 @@ class SqliteStore(InProcessCounters):
     async def flush(self) -> bool:
         """Write everything pending now; False (the batch kept for a retry) if the write failed."""
         async with self._flush_lock:
-            if not self._pending:
+            if not self._pending and not self._pending_responses:
                 return True
             batch, self._pending = self._pending, []
+            answers, self._pending_responses = self._pending_responses, []
             self._writing = len(batch)
             try:
-                await asyncio.to_thread(self._write, batch)
+                await asyncio.to_thread(self._write, batch, answers)
             except Exception as exc:  # the file, or a bug: keep the batch, never lose it here
                 self._pending[:0] = batch
+                self._pending_responses[:0] = answers
                 self._write_errors += 1
                 if self._last_error is None:  # log a failure once, not every interval
                     log.error("usage store: cannot write to %s: %s (will retry)", self.path, exc)
@@ -278,12 +317,14 @@ class SqliteStore(InProcessCounters):
                 self._last_error = None
             return True
 
-    def _write(self, batch: list[Pending]) -> None:
+    def _write(
+        self, batch: list[Pending], answers: list[tuple[str, str, float]] | None = None
+    ) -> None:
         """Write ``batch`` in one transaction. Rows are repaired first (``repair_record``); if
         the batch is still refused for what one row holds, the rows are written one by one and
         only the refused ones are dropped (counted and logged): one bad request never costs the
         other clients' usage. A refused *file* (locked, full, read-only) raises to the caller,
-        which keeps the whole batch for the next round."""
+        which keeps the whole batch for the next round. ``answers``: response ids to keep."""
         records: list[Pending] = []
         for record, day, hour in batch:
             fixed = repair_record(record)
@@ -312,6 +353,8 @@ class SqliteStore(InProcessCounters):
                         type(exc).__name__,
                         _show(str(exc)),
                     )
+        if answers:
+            self._run(lambda conn: _put_responses(conn, answers))
 
     # ------------------------------------------------------------------ worker-thread helpers
     def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -338,6 +381,7 @@ class SqliteStore(InProcessCounters):
                 if had_rollup is None:
                     with conn:
                         conn.execute(ROLLUP_BACKFILL)
+                _migrate(conn)
             except sqlite3.Error:
                 conn.close()
                 raise
@@ -355,6 +399,20 @@ class SqliteStore(InProcessCounters):
     def _disconnect(self) -> None:
         with self._conn_lock:
             self._drop_connection()
+
+
+def _put_responses(conn: sqlite3.Connection, answers: list[tuple[str, str, float]]) -> None:
+    with conn:
+        conn.executemany(_PUT_RESPONSE, answers)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file written by an older version up to this schema; drop expired response ids."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(request_log)")}
+    if "endpoint" not in columns:
+        conn.execute("ALTER TABLE request_log ADD COLUMN endpoint TEXT")
+    with conn:
+        conn.execute("DELETE FROM responses WHERE expires <= ?", (time.time(),))
 
 
 def _select_sql(column: str) -> str:
@@ -394,7 +452,7 @@ def _write_rows(conn: sqlite3.Connection, batch: list[Pending], count_windows: b
     log_rows = [
         (r.ts, r.request_id, r.api_key_name, r.channel, r.model, r.prompt_tokens,
          r.completion_tokens, r.cost, r.status, r.latency_ms, int(r.stream),
-         r.usage_source, r.error)
+         r.usage_source, r.error, r.endpoint)
         for r, _, _ in batch
     ]  # fmt: skip
     rollup = rollup_rows(r for r, _, _ in batch)
@@ -405,7 +463,9 @@ def _write_rows(conn: sqlite3.Connection, batch: list[Pending], count_windows: b
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_TEXT_FIELDS = ("request_id", "api_key_name", "channel", "model", "usage_source", "error")
+_TEXT_FIELDS = (
+    "request_id", "api_key_name", "channel", "model", "usage_source", "error", "endpoint",
+)  # fmt: skip
 _INT_FIELDS = ("prompt_tokens", "completion_tokens", "status")
 _SQLITE_INT = 2**63 - 1
 

@@ -41,7 +41,7 @@ from .proxyconf import proxy_route
 from .relay import relay_stream
 from .retry import RetryPolicy, is_breaker_failure_status, is_retryable_status, parse_retry_after
 from .slots import Slot, SlotQueue
-from .sse import usage_of_body
+from .wire import tokens_of
 
 log = logging.getLogger("smartproxy.upstream")
 
@@ -322,7 +322,7 @@ class Dispatcher:
                 else:
                     body = adapter.error(status, body)
             elif status < 400:
-                usage = usage_of_body(body)
+                usage = ex.wire.usage_of_body(body)
         except AttemptError as exc:
             if reply is not None:
                 reply.close()
@@ -338,6 +338,10 @@ class Dispatcher:
         ex.attempts.append(AttemptLog(ch.name, status, None, seconds))
         gw.metrics.observe_upstream(ch.name, status, seconds)
         health.failure() if is_breaker_failure_status(status) else health.success()
+        if status < 400 and ex.on_answer_id is not None and ex.wire.id_of_body is not None:
+            answer_id = ex.wire.id_of_body(body)
+            if answer_id is not None:
+                ex.on_answer_id(ch.name, answer_id)
         self._settle(ex, ch, reservation, status, usage, content_events=0 if usage is None else -1)
         headers = self._response_headers(ex, ch, reply.headers)
         return web.Response(status=status, body=body, headers=headers)
@@ -354,7 +358,7 @@ class Dispatcher:
             changes: dict[str, Any] = {}
             if mapped != ex.facts.model:
                 changes["model"] = mapped
-            if ex.facts.stream and not ex.client_wants_usage and ex.path != "/embeddings":
+            if ex.facts.stream and not ex.client_wants_usage and ex.wire.ask_stream_usage:
                 opts = dict(ex.body.get("stream_options") or {})
                 opts["include_usage"] = True
                 changes["stream_options"] = opts
@@ -363,7 +367,8 @@ class Dispatcher:
         return OutgoingRequest(
             method=ex.request.method,
             path=path,
-            query_string=ex.request.query_string,
+            # A translated request leaves the client API's own query (Claude Code's ?beta=true).
+            query_string=ex.request.query_string if adapter is None else "",
             headers=for_channel(ex.headers, ch),
             body=body,
             stream=ex.facts.stream,
@@ -387,10 +392,7 @@ class Dispatcher:
         ex.settled = True
         source = "upstream"
         if usage is not None:
-            prompt = int(usage.get("prompt_tokens") or 0)
-            completion = int(usage.get("completion_tokens") or 0)
-            if not completion and usage.get("total_tokens"):
-                completion = max(0, int(usage["total_tokens"]) - prompt)
+            prompt, completion = tokens_of(usage)
         elif estimate or status < 400 or content_events > 0:
             # Upstream said nothing: estimate (prompt from the request, one token per chunk sent).
             source = "estimated"
@@ -425,6 +427,7 @@ class Dispatcher:
             stream=ex.facts.stream,
             usage_source=source,
             error=error,
+            endpoint=ex.endpoint,
         )
         gw.metrics.add_usage(ch.name, prompt, completion, cost)
         counters = gw.counters

@@ -22,6 +22,7 @@ from ..state import Gateway, Snapshot
 from ..storage.base import RequestRecord, Reservation
 from .breaker import Permit
 from .health import ChannelHealth
+from .wire import CHAT, Wire
 
 
 @dataclass(slots=True)
@@ -95,6 +96,10 @@ class Exchange:
     settled: bool = False  # usage recorded (and the breaker told) for this request
     # Told each settled record (the proxy charges the key's token bucket and daily spend).
     on_settle: Callable[[RequestRecord], None] | None = None
+    wire: Wire = CHAT  # the API shape of the answer (usage, end of stream, error events)
+    endpoint: str = ""  # the client-facing route, for the request log ("/v1/chat/completions")
+    # Told (channel, id) once an answer's id is known (Responses: previous_response_id stickiness).
+    on_answer_id: Callable[[str, str], None] | None = None
 
     def reserve_on(self, ch: ChannelConfig) -> int:
         """Tokens to hold on ``ch``: ``reserve_tokens``, except that an ``anthropic`` channel sends

@@ -17,7 +17,7 @@ from ..providers.base import StreamAdapter, UpstreamReply
 from ..storage.base import Reservation
 from .errors import AttemptError, UpstreamConnectError
 from .exchange import AttemptLog, Exchange, Settler, Verdict
-from .sse import EventSplitter, StreamTally, error_event, inspect_event
+from .sse import EventSplitter, StreamTally
 
 
 async def relay_stream(
@@ -39,6 +39,8 @@ async def relay_stream(
     splitter = EventSplitter()
     tally = StreamTally() if translate is None else translate.tally
     strip_usage = not ex.client_wants_usage
+    wire = ex.wire
+    inspect = wire.inspect
     # The first chunk decides: before it, a failure is invisible to the client.
     try:
         first = await chunks.__anext__()  # AttemptError propagates to the failover loop
@@ -71,11 +73,14 @@ async def relay_stream(
             for event in splitter.feed(pending):
                 if translate is not None:
                     out.extend(translate.feed(event))
-                elif inspect_event(event, tally) and strip_usage:
+                elif inspect(event, tally) and strip_usage:
                     continue
                 else:
                     out.append(event)
             pending = None
+            if tally.response_id is not None and ex.on_answer_id is not None:
+                ex.on_answer_id(ch.name, tally.response_id)  # before the client can know it
+                ex.on_answer_id = None
             if out:
                 await resp.write(b"".join(out))
         rest = splitter.rest()
@@ -83,15 +88,15 @@ async def relay_stream(
             rest = b"".join(translate.feed(rest))
         if rest:
             await resp.write(rest)
-        if not tally.done and ex.path != "/embeddings":
-            # The upstream closed cleanly but never said [DONE]: the answer is cut short.
-            error = "upstream closed the stream before [DONE]"
-            await resp.write(error_event(error))
+        if not tally.done and wire.ends_with_marker:
+            # The upstream closed cleanly but never ended the stream: the answer is cut short.
+            error = "upstream closed the stream before its end event"
+            await resp.write(wire.error_event(error))
         await resp.write_eof()
     except AttemptError as exc:
         error = exc.message
         status = 502
-        await _write_quietly(resp, error_event(f"upstream stream broke: {exc.message}"))
+        await _write_quietly(resp, wire.error_event(f"upstream stream broke: {exc.message}"))
     except (ConnectionError, asyncio.CancelledError) as exc:
         error = "client disconnected"
         status = 499

@@ -54,6 +54,7 @@ class StreamTally:
     usage: dict[str, Any] | None = None
     content_events: int = 0
     done: bool = False
+    response_id: str | None = None  # a Responses stream's id (from ``response.created``)
 
 
 def event_data(event: bytes) -> bytes:

@@ -1,0 +1,304 @@
+"""``POST /v1/responses`` end to end with the openai SDK's ``client.responses`` against fake
+Responses servers: unchanged bodies, streams relayed event by event, usage charged, stickiness of
+``previous_response_id``, stored responses at the channel that made them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from conftest import DEV_KEY, Clock, base_config, channel
+from fakeresponses import FakeResponses
+
+Start = Callable[..., Awaitable[tuple[FakeResponses, str]]]
+
+
+@pytest.fixture
+async def responses_upstream() -> AsyncIterator[Start]:
+    servers: list[TestServer] = []
+
+    async def make(name: str = "resp-up", **kwargs: Any) -> tuple[FakeResponses, str]:
+        fake = FakeResponses(name=name, **kwargs)
+        server = TestServer(fake.app())
+        await server.start_server()
+        servers.append(server)
+        return fake, str(server.make_url("/v1"))
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+async def usage_of(gw: Any, name: str) -> dict[str, Any]:
+    async with gw.client.get("/api/usage", headers=gw.admin_headers()) as r:
+        assert r.status == 200
+        data = await r.json()
+    return next(c for c in data["channels"] if c["channel"] == name)
+
+
+async def test_responses_create_returns_the_upstream_answer_and_charges_usage(
+    responses_upstream: Start, gateway_factory: Any
+) -> None:
+    fake, url = await responses_upstream("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url, price_per_token=1e-6)]))
+    sdk = gw.openai()
+    result = await sdk.responses.create(
+        model="gpt-4.1-mini", input="Say hello", max_output_tokens=50
+    )
+    upstream = next(iter(fake.made.values()))
+    assert result.id == upstream["id"]
+    assert result.output_text == "Hello there!"
+    assert result.usage is not None and result.usage.input_tokens == 21
+    assert result.usage.input_tokens_details.cached_tokens == 5
+    assert result.model_dump(exclude_unset=True)["output"] == upstream["output"]
+    # Sent unchanged: the exact bytes the SDK sent, the gateway's key replaced by the channel's.
+    seen = fake.seen[0]
+    assert json.loads(seen["raw"]) == {"model": "gpt-4.1-mini", "input": "Say hello",
+                                       "max_output_tokens": 50}  # fmt: skip
+    assert seen["headers"]["Authorization"] == "Bearer sk-chan-a-secret"
+    usage = await usage_of(gw, "a")
+    assert usage["total_tokens"] == 28
+    assert usage["cost_usd"] == pytest.approx(28e-6)
+
+
+async def test_responses_body_bytes_pass_unchanged(
+    responses_upstream: Start, gateway_factory: Any
+) -> None:
+    fake, url = await responses_upstream("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    raw = b'{"model":"m1", "input":[{"role":"user","content":"hi"}], "stream":true, "store":true}'
+    async with gw.client.post(
+        "/v1/responses", data=raw, headers={"Authorization": f"Bearer {DEV_KEY}"}
+    ) as r:
+        assert r.status == 200
+        assert r.headers["x-smartproxy-channel"] == "a"
+        await r.read()
+    assert fake.seen[0]["raw"] == raw  # no stream_options added, not re-encoded
+
+
+async def test_responses_stream_relays_every_event_and_charges_completed_usage(
+    responses_upstream: Start, gateway_factory: Any
+) -> None:
+    fake, url = await responses_upstream("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url, price_per_token=1e-6)]))
+    sdk = gw.openai()
+    stream = await sdk.responses.create(model="m1", input="Say hello", stream=True)
+    events = [event async for event in stream]
+    assert [e.type for e in events][0] == "response.created"
+    assert events[-1].type == "response.completed"
+    done = events[-1].response
+    assert done.id == next(iter(fake.made))
+    assert done.output_text == "Hello there!"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "Hello there!"
+    # Byte for byte what the upstream sent.
+    async with gw.client.post(
+        "/v1/responses",
+        json={"model": "m1", "input": "again", "stream": True},
+        headers={"Authorization": f"Bearer {DEV_KEY}"},
+    ) as r:
+        relayed = await r.read()
+    assert relayed == fake.sent_stream
+    usage = await usage_of(gw, "a")
+    assert usage["total_tokens"] == 56
+    assert usage["requests"] == 2
+
+
+async def test_a_stream_cut_early_ends_with_an_error_event_and_is_billed_as_estimated(
+    responses_upstream: Start, gateway_factory: Any
+) -> None:
+    fake, url = await responses_upstream("a", cut_after=6)
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    async with gw.client.post(
+        "/v1/responses",
+        json={"model": "m1", "input": "hi", "stream": True},
+        headers={"Authorization": f"Bearer {DEV_KEY}"},
+    ) as r:
+        body = await r.read()
+    assert body.startswith(fake.sent_stream)
+    tail = body[len(fake.sent_stream) :]
+    assert tail.startswith(b"event: error\ndata: ")
+    error = json.loads(tail.split(b"data: ", 1)[1])
+    assert error["type"] == "error" and "upstream" in error["message"]
+    usage = await usage_of(gw, "a")
+    # Prompt estimated from the request, one token per delta relayed (2 of them).
+    assert usage["requests"] == 1
+    assert usage["completion_tokens"] == 2
+    rows = await gw.gateway.store.query(None, None, "endpoint")
+    assert rows[0]["endpoint"] == "/v1/responses" and rows[0]["errors"] == 1
+
+
+async def test_previous_response_id_sticks_to_its_channel_when_another_is_cheaper(
+    responses_upstream: Start, gateway_factory: Any
+) -> None:
+    a, url_a = await responses_upstream("a")
+    b, url_b = await responses_upstream("b")
+    clock = Clock()  # 12:00 UTC; b is cheaper from 13:00
+    cfg = base_config(
+        channels=[
+            channel("a", url_a, price_per_token=2e-6),
+            channel("b", url_b, price_per_token=5e-6, discount_time=["13:00-14:00"],
+                    discount_price=1e-6),
+        ]
+    )  # fmt: skip
+    gw = await gateway_factory(cfg, clock=clock)
+    sdk = gw.openai()
+    first = await sdk.responses.create(model="m1", input="Remember 42")
+    assert first.id in a.made
+    clock.advance(hours=1)
+    fresh = await sdk.responses.create(model="m1", input="new conversation")
+    assert fresh.id in b.made  # b is the cheaper channel now
+    follow = await sdk.responses.create(
+        model="m1", input="What number?", previous_response_id=first.id
+    )
+    assert follow.id in a.made
+    assert json.loads(a.seen[-1]["raw"])["previous_response_id"] == first.id
+    # Streams too, chained on the follow-up.
+    stream = await sdk.responses.create(
+        model="m1", input="And again?", previous_response_id=follow.id, stream=True
+    )
+    last = [e async for e in stream][-1]
+    assert last.response.id in a.made
+    # A streamed answer's id (from response.created) is remembered too.
+    chained = await sdk.responses.create(
+        model="m1", input="Last one", previous_response_id=last.response.id
+    )
+    assert chained.id in a.made
+    # Stored responses are read and deleted at the channel that made them, unmetered.
+    got = await sdk.responses.retrieve(first.id)
+    assert got.id == first.id and a.seen[-1]["method"] == "GET"
+    await sdk.responses.delete(fresh.id)
+    assert b.seen[-1]["method"] == "DELETE" and fresh.id not in b.made
+    usage_a = await usage_of(gw, "a")
+    assert usage_a["total_tokens"] == 4 * 28
+
+
+async def test_stickiness_holds_across_a_restart_with_sqlite(
+    responses_upstream: Start, gateway_factory: Any, tmp_path: Any
+) -> None:
+    a, url_a = await responses_upstream("a")
+    b, url_b = await responses_upstream("b")
+    storage = {"backend": "sqlite", "path": str(tmp_path / "usage.db")}
+    first_cfg = base_config(channels=[channel("a", url_a)], storage=storage)
+    gw1 = await gateway_factory(first_cfg)
+    first = await gw1.openai().responses.create(model="m1", input="hi")
+    await gw1.client.close()  # flushes the store
+    cfg = base_config(
+        channels=[channel("b", url_b), channel("a", url_a, price_per_token=1e-6)],
+        storage=storage,
+    )
+    gw2 = await gateway_factory(cfg)
+    follow = await gw2.openai().responses.create(
+        model="m1", input="more", previous_response_id=first.id
+    )
+    assert follow.id in a.made and not b.made
+
+
+async def test_unknown_stored_response_is_404_and_unknown_previous_id_routes_by_price(
+    responses_upstream: Start, gateway_factory: Any
+) -> None:
+    fake, url = await responses_upstream("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    headers = {"Authorization": f"Bearer {DEV_KEY}"}
+    async with gw.client.get("/v1/responses/resp_nope", headers=headers) as r:
+        assert r.status == 404
+        assert (await r.json())["error"]["code"] == "response_not_found"
+    async with gw.client.post(
+        "/v1/responses",
+        json={"model": "m1", "input": "x", "previous_response_id": "resp_elsewhere"},
+        headers=headers,
+    ) as r:
+        assert r.status == 404  # the upstream's own answer: it never made that response
+        assert (await r.json())["error"]["code"] == "previous_response_not_found"
+
+
+async def test_mock_channels_are_not_candidates_for_responses(gateway_factory: Any) -> None:
+    mock = {"name": "local", "type": "mock"}
+    gw = await gateway_factory(base_config(channels=[mock]))
+    async with gw.client.post(
+        "/v1/responses",
+        json={"model": "mock-1", "input": "x"},
+        headers={"Authorization": f"Bearer {DEV_KEY}"},
+    ) as r:
+        assert r.status == 404  # no channel serves the model on this front; the message says why
+        message = (await r.json())["error"]["message"]
+    assert "local: mock channels do not serve /v1/responses" in message
+
+
+async def test_responses_with_curl_like_client_and_x_api_key(
+    responses_upstream: Start, gateway_factory: Any
+) -> None:
+    fake, url = await responses_upstream("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{gw.url}/responses",
+            json={"model": "m1", "input": "x"},
+            headers={"x-api-key": DEV_KEY},
+        ) as r:
+            assert r.status == 200
+            assert (await r.json())["object"] == "response"
+    assert "x-api-key" not in {k.lower() for k in fake.seen[0]["headers"]}
+
+
+@pytest.mark.parametrize(
+    ("api_version", "path", "query"),
+    [(None, "/openai/v1/responses", ""), ("2025-04-01-preview", "/openai/responses",
+                                           "api-version=2025-04-01-preview")],
+)  # fmt: skip
+async def test_responses_to_azure_channels_use_azures_url_shapes(
+    gateway_factory: Any, api_version: str | None, path: str, query: str
+) -> None:
+    fake = FakeResponses(name="az")
+    seen: list[tuple[str, str]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, request.query_string))
+        return await fake.create(request)
+
+    app = web.Application()
+    app.router.add_post("/openai/v1/responses", handle)
+    app.router.add_post("/openai/responses", handle)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        az = {"name": "az", "type": "azure", "endpoint": str(server.make_url("")).rstrip("/"),
+              "api_key": "az-key-1", "model_mapping": {"gpt-4.1": "my-deployment"}}  # fmt: skip
+        if api_version:
+            az["api_version"] = api_version
+        gw = await gateway_factory(base_config(channels=[az]))
+        result = await gw.openai().responses.create(model="gpt-4.1", input="hi")
+        assert result.id in fake.made
+        assert seen == [(path, query)]
+        assert fake.seen[0]["headers"]["api-key"] == "az-key-1"
+        assert "Authorization" not in fake.seen[0]["headers"]
+        assert json.loads(fake.seen[0]["raw"])["model"] == "my-deployment"
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize("field", ["path", "endpoint"])
+async def test_route_dry_run_names_the_front(gateway_factory: Any, field: str) -> None:
+    ant = {"name": "claude", "type": "anthropic", "endpoint": "http://127.0.0.1:9", "api_key": "k"}
+    cfg = base_config(
+        channels=[{"name": "local", "type": "mock"}, ant, channel("gpt", "http://127.0.0.1:9")]
+    )
+    gw = await gateway_factory(cfg)
+    body = {"model": "m1", "input": "hi", "max_output_tokens": 7, field: "/v1/responses"}
+    async with gw.client.post("/api/route", json=body, headers=gw.admin_headers()) as r:
+        assert r.status == 200
+        route = await r.json()
+    assert [c["channel"] for c in route["candidates"]] == ["gpt"]
+    reasons = {e["channel"]: e["reason"] for e in route["excluded"]}
+    assert reasons == {"local": "mock channels do not serve /v1/responses",
+                       "claude": "anthropic channels do not serve /v1/responses"}  # fmt: skip
+    assert route["reserve_tokens"] == route["prompt_tokens_estimate"] + 7
+    body = {"model": "m1", "max_tokens": 5, "messages": [], field: "/v1/messages"}
+    async with gw.client.post("/api/route", json=body, headers=gw.admin_headers()) as r:
+        route = await r.json()
+    assert {c["channel"] for c in route["candidates"]} == {"local", "claude", "gpt"}
