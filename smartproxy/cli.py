@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -188,6 +189,8 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     gc.collect()
     gc.freeze()
     stopping = False
+    parent = os.getpid()
+    loaded = _mtime(path)  # the file as ``config`` was read from it
 
     def spawn(index: int) -> int:
         pid = os.fork()
@@ -198,8 +201,9 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
                 signal.signal(signal.SIGTERM, _stop_starting_worker)
                 signal.signal(signal.SIGINT, _stop_starting_worker)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the config is being read anyway
+                _stop_with_parent(parent)
                 code = _serve_process(path, config, reuse_port=True, jwt_secret=secret,
-                                      announce=index == 0)
+                                      announce=index == 0, loaded=loaded)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 0
             finally:
@@ -249,6 +253,27 @@ def _stop_starting_worker(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
+def _mtime(path: str | None) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int) -> None:
+    """A worker is told SIGTERM (drain, exit) when the parent dies, even by kill -9 (Linux), so
+    no orphan keeps serving the shared port with the old config beside a restarted gateway."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before that took effect
+        raise SystemExit(0)
+
+
 def _serve_process(
     path: str | None,
     config: Config,
@@ -256,8 +281,10 @@ def _serve_process(
     reuse_port: bool,
     jwt_secret: str | None = None,
     announce: bool = True,
+    loaded: int | None = None,
 ) -> int:
-    main = serve(path, config, reuse_port=reuse_port, jwt_secret=jwt_secret, announce=announce)
+    main = serve(path, config, reuse_port=reuse_port, jwt_secret=jwt_secret, announce=announce,
+                 loaded=loaded)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
@@ -274,14 +301,21 @@ async def serve(
     reuse_port: bool = False,
     jwt_secret: str | None = None,
     announce: bool = True,
+    loaded: int | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file."""
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file.
+
+    ``loaded``: the config file's mtime when ``config`` was read (a worker gets its config from
+    the parent): a worker that starts after the file changed (an admin change while it was
+    starting, whose SIGHUP it could not take yet, or a worker restarted later) re-reads it."""
     from .app import create_app
     from .server import ClientTimeouts, GatewayRunner
     from .state import GATEWAY
 
     app = create_app(config, config_path=path, jwt_secret=jwt_secret)
     gw = app[GATEWAY]
+    if reuse_port:  # a worker: the parent forwards SIGHUP to every worker (this one included)
+        gw.on_admin_change = partial(os.kill, os.getppid(), signal.SIGHUP)
     runner = GatewayRunner(
         app,
         timeouts=ClientTimeouts.of(config.server),  # header/body/keep-alive timeouts
@@ -318,6 +352,8 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: gw.spawn(_reload(gw)))
+    if loaded is not None and _mtime(path) != loaded:
+        gw.spawn(_reload(gw))
     try:
         await stop.wait()
     finally:

@@ -241,6 +241,8 @@ async def reload(request: web.Request) -> web.Response:
             "config refused, the running config stays: " + "; ".join(exc.problems),
             code="invalid_config",
         ) from None
+    if gw.on_admin_change is not None:
+        gw.on_admin_change()
     return web.json_response(
         {"status": "reloaded", "channels": len(snap.config.channels), "rules": len(snap.rules)}
     )

@@ -123,12 +123,17 @@ class RedisStore(RedisAdmitter):
         self.log.add(record)
         item = self._settlement(record.channel, day, hour, reservation, record)
         item.budget_day = budget_day
+        if isinstance(reservation, SharedReservation) and self.online:
+            self._settled_here(reservation, day, hour,
+                               record.prompt_tokens + record.completion_tokens)  # fmt: skip
         return self._queue(item)
 
     async def release(self, reservation: Reservation) -> None:
         if not self._forget(reservation):
             return
         day, hour = self._book.window_keys(datetime.now(UTC))
+        if isinstance(reservation, SharedReservation) and self.online:
+            self._settled_here(reservation, day, hour, -1)
         await self._submit(self._settlement(reservation.channel, day, hour, reservation, None))
 
     def _forget(self, reservation: Reservation | None) -> bool:

@@ -146,6 +146,27 @@ class RedisView:
             ),
         )
 
+    def _settled_here(self, res: SharedReservation, day: str, hour: str, used: int) -> None:
+        """The routing view as it will be once this settlement is written: the reservation
+        gone, ``used`` tokens (and the request, if answered) counted. A request that has
+        answered must not keep its channel out of the next request's route while its
+        settlement is on its way to Redis; the script's own numbers replace these when back."""
+        hit = self._view.get(res.channel)
+        if hit is None:
+            return
+        vd, vh, u = hit
+        counted = used >= 0
+        self._view[res.channel] = (vd, vh, Usage(
+            u.day_tokens + used if counted and vd == day else u.day_tokens,
+            u.hour_tokens + used if counted and vh == hour else u.hour_tokens,
+            u.day_requests + 1 if counted and vd == day else u.day_requests,
+            max(0, u.day_reserved_tokens - res.tokens),
+            max(0, u.hour_reserved_tokens - res.tokens),
+            u.total_tokens, u.total_requests, u.total_prompt_tokens,
+            u.total_completion_tokens, u.total_cost, u.day_cost,
+            max(0, u.reserved_requests - res.requests),
+        ))  # fmt: skip
+
     # ------------------------------------------------------------------ outage and recovery
     def _outage(self, exc: BaseException) -> None:
         self.errors += 1

@@ -202,14 +202,14 @@ class Dispatcher(AttemptRunner):
         gw = self.gw
         counters = gw.counters
         if counters is not None:
-            return counters.try_reserve_now(ch.name, ex.reserve_tokens, plan.limits, now), (
+            return counters.try_reserve_now(ch.name, ex.reserve_on(ch), plan.limits, now), (
                 "quota used"
             )
         if gw.shared:  # one round trip: key limits (first attempt), breaker, quota
             return await shared.admit(
                 gw, ex, ch, plan.limits, plan.timeouts.total, plan.breaker, now
             )
-        reservation = await gw.store.try_reserve(ch.name, ex.reserve_tokens, plan.limits, now)
+        reservation = await gw.store.try_reserve(ch.name, ex.reserve_on(ch), plan.limits, now)
         return reservation, "quota used"
 
     def _plan(self, ch: ChannelConfig) -> _Plan:
