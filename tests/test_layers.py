@@ -46,7 +46,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("smartproxy.state",),
     ("smartproxy.upstream",),
     ("smartproxy.api",),
-    ("smartproxy.app", "smartproxy.server"),
+    ("smartproxy.app", "smartproxy.server", "smartproxy.serving"),
     ("smartproxy.cli", "smartproxy.__main__"),
 )
 
