@@ -10,22 +10,19 @@ import gc
 import logging
 import os
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
-
-from aiohttp import web
 
 from . import __version__
 from .config import Config, find_config, load_config, parse_listen
 from .errors import ConfigError
+from .serving import config_mtime, serve
 
 if TYPE_CHECKING:
-    from .state import Gateway
+    pass
 from .logs import setup_logging
 from .security.jwt import generate_secret
 
@@ -41,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="config file (default: $SMARTPROXY_CONFIG, "
                        "./etc/smartproxy.yaml, then the built-in default)")
         p.add_argument("--listen", help="HOST:PORT; overrides server.listen")
-        p.add_argument("--workers", type=int, default=1,
-                       help="processes sharing the port (SO_REUSEPORT)")
+        p.add_argument("--workers", type=worker_count, default=1,
+                       help="processes sharing the port (SO_REUSEPORT); 'auto' = one per core")
 
     run_options(parser)
     run_options(sub.add_parser("run", help="serve the gateway (the default)"))
@@ -53,6 +50,48 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--minutes", type=int, default=None, help="lifetime (default: jwt.expiry_minutes)")
     token.add_argument("--config", help="config file")
     return parser
+
+
+def worker_count(value: str) -> int:
+    """``--workers``: a positive number, or ``auto`` for one process per core this one may use."""
+    if value == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - macOS has no sched_getaffinity
+            return max(1, os.cpu_count() or 1)
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return count
+
+
+def raise_open_file_limit(workers: int) -> int:
+    """Raise this process's open-file soft limit to the hard limit (workers inherit it) and log
+    how many requests that lets be in flight: each proxied request holds two sockets, the
+    client's and the upstream's. Returns the soft limit now in effect."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    per_process = max(0, (soft - _RESERVED_FILES) // 2)
+    log.info("open-file limit %d per process: about %d requests in flight per process, %d with "
+             "%d worker(s) (2 sockets per proxied request)", soft, per_process,
+             per_process * workers, workers)
+    return int(soft)
+
+
+_RESERVED_FILES = 100  # listening sockets, logs, the usage store, redis connections, pipes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +163,7 @@ def run(path: str | None, listen: str | None, workers: int) -> int:
               f"would count quotas, rate limits, budgets and breakers alone, letting {workers} "
               "times the quota through.", file=sys.stderr)
         return 2
+    raise_open_file_limit(workers)
     if workers > 1:
         return _run_workers(path, config, workers)
     return _serve_process(path, config, reuse_port=False)
@@ -137,7 +177,15 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     SIGTERM and SIGINT to them and restarts a worker that dies (not one that exits on a stop)."""
     # One generated admin secret for all workers, so a token is accepted by whichever one answers.
     secret = None if config.security.jwt.secret else generate_secret()
+    # Load the whole application here, once: the workers then share its memory copy-on-write
+    # (frozen, so that no collection in a worker writes to the shared objects' headers).
+    from . import app  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
     stopping = False
+    parent = os.getpid()
+    loaded = config_mtime(path)  # the file as ``config`` was read from it
 
     def spawn(index: int) -> int:
         pid = os.fork()
@@ -148,8 +196,9 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
                 signal.signal(signal.SIGTERM, _stop_starting_worker)
                 signal.signal(signal.SIGINT, _stop_starting_worker)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the config is being read anyway
+                _stop_with_parent(parent)
                 code = _serve_process(path, config, reuse_port=True, jwt_secret=secret,
-                                      announce=index == 0)
+                                      announce=index == 0, loaded=loaded)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 0
             finally:
@@ -199,6 +248,20 @@ def _stop_starting_worker(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int) -> None:
+    """A worker is told SIGTERM (drain, exit) when the parent dies, even by kill -9 (Linux), so
+    no orphan keeps serving the shared port with the old config beside a restarted gateway."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before that took effect
+        raise SystemExit(0)
+
+
 def _serve_process(
     path: str | None,
     config: Config,
@@ -206,8 +269,10 @@ def _serve_process(
     reuse_port: bool,
     jwt_secret: str | None = None,
     announce: bool = True,
+    loaded: int | None = None,
 ) -> int:
-    main = serve(path, config, reuse_port=reuse_port, jwt_secret=jwt_secret, announce=announce)
+    main = serve(path, config, reuse_port=reuse_port, jwt_secret=jwt_secret, announce=announce,
+                 loaded=loaded)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
@@ -215,122 +280,3 @@ def _serve_process(
     else:
         uvloop.run(main)
     return 0
-
-
-async def serve(
-    path: str | None,
-    config: Config,
-    *,
-    reuse_port: bool = False,
-    jwt_secret: str | None = None,
-    announce: bool = True,
-) -> None:
-    """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file."""
-    from .app import create_app
-    from .server import ClientTimeouts, GatewayRunner
-    from .state import GATEWAY
-
-    app = create_app(config, config_path=path, jwt_secret=jwt_secret)
-    gw = app[GATEWAY]
-    runner = GatewayRunner(
-        app,
-        timeouts=ClientTimeouts.of(config.server),  # header/body/keep-alive timeouts
-        handle_signals=False,
-        handler_cancellation=True,  # a client that goes away cancels its upstream call
-        shutdown_timeout=config.server.shutdown_timeout,
-        access_log=None,
-    )
-    await runner.setup()
-    ssl_ctx = _ssl_context(config)
-    sites = [web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_ctx,
-                         reuse_port=reuse_port or None, backlog=4096)]
-    if config.monitor.enable and config.monitor.prometheus_listen:
-        mhost, mport = parse_listen(config.monitor.prometheus_listen)
-        if (mhost, mport) != (config.server.host, config.server.port):
-            sites.append(web.TCPSite(runner, mhost, mport, reuse_port=reuse_port or None))
-    try:
-        for site in sites:
-            await site.start()
-    except OSError:  # e.g. the port is taken: release the session and store before failing
-        await runner.cleanup()
-        raise
-    tune_gc()
-    scheme = "https" if ssl_ctx else "http"
-    log.info("SmartProxy %s serving on %s://%s:%d (config: %s)", __version__, scheme,
-             config.server.host, config.server.port, path or "built-in default")
-    if announce and gw.jwt_secret and not config.security.jwt.secret:
-        announce_admin_token(config, gw.jwt_secret)
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: gw.spawn(_reload(gw)))
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down: draining in-flight requests (up to %ss)",
-                 config.server.shutdown_timeout)
-        gw.draining = True
-        await runner.cleanup()
-        log.info("stopped")
-
-
-def admin_token_path(config: Config) -> Path:
-    """Where a gateway without a JWT secret leaves its admin token: beside the usage database."""
-    return Path(config.storage.path).parent / "admin-token"
-
-
-def announce_admin_token(config: Config, secret: str) -> None:
-    """No ``security.auth.jwt.secret``: a random one was generated for this run. The admin token
-    made with it goes to a 0600 file, never into the log (logs are shipped and kept; a token
-    there is a credential anyone with log access can use)."""
-    from .files import write_private_file
-    from .security.jwt import JwtVerifier
-
-    jwt_cfg = config.security.jwt
-    minutes = min(12 * 60, jwt_cfg.max_lifetime_minutes)
-    token = JwtVerifier(jwt_cfg, secret=secret).mint("admin", minutes)
-    path = admin_token_path(config)
-    try:
-        write_private_file(path, token + "\n")
-    except OSError as exc:
-        log.warning("no security.auth.jwt.secret configured: generated a random one for this "
-                    "run; cannot write the admin token to %s (%s), so the admin API is "
-                    "unusable until a secret is set", path, exc.strerror or exc)
-        return
-    log.warning("no security.auth.jwt.secret configured: generated a random one for this run. "
-                "Admin token (valid %d min, this run only) written to %s (mode 0600)",
-                minutes, path.resolve())
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper cyclic collections while serving.
-
-    Each request allocates a few hundred short-lived objects (aiohttp request/response, headers,
-    the parsed body) that reference counting frees; the cyclic collector still runs every 700
-    allocations by default and, every few hundred runs, walks the whole heap (modules, config,
-    caches). Moving what startup built into the permanent generation (``gc.freeze``) and raising
-    the thresholds cut the gateway's CPU per proxied request by about an eighth
-    (``benchmarks/proxy_overhead.py``); memory held by cycles is still reclaimed, only later.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 1_000)
-
-
-async def _reload(gw: Gateway) -> None:
-    """SIGHUP: re-read the config file under the gateway's write lock (see reload_from_file)."""
-    try:
-        await gw.reload_from_file(reason="SIGHUP")
-    except ConfigError:
-        pass  # logged, counted, audited and shown in /health by reload_from_file
-
-
-def _ssl_context(config: Config) -> ssl.SSLContext | None:
-    server = config.server
-    if not server.enable_https:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(server.cert_file or "", server.key_file or "")
-    return ctx

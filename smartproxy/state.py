@@ -34,7 +34,8 @@ from .security.apikeys import KeyRing, Principal
 from .security.authlog import FailureLines
 from .security.jwt import JwtVerifier, generate_secret
 from .security.ratelimit import FailurePenalty, RateLimiter
-from .storage.base import InProcessCounters, KeyCheck, UsageStore
+from .storage.base import KeyCheck, UsageStore
+from .storage.counters import InProcessCounters
 from .upstream.failures import RecentFailures
 from .upstream.health import HealthBook
 from .upstream.retry import Jitter, Sleep
@@ -137,6 +138,8 @@ class Gateway:
     retry_jitter: Jitter = backoff.full_jitter
     jwt_secret: str | None = None  # generated when the config has none
     draining: bool = False
+    # --workers N: tells the sibling workers to re-read the config file after an admin change
+    on_admin_change: Callable[[], None] | None = None
     started_at: float = field(default_factory=time.time)
     last_reload_error: str | None = None
     last_reload_at: float | None = None

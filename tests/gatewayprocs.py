@@ -115,9 +115,20 @@ class GatewayProcess:
         async with http.get(f"{self.base}{path}", headers=headers) as resp:
             return await resp.json(content_type=None)
 
-    async def usage(self, http: aiohttp.ClientSession) -> dict[str, dict[str, Any]]:
-        rows = (await self.get(http, "/api/usage"))["channels"]
-        return {row["channel"]: row for row in rows}
+    async def usage(
+        self, http: aiohttp.ClientSession, *, settled: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        """``/api/usage`` by channel. ``settled``: first wait (up to 5 s) until no reservation is
+        held anywhere: a request's usage is written after its answer (batched per loop turn),
+        possibly by another process than the one asked, so a read right after the last answer
+        could miss it."""
+        deadline = time.monotonic() + 5
+        while True:
+            rows = (await self.get(http, "/api/usage"))["channels"]
+            held = any(row.get("reserved_tokens") for row in rows)
+            if not settled or not held or time.monotonic() > deadline:
+                return {row["channel"]: row for row in rows}
+            await asyncio.sleep(0.05)
 
     def log_rows(self) -> dict[str, dict[str, int]]:
         """This gateway's request log (its own SQLite file), summed by channel. Read it after

@@ -204,6 +204,42 @@ async def test_sigterm_lets_an_inflight_stream_finish(tmp_path, upstream_factory
         assert db.execute("select count(*) from request_log").fetchone()[0] == 1
 
 
+def test_workers_auto_is_one_per_usable_core_and_bad_counts_are_refused(capsys):
+    from smartproxy.cli import build_parser, worker_count
+
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    assert worker_count("3") == 3
+    assert build_parser().parse_args(["run", "--workers", "auto"]).workers == worker_count("auto")
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["run", "--workers", bad])
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_open_file_limit_is_raised_to_the_hard_limit_and_logged(caplog):
+    import logging
+    import resource
+
+    from smartproxy.cli import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(soft, 512)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        with caplog.at_level(logging.INFO, logger="smartproxy"):
+            now = raise_open_file_limit(2)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == now
+        if hard != resource.RLIM_INFINITY:
+            assert now == hard
+        per_process = (now - 100) // 2
+        assert f"open-file limit {now} per process: about {per_process} requests in flight" in (
+            caplog.text
+        )
+        assert f"{per_process * 2} with 2 worker(s)" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="signals")
 def test_smartproxy_run_closes_idle_connections_after_its_timeouts(tmp_path):
     """`smartproxy run` serves with the configured client timeouts (issue [6]): a socket that

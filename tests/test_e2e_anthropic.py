@@ -590,3 +590,46 @@ async def test_stream_cut_short_is_billed_for_what_it_sent(anthropic_factory, ga
     assert b"event: error" in raw
     row = await usage_of(gw)
     assert (row["prompt_tokens"], row["completion_tokens"]) == (21, 3)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_reservation_holds_the_channels_default_max_tokens(
+    aiohttp_server, gateway_factory, backend
+):
+    """Without max_tokens the anthropic channel sends its own default_max_tokens (4096, not
+    usage.default_max_tokens = 1024), so that is what the request must hold while in flight."""
+    import asyncio
+
+    from aiohttp import web
+    from fakeanthropic import FakeAnthropic
+    from redisutil import delete_prefix, require_redis, unique_prefix
+
+    storage: dict[str, Any] = {"backend": "memory"}
+    if backend == "redis":
+        storage = {"backend": "redis", "url": require_redis(), "key_prefix": unique_prefix()}
+
+    fake, arrived, gate = FakeAnthropic(), asyncio.Event(), asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        arrived.set()
+        await gate.wait()
+        return await fake.handle(request)
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", held)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    gw = await gateway_factory(
+        base_config(channels=[ant_channel(url, default_max_tokens=3000)], storage=storage)
+    )
+    body = {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]}
+    task = asyncio.create_task(gw.client.post("/v1/chat/completions", json=body, headers=AUTH))
+    await asyncio.wait_for(arrived.wait(), 5)
+    held_now = (await usage_of(gw))["reserved_tokens"]
+    gate.set()
+    assert (await task).status == 200
+    assert fake.seen[-1].body["max_tokens"] == 3000
+    prompt = held_now - 3000
+    assert 0 < prompt < 100, held_now  # the prompt estimate plus what the channel will send
+    if backend == "redis":
+        delete_prefix(storage["url"], storage["key_prefix"])

@@ -102,7 +102,14 @@ async def test_400_concurrent_requests_never_overrun_a_free_quota_across_two_pro
     for _ in range(10):  # used up: everything goes to the paid channel now
         tail.append(await one(a if len(tail) % 2 else b))
         assert tail[-1] == "paid"
+    # the last answers' settlements reach Redis just after them: wait for every one
+    deadline = time.monotonic() + 5
     usage = await b.usage(http)
+    while sum(row["requests"] for row in usage.values()) < 400 + len(tail):
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+        usage = await b.usage(http)
     assert 1000 <= usage["free"]["day_tokens"] < 1000 + 10
     n_free = usage["free"]["requests"]
     assert tail.count("free") == n_free - counts["free"]
@@ -208,7 +215,7 @@ async def test_kill_9_frees_the_reservations_it_held_within_their_expiry(
     free.default = None
     status, headers, _ = await b.chat(http)  # the free quota is held by A's request
     assert headers["x-smartproxy-channel"] == "paid"
-    assert (await b.usage(http))["free"]["reserved_tokens"] > 100
+    assert (await b.usage(http, settled=False))["free"]["reserved_tokens"] > 100
     a.kill9()
     with pytest.raises(aiohttp.ClientError):
         await held
@@ -262,7 +269,12 @@ async def test_redis_stopped_mid_run_open_keeps_serving_closed_refuses_nothing_l
                 break
             await asyncio.sleep(0.1)
         assert (await b.chat(http))[0] == 200  # closed: serving again without a restart
-        usage = await a.usage(http)
+        # settlements (and A's write-back) reach Redis just after the answers: wait for them
+        deadline = time.monotonic() + 5
+        while (usage := await a.usage(http))["up"]["requests"] < 10:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         assert usage["up"]["requests"] == 4 + 5 + 1  # the outage's 5 were written back
         assert usage["up"]["total_tokens"] == 100
     finally:
@@ -320,3 +332,94 @@ async def test_workers_need_redis_and_serve_with_it(tmp_path, http, procs, share
     assert gw.stop() == 0  # SIGTERM forwarded: every worker drained and exited 0
     # the workers of one host share its request log file (WAL, one writer at a time)
     assert gw.log_rows() == {"up": {"requests": 60, "total_tokens": 60 * 17}}
+
+
+async def test_workers_stop_when_their_parent_is_killed(tmp_path, http, procs, shared_redis,
+                                                        upstream_factory):
+    """kill -9 of the parent (OOM killer, a supervisor's hard stop): its workers must not go on
+    serving the port alone, where a restarted gateway would share it with them (SO_REUSEPORT)
+    and they would keep answering with the old config."""
+    import psutil
+
+    url, prefix = shared_redis
+    _, up_url = await upstream_factory("up")
+    gw = GatewayProcess(tmp_path, "orphans", gateway_config(
+        [channel("up", up_url)], storage(url, prefix, tmp_path, "o")), workers=2)
+    procs.append(gw)
+    await gw.start(http)
+    assert gw.proc is not None
+    parent = psutil.Process(gw.proc.pid)
+    deadline = time.monotonic() + 10
+    while len(parent.children()) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    workers = parent.children()
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGKILL)
+    gw.proc.wait(10)
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    for p in alive:
+        p.kill()
+    assert not alive, "workers kept serving after their parent was killed"
+
+
+async def test_an_admin_change_is_live_in_every_worker(tmp_path, http, procs, shared_redis,
+                                                       upstream_factory):
+    """``POST /api/channels`` is live at once: with --workers 2 the worker that took it is not
+    the only one serving the new channel (nor is it for ``POST /api/reload``)."""
+    url, prefix = shared_redis
+    _, up_url = await upstream_factory("up")
+    gw = GatewayProcess(tmp_path, "admin", gateway_config(
+        [channel("up", up_url, models=["gpt-4o-mini"])], storage(url, prefix, tmp_path, "x")),
+        workers=2)
+    procs.append(gw)
+    await gw.start(http)
+    new = {"name": "added", "type": "openai", "endpoint": up_url, "api_key": "sk-added-0001",
+           "models": ["gpt-added"]}
+    async with http.post(f"{gw.base}/api/channels", json=new,
+                         headers=gw.admin_headers()) as resp:
+        assert resp.status in (200, 201), await resp.text()
+
+    async def models_seen(model: str = "gpt-added") -> list[bool]:
+        seen = []
+        fresh = aiohttp.TCPConnector(force_close=True)  # each request a new connection
+        async with aiohttp.ClientSession(connector=fresh) as one_shot:
+            for _ in range(12):
+                async with one_shot.get(f"{gw.base}/v1/models",
+                                        headers={"Authorization": f"Bearer {DEV_KEY}"}) as r:
+                    ids = [m["id"] for m in (await r.json())["data"]]
+                seen.append(model in ids)
+        return seen
+
+    deadline = time.monotonic() + 5
+    while not all(seen := await models_seen()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert all(seen), seen
+    # a hand edit of the file, then POST /api/reload to one worker
+    text = Path(gw.config_path).read_text()
+    Path(gw.config_path).write_text(text.replace("gpt-added", "gpt-edited"))
+    async with http.post(f"{gw.base}/api/reload", headers=gw.admin_headers()) as resp:
+        assert resp.status == 200, await resp.text()
+    deadline = time.monotonic() + 5
+    while not all(seen := await models_seen("gpt-edited")) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert all(seen), seen
+    # a worker that dies is restarted with the config file as it is now, not as it was when
+    # the parent started
+    import psutil
+
+    assert gw.proc is not None
+    parent = psutil.Process(gw.proc.pid)
+    (victim, other) = parent.children()
+    victim.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        fresh = [c for c in parent.children() if c.pid not in (victim.pid, other.pid)]
+        if fresh and [c for c in fresh[0].net_connections("tcp")
+                      if c.status == psutil.CONN_LISTEN]:
+            break
+        assert time.monotonic() < deadline, "no new worker listened"
+        await asyncio.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while not all(seen := await models_seen("gpt-edited")) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert all(seen), seen

@@ -169,6 +169,53 @@ async def test_small_quotas_are_spent_to_their_end_by_requests_without_max_token
     assert "one: hourly token quota used (70/50)" in str(info.value.body)
 
 
+async def test_back_to_back_requests_spend_a_small_quota_to_its_end(
+    upstream_factory, gateway_factory, quota_storage
+):
+    """Must-show 6 as a client sees it: one request after the other, nothing waited for in
+    between. A request that has answered holds no reservation any more (on redis too, where its
+    settlement is still on its way to Redis), so the next one is served by the free channel."""
+    _, free_url = await upstream_factory("free", usage={"prompt_tokens": 30,
+                                                        "completion_tokens": 40,
+                                                        "total_tokens": 70})
+    _, paid_url = await upstream_factory("paid", usage=dict(USAGE_50))
+    cfg = base_config(channels=[channel("free", free_url, daily_limit=1000),
+                                channel("paid", paid_url, price_per_token=1e-6)],
+                      storage=quota_storage)
+    gw = await gateway_factory(cfg)
+    sdk = gw.openai()
+    served = []
+    for _ in range(20):
+        resp = await sdk.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+        served.append(resp.headers["x-smartproxy-channel"])
+    assert served == ["free"] * 15 + ["paid"] * 5  # 14 x 70 = 980 < 1000 takes one more
+
+
+async def test_a_request_served_after_a_failover_counts_against_its_keys_budget(
+    upstream_factory, gateway_factory, quota_storage
+):
+    """The key's daily budget and tokens per minute are charged for what a request cost on
+    whichever attempt answered it; on redis the key's limits ride with the first attempt only,
+    and the second attempt's settlement must still name the key."""
+    _, bad_url = await upstream_factory("bad", default="fail-500")
+    _, paid_url = await upstream_factory("paid", usage=dict(USAGE_50))
+    cfg = base_config(channels=[channel("bad", bad_url),
+                                channel("paid", paid_url, price_per_token=1e-5)],
+                      storage=quota_storage)
+    cfg["security"]["auth"]["api_keys"] = {
+        "payer": {"key": "sk-gw-payer-0001", "daily_budget_usd": 0.0006,
+                  "tokens_per_minute": 120},
+    }
+    gw = await gateway_factory(cfg)
+    sdk = gw.openai("sk-gw-payer-0001")
+    for _ in range(2):  # 50 tokens, $0.0005 each
+        assert await ask(gw, sdk) == "paid"
+    with pytest.raises(openai.RateLimitError):  # 100 of 120 tokens this minute, $0.001 spent
+        await ask(gw, sdk)
+
+
 async def test_hour_limit_rolls_over_at_the_local_hour(upstream_factory, gateway_factory):
     free_up, free_url = await upstream_factory("free", usage=dict(USAGE_100))
     _, paid_url = await upstream_factory("paid")

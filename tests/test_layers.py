@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "smartproxy.errors",
         "smartproxy.fastjson",
         "smartproxy.localtime",
+        "smartproxy.gcpolicy",
         "smartproxy.files",
     ),
     ("smartproxy.config",),
@@ -45,7 +46,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("smartproxy.state",),
     ("smartproxy.upstream",),
     ("smartproxy.api",),
-    ("smartproxy.app", "smartproxy.server"),
+    ("smartproxy.app", "smartproxy.server", "smartproxy.serving"),
     ("smartproxy.cli", "smartproxy.__main__"),
 )
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +20,7 @@ from ..security.authlog import left_out_note
 from ..security.jwt import admin_auth_middleware
 from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
-from .admin_status import add_status_routes
+from .admin_status import add_status_routes, parse_instant
 from .channel_test import add_test_route
 from .fronts.routes import FRONT_PARSERS
 from .limits import read_body, too_large_response
@@ -62,7 +61,7 @@ async def usage(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     q = request.query
     if "group_by" in q or "from" in q or "to" in q:
-        start, end = _when(q.get("from"), "from"), _when(q.get("to"), "to")
+        start, end = parse_instant(q.get("from"), "from"), parse_instant(q.get("to"), "to")
         group_by = q.get("group_by", "channel")
         try:
             rows = await gw.store.query(start, end, group_by)
@@ -102,20 +101,6 @@ async def channel_usage(gw: Gateway) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _when(value: str | None, name: str) -> datetime | None:
-    if not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(
-            f"'{name}' must be an ISO 8601 date-time, got {value!r}", param=name
-        ) from None
-    if dt.tzinfo is None:
-        raise BadRequest(f"'{name}' needs a UTC offset (e.g. 2026-11-26T00:00:00Z)", param=name)
-    return dt
 
 
 async def route_dry_run(request: web.Request) -> web.Response:
@@ -241,6 +226,8 @@ async def reload(request: web.Request) -> web.Response:
             "config refused, the running config stays: " + "; ".join(exc.problems),
             code="invalid_config",
         ) from None
+    if gw.on_admin_change is not None:
+        gw.on_admin_change()
     return web.json_response(
         {"status": "reloaded", "channels": len(snap.config.channels), "rules": len(snap.rules)}
     )

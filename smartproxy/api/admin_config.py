@@ -170,6 +170,8 @@ async def commit(
         if also:  # hand edits of the file that this write made live as well
             diff["also_applied_from_file"] = also
         gw.audit.record(actor, action, target, ok=True, diff=diff)
+    if gw.on_admin_change is not None:
+        gw.on_admin_change()
     log.info("admin %s %r by %s (%s)", action, target, actor.sub,
              "saved" if gw.config_file.saved else "live only, no config file")
     return edit

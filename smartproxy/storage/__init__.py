@@ -1,10 +1,13 @@
 """Usage storage: counters, reservations and the request log behind one ``UsageStore`` protocol.
 
-    base.py     the protocol, its value objects and ``CounterBook`` (counting all backends share)
+    base.py     the protocol and its value objects
+    counters.py ``CounterBook`` and ``InProcessCounters``: the counting all backends share
     memory.py   ``memory``: this process only, nothing survives a restart
     sqlite.py   ``sqlite`` (default): one WAL file, written by a batching flush off the event loop
+                (schema, migration and the row writer in sqlite_rows.py)
     redis.py    ``redis``: counters, reservations, key limits and breakers shared by every process
                 and host (Lua scripts in redis_scripts.py); the request log stays in SQLite
+                (reads in redis_view.py, admit in redis_admit.py, value objects in redis_values.py)
 
 ``create_store`` picks the backend named by ``storage.backend``.
 """
@@ -18,7 +21,6 @@ from ..errors import ConfigError
 from .base import (
     Admission,
     Clock,
-    CounterBook,
     KeyCheck,
     Limits,
     RequestRecord,
@@ -28,6 +30,7 @@ from .base import (
     UsageStore,
     window_keys,
 )
+from .counters import CounterBook
 from .memory import MemoryStore
 from .sqlite import SqliteStore
 

@@ -11,8 +11,6 @@ from datetime import datetime, tzinfo
 
 from .base import (
     BucketRow,
-    CounterBook,
-    InProcessCounters,
     RequestRecord,
     Reservation,
     aggregate,
@@ -20,6 +18,7 @@ from .base import (
     group_column,
 )
 from .buckets import SLOT, SlotSums, sum_into_buckets
+from .counters import CounterBook, InProcessCounters
 from .responses import ResponseBook
 
 DEFAULT_LOG_LIMIT = 100_000

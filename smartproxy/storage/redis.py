@@ -15,6 +15,9 @@ once and counted, ``status()`` says so, and until ``poll`` reaches Redis again t
 alone (``on_error: open``, from the last numbers it saw) or refuses with ``StorageUnavailable``
 (``closed``). Usage settled meanwhile is kept and written to Redis when it returns; reservations
 held in Redis expire by themselves.
+
+``admit`` and its batching are in ``redis_admit`` (``RedisAdmitter``, this store's base); the
+shared value objects in ``redis_values``.
 """
 
 from __future__ import annotations
@@ -22,26 +25,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from . import redis_scripts as lua
-from .base import Admission, KeyCheck, Limits, RequestRecord, Reservation
-from .redis_view import (
+from .base import Limits, RequestRecord, Reservation
+from .redis_admit import RedisAdmitter
+from .redis_values import (
     MAX_BATCH,
     MAX_REPLAY,
     POLL_INTERVAL,
     REDIS_ERRORS,
     ChannelView,
-    RedisView,
     RequestLog,
     Settlement,
     SharedReservation,
     StorageUnavailable,
-    _Unreachable,
-    log,
     safe_url,
 )
+from .redis_view import log
 
 __all__ = [
     "POLL_INTERVAL",
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 
-class RedisStore(RedisView):
+class RedisStore(RedisAdmitter):
     """A ``UsageStore`` shared through Redis (see the module docstring)."""
 
     # ------------------------------------------------------------------ lifecycle
@@ -93,155 +94,6 @@ class RedisStore(RedisView):
         await self._redis.aclose()
         await self._pool.disconnect()
 
-    # ------------------------------------------------------------------ admit
-    async def admit(
-        self,
-        channel: str,
-        tokens: int,
-        limits: Limits,
-        *,
-        now: datetime,
-        ttl: float,
-        breaker: tuple[int, float],
-        check: KeyCheck | None = None,
-    ) -> Admission:
-        """Check the key (once per request), the channel's breaker, cool-down and quota, and
-        reserve ``tokens``: one script call. Offline: this process's own counting (or 503)."""
-        if tokens < 0:
-            raise ValueError(f"cannot reserve a negative number of tokens ({tokens})")
-        if not self.online:
-            return self._admit_offline(channel, tokens, limits, now)
-        day, hour = self._book.window_keys(now)
-        ud, uh, rz, rs, cb, cd = self._keys(channel, day, hour)
-        rid = next(self._ids)
-        ttl_ms = max(1, int(ttl * 1000))
-        if check is not None:
-            keys = (ud, uh, rz, rs, cb, cd, *self._key_keys(check.name, check.day or day))
-            args: tuple[Any, ...] = (
-                f"{self._inst}.{rid}",
-                tokens,
-                limits.day_tokens,
-                limits.hour_tokens,
-                limits.day_requests,
-                ttl_ms,
-                1,
-                check.rpm,
-                check.burst,
-                check.tpm,
-                check.tpm_tokens,
-                check.budget,
-                limits.concurrency,
-            )
-        else:
-            keys = (ud, uh, rz, rs, cb, cd, *self._key_keys("", day))
-            args = (
-                f"{self._inst}.{rid}",
-                tokens,
-                limits.day_tokens,
-                limits.hour_tokens,
-                limits.day_requests,
-                ttl_ms,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                limits.concurrency,
-            )
-        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._admits.append((keys, args, done))
-        if self._admitter is None or self._admitter.done():
-            self._admitter = asyncio.ensure_future(self._flush_admits())
-        try:
-            r = await asyncio.shield(done)
-        except _Unreachable:
-            return self._admit_offline(channel, tokens, limits, now)
-        except asyncio.CancelledError:
-            # The client went away while the batch was in flight: give back what it reserves.
-            done.add_done_callback(partial(self._abandoned, channel, rid, tokens, day, hour))
-            raise
-        code = int(r[0])
-        adm = Admission(
-            code,
-            wait_ms=int(r[13]),
-            spent=float(r[14]),
-            requests=(int(r[7]), int(r[8]), int(r[9])),
-            tokens=(int(r[10]), int(r[11]), int(r[12])),
-        )
-        if code in (0, 1):
-            self._remember(
-                channel, day, hour, int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6])
-            )
-        if code == 0:
-            res = SharedReservation(
-                rid,
-                channel,
-                tokens,
-                day,
-                hour,
-                member=f"{self._inst}.{rid}:{tokens}",
-                trial=r[1] == 1,
-                breaker=breaker,
-                key_name=check.name if check else "",
-                tpm=check.tpm if check else 0,
-            )
-            self._live[rid] = res
-            adm.reservation = res
-        return adm
-
-    async def _flush_admits(self) -> None:
-        """Send the admits queued so far as one script call (they were made in one event-loop
-        turn, or while the previous batch was in flight); one batch in flight at a time."""
-        while self._admits:
-            batch, self._admits = self._admits[:MAX_BATCH], self._admits[MAX_BATCH:]
-            keys = [k for item in batch for k in item[0]]
-            args = [a for item in batch for a in item[1]]
-            try:
-                if not self.online:
-                    raise ConnectionError("redis is unreachable")
-                async with asyncio.timeout(self.timeout):
-                    rows = await self._admit(keys=keys, args=args)
-            except REDIS_ERRORS as exc:
-                if self.online:
-                    self._outage(exc)
-                for _, _, done in batch:
-                    if not done.done():
-                        done.set_exception(_Unreachable())
-                        done.exception()  # retrieved: a cancelled waiter must not warn
-                continue
-            for (_, _, done), row in zip(batch, rows, strict=True):
-                if not done.done():
-                    done.set_result(row)
-
-    def _abandoned(
-        self,
-        channel: str,
-        rid: int,
-        tokens: int,
-        day: str,
-        hour: str,
-        done: asyncio.Future[list[Any]],
-    ) -> None:
-        if done.cancelled() or done.exception() is not None or int(done.result()[0]) != 0:
-            return
-        res = SharedReservation(
-            rid, channel, tokens, day, hour, member=f"{self._inst}.{rid}:{tokens}"
-        )
-        self._live[rid] = res
-        task = asyncio.ensure_future(self.release(res))
-        self._abandoned_tasks.add(task)
-        task.add_done_callback(self._abandoned_tasks.discard)
-
-    def _admit_offline(self, channel: str, tokens: int, limits: Limits, now: datetime) -> Admission:
-        if self.on_error == "closed":
-            raise StorageUnavailable(
-                "the shared usage store (redis) is unreachable and storage.on_error is "
-                "'closed': no request is admitted until it returns"
-            )
-        res = self._book.try_reserve(channel, tokens, limits, now)
-        return Admission(0 if res is not None else 1, res, offline=True)
-
     # ------------------------------------------------------------------ settle / release
     async def try_reserve(
         self, channel: str, tokens: int, limits: Limits, now: datetime
@@ -271,12 +123,17 @@ class RedisStore(RedisView):
         self.log.add(record)
         item = self._settlement(record.channel, day, hour, reservation, record)
         item.budget_day = budget_day
+        if isinstance(reservation, SharedReservation) and self.online:
+            self._settled_here(reservation, day, hour,
+                               record.prompt_tokens + record.completion_tokens)  # fmt: skip
         return self._queue(item)
 
     async def release(self, reservation: Reservation) -> None:
         if not self._forget(reservation):
             return
         day, hour = self._book.window_keys(datetime.now(UTC))
+        if isinstance(reservation, SharedReservation) and self.online:
+            self._settled_here(reservation, day, hour, -1)
         await self._submit(self._settlement(reservation.channel, day, hour, reservation, None))
 
     def _forget(self, reservation: Reservation | None) -> bool:

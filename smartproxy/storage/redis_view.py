@@ -4,8 +4,9 @@
 them), notices outages (``_outage``: logged once, counted, this process's own counting seeded from
 the last shared numbers), and reads: ``poll`` (the routing view, twice a second), ``usage_now``
 (that view, no round trip), ``usage`` (exact, every process and host), key spend, response ids,
-the request log and ``status``. ``redis.RedisStore`` adds the writes (admit, settle, write-back).
-The value objects both sides use are here too.
+the request log and ``status``. ``redis.RedisStore`` adds the writes (admit, in
+``redis_admit``; settle, write-back).
+The value objects both sides use are in ``redis_values``.
 """
 
 from __future__ import annotations
@@ -15,18 +16,14 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from ..config import StorageConfig
-from ..errors import NoChannelAvailable
 from . import redis_scripts as lua
 from .base import (
     DAY,
@@ -34,89 +31,23 @@ from .base import (
     RESPONSE_TTL,
     BucketRow,
     Clock,
-    Counter,
-    CounterBook,
-    RequestRecord,
-    Reservation,
     Usage,
 )
+from .counters import Counter, CounterBook
+from .redis_values import (
+    POLL_INTERVAL,
+    REDIS_ERRORS,
+    ChannelView,
+    RequestLog,
+    Settlement,
+    SharedReservation,
+    safe_url,
+)
 from .responses import visible
-from .sqlite import SqliteStore
 
 log = logging.getLogger("smartproxy.storage.redis")
-
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-POLL_INTERVAL = 0.5
-MAX_BATCH = 256
-MAX_REPLAY = 200_000  # settlements kept while Redis is away; beyond, the oldest are dropped
 _OWNER_SEP = "\x1f"  # between the owner key name and the channel in a stored response id
 
-
-class _Unreachable(Exception):
-    """An admit's batch could not reach Redis (the store is offline now)."""
-
-
-class StorageUnavailable(NoChannelAvailable):
-    """503: the shared store is unreachable and ``storage.on_error`` is ``closed``."""
-
-    code = "storage_unavailable"
-
-
-@dataclass(slots=True)
-class SharedReservation(Reservation):
-    """A reservation held in Redis; the attempt's breaker outcome rides along to settlement."""
-
-    member: str = ""
-    trial: bool = False
-    outcome: str = ""  # s success | f failure | c 429 cool-down | n none
-    cooldown_ms: int = 0
-    breaker: tuple[int, float] = (5, 30.0)
-    key_name: str = ""
-    tpm: int = 0
-
-
-@dataclass(slots=True)
-class Settlement:
-    channel: str
-    day: str
-    hour: str
-    member: str = ""
-    record: RequestRecord | None = None  # None: release only
-    outcome: str = ""
-    cooldown_ms: int = 0
-    breaker: tuple[int, float] = (5, 30.0)
-    key_name: str = ""
-    tpm: int = 0
-    budget_day: str = ""
-    done: asyncio.Future[None] | None = field(default=None, repr=False)
-
-
-@dataclass(slots=True)
-class ChannelView:
-    """One channel as ``poll`` read it: breaker -1 closed, 0 due for its trial, >0 ms open."""
-
-    name: str
-    breaker_ms: int
-    cooldown_ms: int
-
-
-class RequestLog(SqliteStore):
-    """This host's request log (SQLite); the counters live in Redis."""
-
-    count_windows = False
-
-    def add(self, record: RequestRecord) -> None:
-        self._pending.append((record, "", ""))
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password (for logs and /health)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 class RedisView:
@@ -216,6 +147,27 @@ class RedisView:
                 reserved_requests=hr,
             ),
         )
+
+    def _settled_here(self, res: SharedReservation, day: str, hour: str, used: int) -> None:
+        """The routing view as it will be once this settlement is written: the reservation
+        gone, ``used`` tokens (and the request, if answered) counted. A request that has
+        answered must not keep its channel out of the next request's route while its
+        settlement is on its way to Redis; the script's own numbers replace these when back."""
+        hit = self._view.get(res.channel)
+        if hit is None:
+            return
+        vd, vh, u = hit
+        counted = used >= 0
+        self._view[res.channel] = (vd, vh, Usage(
+            u.day_tokens + used if counted and vd == day else u.day_tokens,
+            u.hour_tokens + used if counted and vh == hour else u.hour_tokens,
+            u.day_requests + 1 if counted and vd == day else u.day_requests,
+            max(0, u.day_reserved_tokens - res.tokens),
+            max(0, u.hour_reserved_tokens - res.tokens),
+            u.total_tokens, u.total_requests, u.total_prompt_tokens,
+            u.total_completion_tokens, u.total_cost, u.day_cost,
+            max(0, u.reserved_requests - res.requests),
+        ))  # fmt: skip
 
     # ------------------------------------------------------------------ outage and recovery
     def _outage(self, exc: BaseException) -> None:

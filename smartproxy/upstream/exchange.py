@@ -101,6 +101,18 @@ class Exchange:
     # Told (channel, id) once an answer's id is known (Responses: previous_response_id stickiness).
     on_answer_id: Callable[[str, str], None] | None = None
 
+    def reserve_on(self, ch: ChannelConfig) -> int:
+        """Tokens to hold on ``ch``: ``reserve_tokens``, except that an ``anthropic`` channel sends
+        its own ``default_max_tokens`` for a chat request without ``max_tokens`` (n > 1 cannot be
+        translated there), so that is what the answer may use."""
+        facts = self.facts
+        if facts.max_tokens is None and ch.type in _OWN_DEFAULT and self.path == "/chat/completions":
+            return facts.prompt_tokens + ch.default_max_tokens
+        return self.reserve_tokens
+
+
+_OWN_DEFAULT = frozenset({"anthropic", "claude"})  # channel types that fill in max_tokens
+
 
 def header_safe(value: str) -> str:
     """Channel names may be any Unicode (免费渠道A); in headers they are percent-encoded UTF-8."""

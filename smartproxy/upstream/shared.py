@@ -24,8 +24,8 @@ from datetime import datetime, timedelta
 from aiohttp import web
 
 from ..config import ChannelConfig, Config
-from ..state import GATEWAY, KEY_CHECK, Gateway
-from ..storage.base import Limits, RequestRecord, Reservation
+from ..state import GATEWAY, KEY_CHECK, PRINCIPAL, Gateway
+from ..storage.base import KeyCheck, Limits, RequestRecord, Reservation
 from ..storage.redis import RedisStore, SharedReservation
 from .breaker import Permit
 from .exchange import Exchange, Verdict
@@ -69,13 +69,31 @@ async def admit(
     store = shared_store(gw)
     assert store is not None
     check = ex.request.pop(KEY_CHECK, None)
+    try:
+        return await _admit(gw, store, ch, ex, limits, attempt_timeout, breaker, now, check)
+    finally:
+        if check is not None:
+            check.drop()
+
+
+async def _admit(
+    gw: Gateway,
+    store: RedisStore,
+    ch: ChannelConfig,
+    ex: Exchange,
+    limits: Limits,
+    attempt_timeout: float,
+    breaker: tuple[int, float],
+    now: datetime,
+    check: KeyCheck | None,
+) -> tuple[Reservation | None, str]:
     if check is not None and not store.online and store.on_error == "open":
         for local_check in check.local or ():
             local_check()  # in-process limits while Redis is away; raises 429
         check = None
     adm = await store.admit(
         ch.name,
-        ex.reserve_tokens,
+        ex.reserve_on(ch),
         limits,
         now=now,
         ttl=attempt_timeout + store.grace,
@@ -94,7 +112,14 @@ async def admit(
         else:
             check.answer(adm)  # headers; raises 429 for codes 10-12 (nothing was reserved)
     if adm.code == 0:
-        return adm.reservation, ""
+        res = adm.reservation
+        if check is None and isinstance(res, SharedReservation) and ex.key_name:
+            # A later attempt (the key was checked with the first): its settlement still
+            # charges the key's daily spend and tokens per minute.
+            principal = ex.request.get(PRINCIPAL)
+            res.key_name = ex.key_name
+            res.tpm = (principal.key.tokens_per_minute or 0) if principal is not None else 0
+        return res, ""
     if adm.code in (2, 4) and adm.wait_ms > 0:  # learnt here first: mirror it now
         mirror(gw, ch, adm.wait_ms if adm.code == 2 else -2, adm.wait_ms if adm.code == 4 else 0)
     return None, _REFUSED.get(adm.code, "refused by the shared store")

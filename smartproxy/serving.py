@@ -1,0 +1,153 @@
+"""Serving one process: ``serve`` builds the app, binds, runs until a signal, drains; the
+admin token of a gateway without a JWT secret; TLS. The command line (``cli``) calls it once per
+process (every worker of ``--workers N`` runs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from . import __version__
+from .config import Config, parse_listen
+from .errors import ConfigError
+from .gcpolicy import CyclePolicy
+
+if TYPE_CHECKING:
+    from .state import Gateway
+
+log = logging.getLogger("smartproxy")
+
+
+def config_mtime(path: str | None) -> int | None:
+    """The config file's modification time (ns), None without a file: a worker that starts after
+    the file changed re-reads it."""
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
+
+
+async def serve(
+    path: str | None,
+    config: Config,
+    *,
+    reuse_port: bool = False,
+    jwt_secret: str | None = None,
+    announce: bool = True,
+    loaded: int | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file.
+
+    ``loaded``: the config file's mtime when ``config`` was read (a worker gets its config from
+    the parent): a worker that starts after the file changed (an admin change while it was
+    starting, whose SIGHUP it could not take yet, or a worker restarted later) re-reads it."""
+    from .app import create_app
+    from .server import ClientTimeouts, GatewayRunner
+    from .state import GATEWAY
+
+    app = create_app(config, config_path=path, jwt_secret=jwt_secret)
+    gw = app[GATEWAY]
+    if reuse_port:  # a worker: the parent forwards SIGHUP to every worker (this one included)
+        gw.on_admin_change = partial(os.kill, os.getppid(), signal.SIGHUP)
+    runner = GatewayRunner(
+        app,
+        timeouts=ClientTimeouts.of(config.server),  # header/body/keep-alive timeouts
+        handle_signals=False,
+        handler_cancellation=True,  # a client that goes away cancels its upstream call
+        shutdown_timeout=config.server.shutdown_timeout,
+        access_log=None,
+    )
+    await runner.setup()
+    ssl_ctx = _ssl_context(config)
+    sites = [web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_ctx,
+                         reuse_port=reuse_port or None, backlog=4096)]
+    if config.monitor.enable and config.monitor.prometheus_listen:
+        mhost, mport = parse_listen(config.monitor.prometheus_listen)
+        if (mhost, mport) != (config.server.host, config.server.port):
+            sites.append(web.TCPSite(runner, mhost, mport, reuse_port=reuse_port or None))
+    try:
+        for site in sites:
+            await site.start()
+    except OSError:  # e.g. the port is taken: release the session and store before failing
+        await runner.cleanup()
+        raise
+    cycles = CyclePolicy(lambda: gw.metrics.in_flight_now)
+    cycles.start()
+    collector = asyncio.ensure_future(cycles.run())
+    scheme = "https" if ssl_ctx else "http"
+    log.info("SmartProxy %s serving on %s://%s:%d (config: %s)", __version__, scheme,
+             config.server.host, config.server.port, path or "built-in default")
+    if announce and gw.jwt_secret and not config.security.jwt.secret:
+        announce_admin_token(config, gw.jwt_secret)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: gw.spawn(_reload(gw)))
+    if loaded is not None and config_mtime(path) != loaded:
+        gw.spawn(_reload(gw))
+    try:
+        await stop.wait()
+    finally:
+        collector.cancel()
+        cycles.stop()
+        log.info("shutting down: draining in-flight requests (up to %ss)",
+                 config.server.shutdown_timeout)
+        gw.draining = True
+        await runner.cleanup()
+        log.info("stopped")
+
+
+def admin_token_path(config: Config) -> Path:
+    """Where a gateway without a JWT secret leaves its admin token: beside the usage database."""
+    return Path(config.storage.path).parent / "admin-token"
+
+
+def announce_admin_token(config: Config, secret: str) -> None:
+    """No ``security.auth.jwt.secret``: a random one was generated for this run. The admin token
+    made with it goes to a 0600 file, never into the log (logs are shipped and kept; a token
+    there is a credential anyone with log access can use)."""
+    from .files import write_private_file
+    from .security.jwt import JwtVerifier
+
+    jwt_cfg = config.security.jwt
+    minutes = min(12 * 60, jwt_cfg.max_lifetime_minutes)
+    token = JwtVerifier(jwt_cfg, secret=secret).mint("admin", minutes)
+    path = admin_token_path(config)
+    try:
+        write_private_file(path, token + "\n")
+    except OSError as exc:
+        log.warning("no security.auth.jwt.secret configured: generated a random one for this "
+                    "run; cannot write the admin token to %s (%s), so the admin API is "
+                    "unusable until a secret is set", path, exc.strerror or exc)
+        return
+    log.warning("no security.auth.jwt.secret configured: generated a random one for this run. "
+                "Admin token (valid %d min, this run only) written to %s (mode 0600)",
+                minutes, path.resolve())
+
+
+async def _reload(gw: Gateway) -> None:
+    """SIGHUP: re-read the config file under the gateway's write lock (see reload_from_file)."""
+    try:
+        await gw.reload_from_file(reason="SIGHUP")
+    except ConfigError:
+        pass  # logged, counted, audited and shown in /health by reload_from_file
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    server = config.server
+    if not server.enable_https:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(server.cert_file or "", server.key_file or "")
+    return ctx
