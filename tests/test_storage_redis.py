@@ -318,3 +318,23 @@ async def test_admit_refuses_at_max_concurrency_counting_every_process(stores: A
             break
         await asyncio.sleep(0.01)
     assert again.code == 0
+
+
+async def test_zero_token_reservations_settle_release_and_expire(stores):
+    """A reservation of 0 tokens (GET/DELETE /v1/responses/{id} are unmetered): Lua's -0 would
+    reach Redis as "-0", which HINCRBY refuses, and the store would go offline."""
+    a, b = await stores(), await stores()
+    limits = Limits(day_tokens=100)
+    first = await admit(a, "c", 0, limits)
+    assert first.code == 0
+    await a.settle(first.reservation, rec(channel="c", prompt=0, completion=0), NOW)
+    second = await admit(a, "c", 0, limits)
+    await a.release(second.reservation)
+    await admit(a, "c", 0, limits, ttl=0.05)  # never settled: expires
+    await asyncio.sleep(0.1)
+    assert (await admit(b, "c", 0, limits)).code == 0  # purges the expired one
+    await b.poll(["c"], NOW)
+    for store in (a, b):
+        assert store.status()["ok"], store.status()
+    u = (await b.usage(["c"], NOW))["c"]
+    assert (u.day_requests, u.day_reserved_tokens, u.reserved_requests) == (1, 0, 1)

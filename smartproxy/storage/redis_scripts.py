@@ -16,7 +16,9 @@ Redis Cluster slot, since one script touches a channel's keys and a client key's
     K kt:<key name>                 its tokens-per-minute bucket
     K kd:<key name>:<YYYY-MM-DD>    its spend (USD) that day
 
-Time is Redis ``TIME`` (milliseconds) everywhere, never a host clock. Reservations expire by
+Time is Redis ``TIME`` (milliseconds) everywhere, never a host clock. Decrements are written
+``0 - x``, never ``-x``: for x = 0 Lua makes -0, which reaches Redis as "-0", and HINCRBY refuses
+that as "not an integer" (a reservation of 0 tokens: the unmetered GET/DELETE /v1/responses/{id}). Reservations expire by
 themselves: every admit first drops the channel's expired members from ``r`` and their sums from
 ``rs``, so a process killed while holding reservations frees them within their expiry.
 """
@@ -117,7 +119,7 @@ local function admit(K, A)
     local freed = 0
     for _, m in ipairs(old) do freed = freed + tonumber(string.match(m, ':(%d+)$')) end
     redis.call('ZREMRANGEBYSCORE', K[3], '-inf', now)
-    redis.call('HINCRBY', K[4], 't', -freed)
+    redis.call('HINCRBY', K[4], 't', 0 - freed)
     redis.call('HINCRBY', K[4], 'r', -#old)
   end
   local held = redis.call('HMGET', K[4], 't', 'r')
@@ -180,7 +182,7 @@ for i = 0, n - 1 do
   if member ~= '' then
     if redis.call('ZREM', KEYS[k + 4], member) == 1 then
       released = 1
-      redis.call('HINCRBY', KEYS[k + 5], 't', -tonumber(string.match(member, ':(%d+)$')))
+      redis.call('HINCRBY', KEYS[k + 5], 't', 0 - tonumber(string.match(member, ':(%d+)$')))
       redis.call('HINCRBY', KEYS[k + 5], 'r', -1)
     end
   end
@@ -271,7 +273,7 @@ for i = 0, #KEYS / 6 - 1 do
     local freed = 0
     for _, m in ipairs(old) do freed = freed + tonumber(string.match(m, ':(%d+)$')) end
     redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', now)
-    redis.call('HINCRBY', KEYS[k + 3], 't', -freed)
+    redis.call('HINCRBY', KEYS[k + 3], 't', 0 - freed)
     redis.call('HINCRBY', KEYS[k + 3], 'r', -#old)
   end
   local d = redis.call('HMGET', KEYS[k + 1], 'tokens', 'requests')
