@@ -20,19 +20,20 @@ chunks (``EventSplitter`` + ``inspect_event``), so the difference is what transl
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import sys
-import time
-import timeit
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import microbench  # noqa: E402
 
 from smartproxy.config import ChannelConfig  # noqa: E402
 from smartproxy.providers.anthropic import ChatToMessages  # noqa: E402
-from smartproxy.upstream.sse import EventSplitter, StreamTally, inspect_event  # noqa: E402
+from smartproxy.upstream.sse import EventSplitter  # noqa: E402
 
 CHANNEL = ChannelConfig(name="claude", type="anthropic", endpoint="https://api.anthropic.com")
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather now",
@@ -113,36 +114,14 @@ def stream_64() -> None:
     assert tr.tally.done
 
 
-def passthrough_64() -> None:
-    splitter = EventSplitter()
-    tally = StreamTally()
-    for chunk in PLAIN:
-        for event in splitter.feed(chunk):
-            inspect_event(event, tally)
-
-
-def best_us(fn: object, number: int, repeat: int) -> float:
-    # CPU time of this process, not wall time: on a shared machine the wall clock also counts the
-    # time other processes held the core.
-    times = timeit.repeat(fn, number=number, repeat=repeat, timer=time.process_time)  # type: ignore[arg-type]
-    return min(times) / number * 1e6
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--number", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    print(f"python {platform.python_version()} on {platform.machine()}, "
-          f"best of {args.repeat} runs, CPU time per call")  # fmt: skip
-    rows = [
+    rows: list[tuple[str, Callable[[], object]]] = [
         ("typical chat: request + answer translation", typical_chat),
         ("64-chunk stream: request + 64 text deltas translated", stream_64),
-        ("64-chunk openai stream relayed untranslated (for comparison)", passthrough_64),
+        ("64-chunk openai stream relayed untranslated (for comparison)",
+         partial(microbench.relay_untranslated, PLAIN)),
     ]
-    for label, fn in rows:
-        number = args.number if fn is typical_chat else max(args.number // 10, 50)
-        print(f"{best_us(fn, number, args.repeat):9.1f} µs  {label}")
+    microbench.run(__doc__.splitlines()[0], rows)
 
 
 if __name__ == "__main__":
