@@ -338,3 +338,25 @@ async def test_zero_token_reservations_settle_release_and_expire(stores):
         assert store.status()["ok"], store.status()
     u = (await b.usage(["c"], NOW))["c"]
     assert (u.day_requests, u.day_reserved_tokens, u.reserved_requests) == (1, 0, 1)
+
+
+async def test_an_unexpected_error_in_a_batch_never_leaves_its_waiters_hanging(stores, caplog):
+    """Anything a batch call raises, not only Redis' own errors, answers the batch's waiters:
+    a settlement awaited forever would also hang the gateway's shutdown (it drains them)."""
+    a = await stores()
+    limits = Limits(day_tokens=100)
+    held = await admit(a, "c", 5, limits)
+
+    async def broken_settle(*_: Any, **__: Any) -> Any:
+        raise ValueError("a reply of an unexpected shape")
+
+    a._settle = broken_settle  # type: ignore[method-assign]
+    await asyncio.wait_for(a.settle(held.reservation, rec(channel="c"), NOW), 2)
+    assert "a reply of an unexpected shape" in caplog.text
+
+    async def broken_admit(*_: Any, **__: Any) -> Any:
+        raise ValueError("an admit reply of an unexpected shape")
+
+    a._admit = broken_admit  # type: ignore[method-assign]
+    with pytest.raises(Exception):  # noqa: B017 - whatever it is, the waiter is answered
+        await asyncio.wait_for(admit(a, "c", 5, limits), 2)

@@ -184,6 +184,8 @@ class RedisStore(RedisAdmitter):
                 if self.online:
                     self._outage(exc)
                 self._keep_for_replay(batch)
+            except Exception:  # a bug, not an outage: say so; the waiters are answered below
+                log.exception("usage store: %d settlements could not be written", len(batch))
             else:
                 for item, (_, event, open_ms, dt, hh, dr, ht, hr) in zip(
                     batch, results, strict=True
@@ -191,9 +193,10 @@ class RedisStore(RedisAdmitter):
                     self._remember(item.channel, item.day, item.hour, dt, hh, dr, ht, hr)
                     if event and self.on_breaker is not None:
                         self.on_breaker(item.channel, int(event), int(open_ms))
-            for item in batch:
-                if item.done is not None and not item.done.done():
-                    item.done.set_result(None)
+            finally:  # whatever happened, nobody waits forever (shutdown drains these waits)
+                for item in batch:
+                    if item.done is not None and not item.done.done():
+                        item.done.set_result(None)
 
     async def _run_settle(self, batch: Sequence[Settlement]) -> list[list[int]]:
         keys: list[str] = []

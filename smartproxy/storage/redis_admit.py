@@ -143,6 +143,12 @@ class RedisAdmitter(RedisView):
                         done.set_exception(_Unreachable())
                         done.exception()  # retrieved: a cancelled waiter must not warn
                 continue
+            except Exception as exc:  # a bug, not an outage: the waiters get it, never a hang
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                        done.exception()
+                continue
             for (_, _, done), row in zip(batch, rows, strict=True):
                 if not done.done():
                     done.set_result(row)
