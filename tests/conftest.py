@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -56,19 +57,31 @@ def base_config(**overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def upstream_factory() -> AsyncIterator[Callable[..., Awaitable[tuple[FakeUpstream, str]]]]:
+async def fake_servers() -> AsyncIterator[Callable[[web.Application], Awaitable[TestServer]]]:
+    """Serve fake upstream apps on free ports; every one is closed when the test ends."""
     servers: list[TestServer] = []
 
-    async def make(name: str = "up", **kwargs: Any) -> tuple[FakeUpstream, str]:
-        fake = FakeUpstream(name=name, **kwargs)
-        server = TestServer(fake.app())
+    async def serve(app: web.Application) -> TestServer:
+        server = TestServer(app)
         await server.start_server()
         servers.append(server)
-        return fake, str(server.make_url("/v1"))
+        return server
 
-    yield make
+    yield serve
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+async def upstream_factory(
+    fake_servers: Callable[[web.Application], Awaitable[TestServer]],
+) -> Callable[..., Awaitable[tuple[FakeUpstream, str]]]:
+    async def make(name: str = "up", **kwargs: Any) -> tuple[FakeUpstream, str]:
+        fake = FakeUpstream(name=name, **kwargs)
+        server = await fake_servers(fake.app())
+        return fake, str(server.make_url("/v1"))
+
+    return make
 
 
 class GatewayHandle:
@@ -152,19 +165,15 @@ def channel(name: str, endpoint: str, **kw: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def anthropic_factory() -> AsyncIterator[Callable[..., Awaitable[tuple[Any, str]]]]:
+async def anthropic_factory(
+    fake_servers: Callable[[web.Application], Awaitable[TestServer]],
+) -> Callable[..., Awaitable[tuple[Any, str]]]:
     """Fake Anthropic Messages APIs (tests/fakeanthropic.py); returns (fake, base URL)."""
     from fakeanthropic import FakeAnthropic
 
-    servers: list[TestServer] = []
-
     async def make(**kwargs: Any) -> tuple[FakeAnthropic, str]:
         fake = FakeAnthropic(**kwargs)
-        server = TestServer(fake.app())
-        await server.start_server()
-        servers.append(server)
+        server = await fake_servers(fake.app())
         return fake, str(server.make_url("")).rstrip("/")
 
-    yield make
-    for server in servers:
-        await server.close()
+    return make

@@ -6,12 +6,11 @@ both authenticated with the ``api-key`` header, and answers like the OpenAI fake
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from conftest import DEV_KEY, base_config
 from fakeupstream import FakeUpstream
 
@@ -37,19 +36,13 @@ class FakeAzure(FakeUpstream):
 
 
 @pytest.fixture
-async def azure_factory() -> AsyncIterator[Callable[[], Awaitable[tuple[FakeAzure, str]]]]:
-    servers: list[TestServer] = []
-
+async def azure_factory(fake_servers: Any) -> Callable[[], Awaitable[tuple[FakeAzure, str]]]:
     async def make() -> tuple[FakeAzure, str]:
         fake = FakeAzure(name="azure")
-        server = TestServer(fake.app())
-        await server.start_server()
-        servers.append(server)
+        server = await fake_servers(fake.app())
         return fake, str(server.make_url("")).rstrip("/")
 
-    yield make
-    for server in servers:
-        await server.close()
+    return make
 
 
 def az(url: str, **kw: Any) -> dict[str, Any]:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anthropic
 import openai
 import pytest
-from aiohttp.test_utils import TestServer
 from aiohttp.web import Application
 from conftest import DEV_KEY, base_config, channel
 from fakeanthropic import sse
@@ -31,18 +30,11 @@ TOOLS: list[Any] = [
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Application], Awaitable[str]]]:
-    servers: list[TestServer] = []
-
+async def serve(fake_servers: Any) -> Callable[[Application], Awaitable[str]]:
     async def start(app: Application) -> str:
-        server = TestServer(app)
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("/v1"))
+        return str((await fake_servers(app)).make_url("/v1"))
 
-    yield start
-    for server in servers:
-        await server.close()
+    return start
 
 
 def ant(gw: Any, key: str = DEV_KEY, **kw: Any) -> anthropic.AsyncAnthropic:

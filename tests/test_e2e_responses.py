@@ -5,7 +5,7 @@ Responses servers: unchanged bodies, streams relayed event by event, usage charg
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -20,19 +20,13 @@ Start = Callable[..., Awaitable[tuple[FakeResponses, str]]]
 
 
 @pytest.fixture
-async def responses_upstream() -> AsyncIterator[Start]:
-    servers: list[TestServer] = []
-
+async def responses_upstream(fake_servers: Any) -> Start:
     async def make(name: str = "resp-up", **kwargs: Any) -> tuple[FakeResponses, str]:
         fake = FakeResponses(name=name, **kwargs)
-        server = TestServer(fake.app())
-        await server.start_server()
-        servers.append(server)
+        server = await fake_servers(fake.app())
         return fake, str(server.make_url("/v1"))
 
-    yield make
-    for server in servers:
-        await server.close()
+    return make
 
 
 async def usage_of(gw: Any, name: str) -> dict[str, Any]:
