@@ -360,3 +360,74 @@ async def test_an_unexpected_error_in_a_batch_never_leaves_its_waiters_hanging(s
     a._admit = broken_admit  # type: ignore[method-assign]
     with pytest.raises(Exception):  # noqa: B017 - whatever it is, the waiter is answered
         await asyncio.wait_for(admit(a, "c", 5, limits), 2)
+
+
+async def test_a_settlement_kept_for_the_write_back_answers_its_waiter(tmp_path, stores):
+    """Redis goes away while a settlement is on its way: it is kept for the write-back, and
+    whoever awaits it (``settle``, an admit batch sent after it, the shutdown's drain) goes on."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        store = await stores(url=server.url, timeout=0.3)
+        limits = Limits(day_tokens=100)
+        held = await admit(store, "free", 10, limits)
+        server.stop()
+        await asyncio.wait_for(store.settle(held.reservation, rec(), NOW), 5)
+        assert store.status()["unwritten_settlements"] == 1
+        assert (await asyncio.wait_for(admit(store, "free", 10, limits), 5)).offline
+    finally:
+        server.stop()
+
+
+async def test_calls_of_a_busy_moment_travel_together_an_idle_one_goes_at_once(stores):
+    """Admits and settlements made within ``ADMIT_PACE`` of the last batch wait for the next
+    one (one script call for many requests); a batch after a quiet spell is sent at once, and
+    the settlements a process made go before its next admits (they free what they reserved)."""
+    a = await stores()
+    calls: list[str] = []
+    real_admit, real_settle = a._admit, a._settle
+
+    async def admit_call(**kw: Any) -> Any:
+        calls.append("admit")
+        return await real_admit(**kw)
+
+    async def settle_call(**kw: Any) -> Any:
+        calls.append("settle")
+        return await real_settle(**kw)
+
+    a._admit, a._settle = admit_call, settle_call  # type: ignore[method-assign]
+    limits = Limits(day_tokens=25)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = await admit(a, "q", 10, limits)
+    assert loop.time() - started < a.ADMIT_PACE  # idle: no wait
+    assert calls == ["admit"]
+    # 20 admits 1 ms apart, each settled as soon as it is admitted: far fewer calls than 40
+    async def one(delay: float) -> int:
+        await asyncio.sleep(delay)
+        adm = await admit(a, "q", 0, limits)
+        await a.settle(adm.reservation, rec(channel="q", prompt=0, completion=0), NOW)
+        return adm.code
+
+    assert await asyncio.gather(*(one(i / 1000) for i in range(20))) == [0] * 20
+    assert calls.count("admit") <= 10 and calls.count("settle") <= 10
+    # settled (10 + 20 = 30 > 25 used) before the next admit, which therefore sees the quota used
+    await a.settle(first.reservation, rec(channel="q", prompt=10, completion=20), NOW)
+    calls.clear()
+    assert (await admit(a, "q", 0, limits)).code == 1
+    assert calls[-2:] == ["settle", "admit"] or calls == ["admit"]
+
+
+async def test_a_settlement_that_moves_a_breaker_is_not_held_back(stores):
+    """A failure (or a trial's end) must reach the other processes now, not after the pace."""
+    a, b = await stores(), await stores()
+    limits = Limits(day_tokens=0)
+    a.SETTLE_PACE = 60.0  # type: ignore[misc]  # a plain settlement would wait a minute
+    warm = await admit(a, "x", 1, limits)
+    await a.settle(warm.reservation, rec(channel="x"), NOW)  # sets the pace clock
+    held = [await admit(a, "x", 1, limits) for _ in range(BREAKER[0])]
+    for adm in held:
+        adm.reservation.outcome = "f"
+        a.settle_nowait(adm.reservation, rec(channel="x"), NOW)
+    await asyncio.wait_for(a.drain(), 5)
+    assert (await admit(b, "x", 1, limits)).code != 0  # b sees the breaker a's failures opened

@@ -152,6 +152,7 @@ class RedisStore(RedisAdmitter):
         if isinstance(res, SharedReservation):
             item.member, item.outcome, item.cooldown_ms = res.member, res.outcome, res.cooldown_ms
             item.breaker, item.key_name, item.tpm = res.breaker, res.key_name, res.tpm
+            item.urgent = res.trial or res.outcome in ("f", "c")
         elif record is not None:
             item.key_name = record.api_key_name
         return item
@@ -167,6 +168,8 @@ class RedisStore(RedisAdmitter):
             return None
         item.done = asyncio.get_running_loop().create_future()
         self._pending.append(item)
+        if item.urgent:
+            self._hurry()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
         return item.done
@@ -174,6 +177,7 @@ class RedisStore(RedisAdmitter):
     async def _flush(self) -> None:
         """Write everything pending, one script call per batch (settlements of one loop turn)."""
         while self._pending:
+            self._settle_sent = await self._paced(self._settle_sent, self.SETTLE_PACE, True)
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
                 if not self.online:
@@ -243,8 +247,11 @@ class RedisStore(RedisAdmitter):
                 # Counted here meanwhile, so this process's own quota checks see it.
                 self._book.count(item.channel, item.day, item.hour, item.record)
                 item.outcome = ""  # breaker verdicts are not replayed: they are stale by then
-                item.done = None
                 self._replay.append(item)
+            if item.done is not None:  # kept is as good as written for whoever waits on it
+                if not item.done.done():
+                    item.done.set_result(None)
+                item.done = None
         if len(self._replay) > MAX_REPLAY:
             drop = len(self._replay) - MAX_REPLAY
             del self._replay[:drop]

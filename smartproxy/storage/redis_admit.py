@@ -127,6 +127,12 @@ class RedisAdmitter(RedisView):
         """Send the admits queued so far as one script call (they were made in one event-loop
         turn, or while the previous batch was in flight); one batch in flight at a time."""
         while self._admits:
+            self._admit_sent = await self._paced(self._admit_sent, self.ADMIT_PACE)
+            if self._pending:  # settlements first: a request that answered holds no reservation
+                last = self._pending[-1].done
+                self._hurry()
+                if last is not None:
+                    await asyncio.shield(last)
             batch, self._admits = self._admits[:MAX_BATCH], self._admits[MAX_BATCH:]
             keys = [k for item in batch for k in item[0]]
             args = [a for item in batch for a in item[1]]
