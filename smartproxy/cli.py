@@ -272,7 +272,7 @@ def _serve_process(
     loaded: int | None = None,
 ) -> int:
     main = serve(path, config, reuse_port=reuse_port, jwt_secret=jwt_secret, announce=announce,
-                 loaded=loaded)
+                 loaded=loaded, hard_exit=True)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none

@@ -44,8 +44,12 @@ async def serve(
     jwt_secret: str | None = None,
     announce: bool = True,
     loaded: int | None = None,
+    hard_exit: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file.
+
+    ``hard_exit`` (the command line's processes): should the shutdown still wait on something
+    ``SHUTDOWN_GRACE`` seconds after its drain limit, the process says what and exits anyway.
 
     ``loaded``: the config file's mtime when ``config`` was read (a worker gets its config from
     the parent): a worker that starts after the file changed (an admin change while it was
@@ -104,8 +108,45 @@ async def serve(
         log.info("shutting down: draining in-flight requests (up to %ss)",
                  config.server.shutdown_timeout)
         gw.draining = True
-        await runner.cleanup()
+        await cleanup_or_give_up(runner, config.server.shutdown_timeout + SHUTDOWN_GRACE,
+                                 hard_exit=hard_exit)
         log.info("stopped")
+
+
+SHUTDOWN_GRACE = 10.0  # seconds past server.shutdown_timeout before a stuck shutdown gives up
+
+
+async def cleanup_or_give_up(runner: web.BaseRunner, limit: float, *, hard_exit: bool) -> None:
+    """``runner.cleanup()``: drain in-flight requests (up to ``shutdown_timeout``, then they
+    are cancelled), close the upstream pool and the store. Should it still wait after ``limit``
+    seconds, something awaits a future nobody will answer (a bug): log what waits and where,
+    and with ``hard_exit`` end the process anyway, since a worker that never exits keeps the
+    port, its sockets and its memory."""
+    cleanup = asyncio.ensure_future(runner.cleanup())
+    done, _ = await asyncio.wait({cleanup}, timeout=limit)
+    if done:
+        cleanup.result()
+        return
+    me = asyncio.current_task()
+    stuck = [task_site(t) for t in asyncio.all_tasks() if t is not me and not t.done()]
+    log.error("shutdown still waiting %gs after the signal; exiting anyway. Waiting: %s",
+              limit, "; ".join(stuck[:20]) or "-")
+    if hard_exit:
+        logging.shutdown()
+        os._exit(1)
+    cleanup.cancel()
+
+
+def task_site(task: asyncio.Task[object]) -> str:
+    """Where a task waits: its name and the innermost coroutine frames (``fn:line``)."""
+    frames: list[str] = []
+    coro: object = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    return f"{task.get_name()} at {' > '.join(frames[-3:]) or '?'}"
 
 
 def admin_token_path(config: Config) -> Path:
