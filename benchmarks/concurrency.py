@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,7 @@ class Gateway:
                "--workers", str(args.workers)]
         self.proc = start(cmd, cpu, log, env=env, cwd=str(workdir))
         self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        self.redis_url = args.redis_url if args.storage == "redis" else ""
         # Every worker must be up: ask until the port answers and the tree has them all (the
         # upstream may take many seconds, so readiness is /healthz, not a proxied request).
         deadline = time.monotonic() + 30
@@ -202,6 +204,22 @@ class Gateway:
     def fds(self) -> int:
         return int(self._sum("fds"))
 
+    def redis_conns(self) -> int:
+        """Connections of the Redis pool (``storage.max_connections`` at most per process)."""
+        port = urllib.parse.urlsplit(self.redis_url).port or 6379
+        total = 0
+        for p in self.tree():
+            try:
+                total += sum(1 for c in p.net_connections(kind="tcp")
+                             if c.raddr and c.raddr.port == port)
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def own_fds(self) -> int:
+        """Open files but the Redis pool's: client and upstream sockets, files, pipes."""
+        return self.fds() - (self.redis_conns() if self.redis_url else 0)
+
     def close(self) -> None:
         stop(self.proc)
 
@@ -247,13 +265,14 @@ def wrk(url: str, connections: int, seconds: float, cpu: int | None, workdir: Pa
 
 
 def settle(gw: Gateway, idle_fds: int | None = None, limit: float = 40.0) -> int:
-    """Wait until the gateway's open files reach ``idle_fds``, or (without it) have not changed
-    for 20 s, longer than the upstream pool keeps an idle connection (15 s); returns them."""
+    """Wait until the gateway's open files (but the Redis pool's: ``own_fds``) reach
+    ``idle_fds``, or (without it) have not changed for 20 s, longer than the upstream pool keeps
+    an idle connection (15 s); returns them."""
     deadline = time.monotonic() + limit
-    last, since = gw.fds(), time.monotonic()
+    last, since = gw.own_fds(), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(1.0)
-        now = gw.fds()
+        now = gw.own_fds()
         if idle_fds is not None and now <= idle_fds:
             return now
         if now != last:
@@ -384,6 +403,7 @@ def s5(args: argparse.Namespace, cpus: dict[str, int | None], workdir: Path, rep
             # are then open; upstream keep-alive connections close after their idle timeout.
             wrk(gw.url, args.connections // 2, args.soak_warmup, cpus["load"], workdir)
             idle_fds = settle(gw, limit=60)
+            idle_redis = gw.redis_conns()
             series: list[tuple[float, float, int]] = []
             stop_ev = threading.Event()
 
@@ -398,6 +418,7 @@ def s5(args: argparse.Namespace, cpus: dict[str, int | None], workdir: Path, rep
             stop_ev.set()
             th.join()
             after_fds = settle(gw, idle_fds, limit=45)
+            after_redis = gw.redis_conns()
         finally:
             gw.close()
     finally:
@@ -406,14 +427,15 @@ def s5(args: argparse.Namespace, cpus: dict[str, int | None], workdir: Path, rep
     end = series[-1][1] if series else 0.0
     drift = (end - minute1) / minute1 * 100 if minute1 else float("nan")
     rep.data["s5"] = {"wrk": result, "series": series, "idle_fds": idle_fds,
-                      "fds_after": after_fds, "rss_minute1": minute1, "rss_end": end}
+                      "fds_after": after_fds, "redis_pool_idle": idle_redis,
+                      "redis_pool_after": after_redis, "rss_minute1": minute1, "rss_end": end}
     print(f"S5: {rep.data['s5']}", file=sys.stderr, flush=True)
     rep.rows.append([f"S5 soak {args.soak_seconds:.0f} s, {args.connections // 2} conns",
                      f"{result['rps']:.0f}", f"{result['p50']:.0f} / {result['p95']:.0f} / "
                      f"{result['p99']:.0f}", "–", str(result["errors"]),
                      f"{minute1:.0f} -> {end:.0f} ({drift:+.1f} %)",
                      f"fds idle {idle_fds}, peak {max((f for *_, f in series), default=0)}, "
-                     f"after {after_fds}"])
+                     f"after {after_fds} (+ Redis pool {idle_redis} -> {after_redis})"])
     ok = abs(drift) <= 5 and after_fds <= idle_fds
     rep.targets.append(f"S5: RSS drift within 5 %, open files back to idle: {drift:+.1f} %, "
                        f"fds {after_fds} vs idle {idle_fds} -> {'MET' if ok else 'NOT MET'}")
