@@ -282,6 +282,47 @@ def settle(gw: Gateway, idle_fds: int | None = None, limit: float = 40.0) -> int
     return last
 
 
+class Floor:
+    """``floor_proxy.py`` (a bare aiohttp pass-through) as ``--workers`` processes sharing one
+    port: what aiohttp itself costs at this load, for comparison with the gateway."""
+
+    def __init__(self, args: argparse.Namespace, cpu: int | None, workdir: Path,
+                 upstream: Upstream) -> None:
+        self.port = free_port()
+        self.procs = [
+            start([sys.executable, str(HERE / "floor_proxy.py"), "--port", str(self.port),
+                   "--upstream", f"http://127.0.0.1:{upstream.port}", "--pool", str(args.pool),
+                   "--reuse-port"], cpu, workdir / f"floor-{self.port}-{i}.log")
+            for i in range(args.workers)
+        ]
+        self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        deadline = time.monotonic() + 20
+        while len({p.pid for p in self.procs if self._listening(p.pid)}) < len(self.procs):
+            if time.monotonic() > deadline:
+                sys.exit("floor proxy did not start")
+            time.sleep(0.1)
+        time.sleep(1.0)
+
+    def _listening(self, pid: int) -> bool:
+        try:
+            return any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port
+                       for c in psutil.Process(pid).net_connections(kind="tcp"))
+        except psutil.NoSuchProcess:
+            return False
+
+    def tree(self) -> list[psutil.Process]:
+        return [psutil.Process(p.pid) for p in self.procs if p.poll() is None]
+
+    _sum = Gateway._sum
+    cpu = Gateway.cpu
+    rss_mb = Gateway.rss_mb
+    pss_mb = Gateway.pss_mb
+
+    def close(self) -> None:
+        for p in self.procs:
+            stop(p)
+
+
 # ---------------------------------------------------------------- scenarios
 
 
@@ -316,7 +357,43 @@ def run_wrk_pair(args: argparse.Namespace, name: str, delay: tuple[float, float]
     finally:
         up.close()
     print(f"{name}: direct {direct}\n{name}: gateway {proxied}", file=sys.stderr, flush=True)
-    return {"direct": direct, "gateway": proxied}
+    out = {"direct": direct, "gateway": proxied}
+    if args.floor:
+        out["floor"] = run_floor(args, name, delay, seconds, conns, cpus, workdir)
+    return out
+
+
+def run_floor(args: argparse.Namespace, name: str, delay: tuple[float, float], seconds: float,
+              conns: int, cpus: dict[str, int | None], workdir: Path) -> dict[str, Any]:
+    """The same load through the bare aiohttp pass-through (``--floor``), fresh processes."""
+    up = Upstream(cpus["upstream"], workdir, *delay)
+    try:
+        floor = Floor(args, cpus["proxy"], workdir, up)
+        try:
+            sampler = Sampler(floor)  # type: ignore[arg-type]
+            sampler.start()
+            cpu0 = floor.cpu()
+            result = wrk(floor.url, conns, seconds, cpus["load"], workdir)
+            cpu_used = floor.cpu() - cpu0
+            result["peak_rss_mb"], result["peak_pss_mb"] = sampler.finish()
+            result["cpu_s_per_1000"] = cpu_used / max(result["requests"], 1) * 1000
+        finally:
+            floor.close()
+    finally:
+        up.close()
+    print(f"{name}: floor {result}", file=sys.stderr, flush=True)
+    return result
+
+
+def _floor_row(rep: Report, name: str, d: dict[str, Any], f: dict[str, Any] | None) -> None:
+    if f is None:
+        return
+    rep.rows.append([f"{name} aiohttp pass-through (floor)", f"{f['rps']:.0f} "
+                     f"({f['rps'] / d['rps']:.2f}x direct)",
+                     f"{f['p50']:.0f} / {f['p95']:.0f} / {f['p99']:.0f}",
+                     f"+{f['p50'] - d['p50']:.0f} / +{f['p95'] - d['p95']:.0f} / "
+                     f"+{f['p99'] - d['p99']:.0f}", str(f["errors"]), _mem(f),
+                     f"{f['cpu_s_per_1000']:.2f}"])
 
 
 def s3(args: argparse.Namespace, cpus: dict[str, int | None], workdir: Path, rep: Report) -> None:
@@ -331,6 +408,7 @@ def s3(args: argparse.Namespace, cpus: dict[str, int | None], workdir: Path, rep
                      f"+{g['p50'] - d['p50']:.0f} / +{g['p95'] - d['p95']:.0f} / "
                      f"+{g['p99'] - d['p99']:.0f}",
                      str(g["errors"]), _mem(g), f"{g['cpu_s_per_1000']:.2f}"])
+    _floor_row(rep, "S3", d, r.get("floor"))
     ok = g["errors"] == 0 and ratio >= 0.95
     rep.targets.append(f"S3: 0 errors, >= 0.95x direct, peak memory < 300 MB: "
                        f"{g['errors']} errors, {ratio:.2f}x -> {'MET' if ok else 'NOT MET'}; "
@@ -353,6 +431,7 @@ def s3_light(args: argparse.Namespace, cpus: dict[str, int | None], workdir: Pat
                      f"{g['p50']:.0f} / {g['p95']:.0f} / {g['p99']:.0f}",
                      f"+{g['p50'] - d['p50']:.0f} / +{added95:.0f} / +{g['p99'] - d['p99']:.0f}",
                      str(g["errors"]), _mem(g), f"{g['cpu_s_per_1000']:.2f}"])
+    _floor_row(rep, "S3-light", d, r.get("floor"))
     ok = added95 < 100 and g["errors"] == 0
     rep.targets.append(f"S3-light: added p95 < 100 ms, 0 errors: +{added95:.0f} ms, "
                        f"{g['errors']} errors -> {'MET' if ok else 'NOT MET'}")
@@ -640,6 +719,8 @@ def main() -> int:
     parser.add_argument("--plot", default=str(HERE / "concurrency_curve.png"))
     parser.add_argument("--src", default=str(ROOT), help="tree holding the smartproxy/ to run")
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--floor", action="store_true", help="S3 and S3-light also through a "
+                        "bare aiohttp pass-through (floor_proxy.py, --workers processes)")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--_streams", metavar="ADDR", help=argparse.SUPPRESS)
     args = parser.parse_args()

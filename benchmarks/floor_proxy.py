@@ -14,12 +14,14 @@ from aiohttp import web
 args = argparse.ArgumentParser()
 args.add_argument("--port", type=int, default=9102)
 args.add_argument("--upstream", default="http://127.0.0.1:9101")
+args.add_argument("--pool", type=int, default=1000, help="upstream connections at most")
+args.add_argument("--reuse-port", action="store_true", help="share the port with other copies")
 opts = args.parse_args()
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
 async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-    app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
+    app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=opts.pool))
     yield
     await app[SESSION].close()
 
@@ -37,5 +39,12 @@ app = web.Application()
 app.cleanup_ctx.append(session_ctx)
 app.router.add_post("/v1/{tail:.*}", proxy)
 web.run_app(
-    app, host="127.0.0.1", port=opts.port, access_log=None, print=None, loop=uvloop.new_event_loop()
+    app,
+    host="127.0.0.1",
+    port=opts.port,
+    access_log=None,
+    print=None,
+    loop=uvloop.new_event_loop(),
+    reuse_port=opts.reuse_port or None,
+    backlog=4096,
 )

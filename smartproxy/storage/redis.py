@@ -2,9 +2,9 @@
 
 Every process and host with the same ``storage.url`` and ``key_prefix`` counts against one quota:
 ``admit`` is one atomic Lua step (check the key's limits, the channel's breaker and cool-down, and
-its quota; reserve), and the admits of one event-loop turn travel as one script call; settlements
-are batched the same way; so the request path makes one Redis round trip before dispatch and one
-after. The scripts and the key layout are in ``redis_scripts``; the connection, outage bookkeeping
+its quota; reserve), and the admits of one event-loop turn (while busy: of up to 5 ms) travel as
+one script call; settlements are batched the same way (``RedisView._paced``); so the request path
+makes one Redis round trip before dispatch and one after. The scripts and the key layout are in ``redis_scripts``; the connection, outage bookkeeping
 and every read are in ``redis_view``. Routing reads a view of every channel (usage with reservations,
 breaker, cool-down) that ``poll`` refreshes twice a second and each admit updates; the script
 decides, so a stale view costs at most one refused admit. The request log stays on this host
@@ -175,7 +175,7 @@ class RedisStore(RedisAdmitter):
         return item.done
 
     async def _flush(self) -> None:
-        """Write everything pending, one script call per batch (settlements of one loop turn)."""
+        """Write everything pending, one script call per batch (paced while busy: ``_paced``)."""
         while self._pending:
             self._settle_sent = await self._paced(self._settle_sent, self.SETTLE_PACE, True)
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
