@@ -229,7 +229,7 @@ class Sampler(threading.Thread):
     RSS (pages shared between the parent and its forked workers counted in each) and of their
     PSS (each shared page counted once, split between the processes sharing it)."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway | Floor) -> None:
         super().__init__(daemon=True)
         self.gw, self.peak, self.peak_pss, self._halt = gw, 0.0, 0.0, threading.Event()
 
@@ -333,6 +333,19 @@ class Report:
     targets: list[str] = field(default_factory=list)
 
 
+def measured_wrk(target: Gateway | Floor, conns: int, seconds: float,
+                 cpus: dict[str, int | None], workdir: Path) -> dict[str, Any]:
+    """wrk against ``target`` with its peak memory (RSS and PSS sums) and CPU per 1,000."""
+    sampler = Sampler(target)
+    sampler.start()
+    cpu0 = target.cpu()
+    result = wrk(target.url, conns, seconds, cpus["load"], workdir)
+    cpu_used = target.cpu() - cpu0
+    result["peak_rss_mb"], result["peak_pss_mb"] = sampler.finish()
+    result["cpu_s_per_1000"] = cpu_used / max(result["requests"], 1) * 1000
+    return result
+
+
 def run_wrk_pair(args: argparse.Namespace, name: str, delay: tuple[float, float], seconds: float,
                  conns: int, cpus: dict[str, int | None], workdir: Path) -> dict[str, Any]:
     """Direct, then through the gateway, against one upstream with ``delay`` (ms, jitter ms)."""
@@ -344,13 +357,7 @@ def run_wrk_pair(args: argparse.Namespace, name: str, delay: tuple[float, float]
         gw = Gateway(args, cpus["proxy"], workdir, up)
         try:
             idle_fds = gw.fds()
-            sampler = Sampler(gw)
-            sampler.start()
-            cpu0 = gw.cpu()
-            proxied = wrk(gw.url, conns, seconds, cpus["load"], workdir)
-            cpu_used = gw.cpu() - cpu0
-            proxied["peak_rss_mb"], proxied["peak_pss_mb"] = sampler.finish()
-            proxied["cpu_s_per_1000"] = cpu_used / max(proxied["requests"], 1) * 1000
+            proxied = measured_wrk(gw, conns, seconds, cpus, workdir)
             proxied["idle_fds"] = idle_fds
         finally:
             gw.close()
@@ -370,13 +377,7 @@ def run_floor(args: argparse.Namespace, name: str, delay: tuple[float, float], s
     try:
         floor = Floor(args, cpus["proxy"], workdir, up)
         try:
-            sampler = Sampler(floor)  # type: ignore[arg-type]
-            sampler.start()
-            cpu0 = floor.cpu()
-            result = wrk(floor.url, conns, seconds, cpus["load"], workdir)
-            cpu_used = floor.cpu() - cpu0
-            result["peak_rss_mb"], result["peak_pss_mb"] = sampler.finish()
-            result["cpu_s_per_1000"] = cpu_used / max(result["requests"], 1) * 1000
+            result = measured_wrk(floor, conns, seconds, cpus, workdir)
         finally:
             floor.close()
     finally:
@@ -391,8 +392,8 @@ def _floor_row(rep: Report, name: str, d: dict[str, Any], f: dict[str, Any] | No
     rep.rows.append([f"{name} aiohttp pass-through (floor)", f"{f['rps']:.0f} "
                      f"({f['rps'] / d['rps']:.2f}x direct)",
                      f"{f['p50']:.0f} / {f['p95']:.0f} / {f['p99']:.0f}",
-                     f"+{f['p50'] - d['p50']:.0f} / +{f['p95'] - d['p95']:.0f} / "
-                     f"+{f['p99'] - d['p99']:.0f}", str(f["errors"]), _mem(f),
+                     f"{f['p50'] - d['p50']:+.0f} / {f['p95'] - d['p95']:+.0f} / "
+                     f"{f['p99'] - d['p99']:+.0f}", str(f["errors"]), _mem(f),
                      f"{f['cpu_s_per_1000']:.2f}"])
 
 
@@ -405,8 +406,8 @@ def s3(args: argparse.Namespace, cpus: dict[str, int | None], workdir: Path, rep
                      "–", str(d["errors"]), "–", "–"])
     rep.rows.append(["S3 gateway", f"{g['rps']:.0f} ({ratio:.2f}x direct)",
                      f"{g['p50']:.0f} / {g['p95']:.0f} / {g['p99']:.0f}",
-                     f"+{g['p50'] - d['p50']:.0f} / +{g['p95'] - d['p95']:.0f} / "
-                     f"+{g['p99'] - d['p99']:.0f}",
+                     f"{g['p50'] - d['p50']:+.0f} / {g['p95'] - d['p95']:+.0f} / "
+                     f"{g['p99'] - d['p99']:+.0f}",
                      str(g["errors"]), _mem(g), f"{g['cpu_s_per_1000']:.2f}"])
     _floor_row(rep, "S3", d, r.get("floor"))
     ok = g["errors"] == 0 and ratio >= 0.95
@@ -429,7 +430,7 @@ def s3_light(args: argparse.Namespace, cpus: dict[str, int | None], workdir: Pat
     added95 = g["p95"] - d["p95"]
     rep.rows.append(["S3-light gateway", f"{g['rps']:.0f}",
                      f"{g['p50']:.0f} / {g['p95']:.0f} / {g['p99']:.0f}",
-                     f"+{g['p50'] - d['p50']:.0f} / +{added95:.0f} / +{g['p99'] - d['p99']:.0f}",
+                     f"{g['p50'] - d['p50']:+.0f} / {added95:+.0f} / {g['p99'] - d['p99']:+.0f}",
                      str(g["errors"]), _mem(g), f"{g['cpu_s_per_1000']:.2f}"])
     _floor_row(rep, "S3-light", d, r.get("floor"))
     ok = added95 < 100 and g["errors"] == 0
