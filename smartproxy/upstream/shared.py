@@ -248,9 +248,15 @@ def sync_ctx(app: web.Application) -> AsyncIterator[None]:
         store.on_error_count = gw.metrics.storage_error
         await sync_once(gw)
 
+        running = True
+
         async def loop() -> None:
-            while True:
+            # Stops on the flag too: a cancellation that lands inside a Redis call can be lost
+            # (seen: workers still polling 40 s into their shutdown, sync_ctx awaiting this task).
+            while running:
                 await asyncio.sleep(store.poll_interval)
+                if not running:
+                    break
                 try:
                     await sync_once(gw)
                 except Exception:  # a bug must not stop the sync; it is logged
@@ -258,10 +264,10 @@ def sync_ctx(app: web.Application) -> AsyncIterator[None]:
 
         task = asyncio.create_task(loop(), name="shared-store-sync")
         yield
+        running = False
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        await asyncio.wait([task], timeout=store.poll_interval + store.timeout * 2)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("shared store sync ended with %r", task.exception())
 
     return ctx()
