@@ -138,15 +138,21 @@ async def cleanup_or_give_up(runner: web.BaseRunner, limit: float, *, hard_exit:
 
 
 def task_site(task: asyncio.Task[object]) -> str:
-    """Where a task waits: its name and the innermost coroutine frames (``fn:line``)."""
+    """Where a task waits: its name and its chain of coroutine frames (``fn:line (file)``),
+    into the async generators behind ``asynccontextmanager`` (aiohttp's ``cleanup_ctx``)."""
     frames: list[str] = []
     coro: object = task.get_coro()
-    while coro is not None:
+    while coro is not None and len(frames) < 40:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        awaited = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
         if frame is not None:
-            frames.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
-    return f"{task.get_name()} at {' > '.join(frames[-3:]) or '?'}"
+            code = frame.f_code
+            frames.append(f"{code.co_name}:{frame.f_lineno} ({Path(code.co_filename).name})")
+            owner = frame.f_locals.get("self")
+            if awaited is not None and not hasattr(awaited, "cr_frame") and hasattr(owner, "gen"):
+                awaited = owner.gen  # awaiting anext(gen): an asend object shows no frame
+        coro = awaited
+    return f"{task.get_name()} at {' > '.join(frames) or '?'}"
 
 
 def admin_token_path(config: Config) -> Path:
