@@ -23,6 +23,8 @@ from .redis_values import (
 )
 from .redis_view import RedisView
 
+NO_KEY_CHECK = (0, 0, 0, 0, 0, 0)  # the script's key fields when the key is not checked
+
 
 class RedisAdmitter(RedisView):
     """Admission of the redis backend (see the module docstring)."""
@@ -49,39 +51,23 @@ class RedisAdmitter(RedisView):
         rid = next(self._ids)
         ttl_ms = max(1, int(ttl * 1000))
         if check is not None:
-            keys = (ud, uh, rz, rs, cb, cd, *self._key_keys(check.name, check.day or day))
-            args: tuple[Any, ...] = (
-                f"{self._inst}.{rid}",
-                tokens,
-                limits.day_tokens,
-                limits.hour_tokens,
-                limits.day_requests,
-                ttl_ms,
-                1,
-                check.rpm,
-                check.burst,
-                check.tpm,
-                check.tpm_tokens,
-                check.budget,
-                limits.concurrency,
+            key_name, key_day = check.name, check.day or day
+            key_args: tuple[int | float, ...] = (
+                1, check.rpm, check.burst, check.tpm, check.tpm_tokens, check.budget
             )
         else:
-            keys = (ud, uh, rz, rs, cb, cd, *self._key_keys("", day))
-            args = (
-                f"{self._inst}.{rid}",
-                tokens,
-                limits.day_tokens,
-                limits.hour_tokens,
-                limits.day_requests,
-                ttl_ms,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                limits.concurrency,
-            )
+            key_name, key_day, key_args = "", day, NO_KEY_CHECK
+        keys = (ud, uh, rz, rs, cb, cd, *self._key_keys(key_name, key_day))
+        args = (
+            f"{self._inst}.{rid}",
+            tokens,
+            limits.day_tokens,
+            limits.hour_tokens,
+            limits.day_requests,
+            ttl_ms,
+            *key_args,
+            limits.concurrency,
+        )
         done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._admits.append((keys, args, done))
         if self._admitter is None or self._admitter.done():
