@@ -52,6 +52,7 @@ from proxy_overhead import (  # noqa: E402
     GATEWAY_KEY,
     MODEL,
     _die_with_parent,
+    config_yaml,
     free_port,
     pick_cpus,
     start,
@@ -108,29 +109,8 @@ def gateway_config(workdir: Path, port: int, upstream_port: int, args: argparse.
     storage = f'backend: "{args.storage}", path: "{workdir / f"usage-{port}.db"}"'
     if args.storage == "redis":
         storage += f', url: "{args.redis_url}", key_prefix: "bench{port}:"'
-    path.write_text(
-        f"""server:
-  listen: "127.0.0.1:{port}"
-  timeout: 120
-  max_connections: {args.pool}
-  timezone: "UTC"
-channels:
-  - name: "bench-upstream"
-    type: "openai"
-    endpoint: "http://127.0.0.1:{upstream_port}/v1"
-    api_key: "sk-upstream-bench"
-    models: ["{MODEL}"]
-    price_per_token: 0.000001
-rules: []
-security:
-  auth:
-    api_keys: {{bench: "{GATEWAY_KEY}"}}
-    jwt: {{secret: "bench-only-jwt-secret-not-for-production"}}
-  rate_limit: {{requests_per_minute: 600000000, burst: 10000000}}
-storage: {{{storage}}}
-log: {{level: "warning"}}
-"""
-    )
+    path.write_text(config_yaml(port, upstream_port, storage, timeout=120,
+                                max_connections=args.pool))
     return path
 
 

@@ -281,13 +281,14 @@ class Target:
     src: Path = ROOT  # the source tree the gateway runs from
 
 
-def gateway_config(workdir: Path, port: int, upstream_port: int, storage: str) -> Path:
-    path = workdir / f"gateway-{storage}-{port}.yaml"
-    path.write_text(
-        f"""server:
+def config_yaml(port: int, upstream_port: int, storage: str, *, timeout: float = 30,
+                max_connections: int = 1000) -> str:
+    """A benchmark gateway: one OpenAI-shaped channel, one key, no rate limit in the way;
+    ``storage`` is the inside of the ``storage:`` mapping."""
+    return f"""server:
   listen: "127.0.0.1:{port}"
-  timeout: 30
-  max_connections: 1000
+  timeout: {timeout:g}
+  max_connections: {max_connections}
   timezone: "UTC"
 channels:
   - name: "bench-upstream"
@@ -302,10 +303,15 @@ security:
     api_keys: {{bench: "{GATEWAY_KEY}"}}
     jwt: {{secret: "bench-only-jwt-secret-not-for-production"}}
   rate_limit: {{requests_per_minute: 600000000, burst: 10000000}}
-storage: {{backend: "{storage}", path: "{workdir / f"usage-{port}.db"}"}}
+storage: {{{storage}}}
 log: {{level: "warning"}}
 """
-    )
+
+
+def gateway_config(workdir: Path, port: int, upstream_port: int, storage: str) -> Path:
+    path = workdir / f"gateway-{storage}-{port}.yaml"
+    path.write_text(config_yaml(
+        port, upstream_port, f'backend: "{storage}", path: "{workdir / f"usage-{port}.db"}"'))
     return path
 
 
