@@ -31,6 +31,7 @@ from .api.proxy import create_proxy_app
 from .config import Config
 from .metrics import Metrics
 from .providers import make_providers
+from .providers.h1 import H1Pool
 from .security.clientaddr import client_address
 from .security.ratelimit import FailurePenalty, RateLimiter
 from .state import GATEWAY, Gateway, Snapshot, utc_now
@@ -194,9 +195,14 @@ def _client_session(
             # must never ride along with another's.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        # A session a caller gives (tests, embedding) carries every call; otherwise direct calls
+        # go through the lean HTTP/1.1 client and proxied ones through aiohttp.
+        pool = None if given is not None else H1Pool(server.max_connections)
         gw.session = session
-        gw.providers = make_providers(session)
+        gw.providers = make_providers(session, pool)
         yield
+        if pool is not None:
+            await pool.close()
         if given is None:
             await session.close()
 

@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from smartproxy.config import ChannelConfig
 from smartproxy.providers.base import OutgoingRequest, Timeouts, channel_headers, join_url
+from smartproxy.providers.h1 import H1Pool
 from smartproxy.providers.openai import OpenAIProvider, translate
 from smartproxy.upstream.errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
 
@@ -85,10 +86,16 @@ def test_translate_connection_failures() -> None:
 # -- OpenAIProvider against real sockets ---------------------------------------------------------
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+@pytest.fixture(params=["aiohttp", "h1"])
+async def provider(request: pytest.FixtureRequest) -> AsyncIterator[OpenAIProvider]:
+    """The provider over either client: aiohttp's (outbound proxies, injected sessions) or the
+    lean one (``h1.H1Pool``, every direct call of a running gateway). The same words must come
+    out of both."""
     async with aiohttp.ClientSession() as s:
-        yield s
+        pool = H1Pool(100) if request.param == "h1" else None
+        yield OpenAIProvider(s, pool)
+        if pool is not None:
+            await pool.close()
 
 
 async def serve(handler: object) -> TestServer:
@@ -99,18 +106,17 @@ async def serve(handler: object) -> TestServer:
     return server
 
 
-async def test_refused_connection(session: aiohttp.ClientSession) -> None:
+async def test_refused_connection(provider: OpenAIProvider) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    provider = OpenAIProvider(session)
     with pytest.raises(UpstreamConnectError) as info:
         await provider.send(make_channel(f"http://127.0.0.1:{port}/v1"), outgoing(), FAST)
     refused = os.strerror(errno.ECONNREFUSED)
     assert info.value.message == f"cannot connect to 127.0.0.1:{port}: {refused}"
 
 
-async def test_dropped_socket(session: aiohttp.ClientSession) -> None:
+async def test_dropped_socket(provider: OpenAIProvider) -> None:
     async def drop(request: web.Request) -> web.Response:
         assert request.transport is not None
         request.transport.close()
@@ -119,14 +125,14 @@ async def test_dropped_socket(session: aiohttp.ClientSession) -> None:
     server = await serve(drop)
     try:
         with pytest.raises(UpstreamConnectError, match="server disconnected"):
-            await OpenAIProvider(session).send(
+            await provider.send(
                 make_channel(str(server.make_url("/v1"))), outgoing(), FAST
             )
     finally:
         await server.close()
 
 
-async def test_slow_headers_time_out_at_first_byte(session: aiohttp.ClientSession) -> None:
+async def test_slow_headers_time_out_at_first_byte(provider: OpenAIProvider) -> None:
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(30)  # cancelled when the provider gives up
         return web.Response()
@@ -134,14 +140,14 @@ async def test_slow_headers_time_out_at_first_byte(session: aiohttp.ClientSessio
     server = await serve(slow)
     try:
         with pytest.raises(UpstreamTimeoutError, match=r"no answer within 0\.2s"):
-            await OpenAIProvider(session).send(
+            await provider.send(
                 make_channel(str(server.make_url("/v1"))), outgoing(), FAST
             )
     finally:
         await server.close()
 
 
-async def test_late_first_chunk_and_a_body_cut_mid_stream(session: aiohttp.ClientSession) -> None:
+async def test_late_first_chunk_and_a_body_cut_mid_stream(provider: OpenAIProvider) -> None:
     async def stream(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -153,7 +159,6 @@ async def test_late_first_chunk_and_a_body_cut_mid_stream(session: aiohttp.Clien
         return resp
 
     server = await serve(stream)
-    provider = OpenAIProvider(session)
     ch = make_channel(str(server.make_url("/v1")))
     try:
         late = OutgoingRequest("POST", "/chat/completions", "late=1", CIMultiDict(), b"{}", True)

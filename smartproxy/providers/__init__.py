@@ -14,6 +14,7 @@ import aiohttp
 from .anthropic import AnthropicProvider, ChatToMessages
 from .azure import AzureProvider
 from .base import Adapter, Provider
+from .h1 import H1Pool
 from .messages_chat import MessagesToChat
 from .mock import MockProvider
 from .openai import OpenAIProvider
@@ -31,10 +32,14 @@ def adapter_for(provider: str, path: str) -> Adapter | None:
     return ADAPTERS.get((provider, path))
 
 
-def make_providers(session: aiohttp.ClientSession) -> dict[str, Provider]:
+def make_providers(
+    session: aiohttp.ClientSession, pool: H1Pool | None = None
+) -> dict[str, Provider]:
+    """The HTTP providers send direct calls through ``pool`` (the lean client) when given, calls
+    through an outbound proxy (and all calls without a pool) through ``session``."""
     return {
-        "openai": OpenAIProvider(session),
-        "azure": AzureProvider(session),
-        "anthropic": AnthropicProvider(session),
+        "openai": OpenAIProvider(session, pool),
+        "azure": AzureProvider(session, pool),
+        "anthropic": AnthropicProvider(session, pool),
         "mock": MockProvider(),
     }

@@ -18,8 +18,16 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..config import ChannelConfig
 from ..upstream.errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
-from .base import OutgoingRequest, Timeouts, channel_headers, join_url, proxy_args
+from .base import (
+    OutgoingRequest,
+    Timeouts,
+    UpstreamReply,
+    channel_headers,
+    join_url,
+    proxy_args,
+)
 from .bodies import upload
+from .h1 import H1Pool
 
 
 class HttpReply:
@@ -86,12 +94,17 @@ def _client_timeout(total: float, connect: float, stream: bool) -> aiohttp.Clien
 
 
 class OpenAIProvider:
-    """Sends over HTTP; other HTTP providers (azure, anthropic) change only ``url``/``headers``."""
+    """Sends over HTTP; other HTTP providers (azure, anthropic) change only ``url``/``headers``.
+
+    A direct call goes through ``pool`` (``h1.H1Pool``, the lean client) when there is one; a
+    call through an outbound proxy, or any call without a pool, through the aiohttp ``session``.
+    """
 
     name = "openai"
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, pool: H1Pool | None = None) -> None:
         self._session = session
+        self._pool = pool
 
     def url(self, channel: ChannelConfig, request: OutgoingRequest) -> str:
         return join_url(channel.endpoint, request.path, request.query_string)
@@ -101,8 +114,20 @@ class OpenAIProvider:
 
     async def send(
         self, channel: ChannelConfig, request: OutgoingRequest, timeouts: Timeouts
-    ) -> HttpReply:
+    ) -> UpstreamReply:
         url = self.url(channel, request)
+        if self._pool is not None and request.proxy is None:
+            try:
+                return await self._pool.send(
+                    request.method,
+                    url,
+                    self.headers(channel, request),
+                    request.body,
+                    stream=request.stream,
+                    timeouts=timeouts,
+                )
+            except ValueError as exc:  # a URL or header the lean client will not send
+                raise translate(exc) from exc
         timeout = _client_timeout(timeouts.total, timeouts.connect, request.stream)
         # One deadline, from sending to the first chunk of the body: headers then silence
         # cannot stretch the first-byte wait to twice the configured time.
