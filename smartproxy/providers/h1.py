@@ -263,7 +263,7 @@ class H1Reply:
         self._loop = loop
         self._state = _HEAD
         self._buf = b""
-        self._chunks: deque[bytes] = deque()
+        self._chunks: list[bytes] = []  # an empty deque would hold a 520-byte block
         self._size = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
@@ -522,16 +522,15 @@ class H1Reply:
             raise self._error
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        chunks = self._chunks
         while True:
-            if chunks:
-                chunk = chunks.popleft()
-                self._size -= len(chunk)
-                if self._paused and self._size <= HIGH_WATER // 4:
+            if chunks := self._chunks:  # all that came since the last look, as one chunk
+                self._chunks = []
+                self._size = 0
+                if self._paused:
                     self._paused = False
                     if self._conn is not None and self._conn.transport is not None:
                         self._conn.transport.resume_reading()
-                yield chunk
+                yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 continue
             if self._state == _DONE:
                 if self._error is not None:
@@ -545,7 +544,7 @@ class H1Reply:
         if self._error is not None:
             raise self._error
         body = b"".join(self._chunks)
-        self._chunks.clear()
+        self._chunks = []
         self._size = 0
         return body
 
@@ -553,7 +552,7 @@ class H1Reply:
         """Abort an answer not yet whole (its connection is not reused); safe to call again."""
         if self._state != _DONE:
             self._fail(UpstreamConnectError("closed by the gateway"))
-        self._chunks.clear()
+        self._chunks = []
         self._size = 0
 
 
