@@ -315,12 +315,10 @@ class H1Reply:
                 if self._state == _HEAD
                 else f"no first chunk within {t.first_byte:g}s"
             )
+        elif self._state == _HEAD:  # the attempt's end, before headers
+            message = f"no answer within {t.first_byte:g}s"
         else:
-            message = (
-                f"no answer within {t.first_byte:g}s"
-                if self._state == _HEAD
-                else ("read timed out")
-            )
+            message = "read timed out"
         self._fail(UpstreamTimeoutError(message))
 
     # ------------------------------------------------------------------ from the connection
