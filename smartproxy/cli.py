@@ -9,10 +9,12 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -186,6 +188,9 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     stopping = False
     parent = os.getpid()
     loaded = config_mtime(path)  # the file as ``config`` was read from it
+    # Each worker also listens on a Unix socket here (mode 0700): a scrape of /metrics reaching
+    # one worker adds the others' counts (``metrics_merge``).
+    peers_dir = tempfile.mkdtemp(prefix="smartproxy-workers-")
 
     def spawn(index: int) -> int:
         pid = os.fork()
@@ -198,7 +203,8 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the config is being read anyway
                 _stop_with_parent(parent)
                 code = _serve_process(path, config, reuse_port=True, jwt_secret=secret,
-                                      announce=index == 0, loaded=loaded)
+                                      announce=index == 0, loaded=loaded,
+                                      peers=(peers_dir, index))
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 0
             finally:
@@ -219,6 +225,16 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    try:
+        return _supervise(children, spawn, lambda: stopping)
+    finally:
+        shutil.rmtree(peers_dir, ignore_errors=True)
+
+
+def _supervise(
+    children: dict[int, int], spawn: Callable[[int], int], stopping: Callable[[], bool]
+) -> int:
+    """Wait for the workers; restart one that dies unless the gateway is stopping."""
     code = 0
     last_restart = 0.0
     while children:
@@ -230,7 +246,7 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
         if index is None:
             continue
         exit_code = os.waitstatus_to_exitcode(status)
-        if stopping:
+        if stopping():
             code = code or exit_code
             continue
         log.error("worker %d (pid %d) died (%s); starting a new one", index, pid,
@@ -239,7 +255,7 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
         if pause > 0:
             time.sleep(pause)
         last_restart = time.monotonic()
-        if not stopping:
+        if not stopping():
             children[spawn(index)] = index
     return code
 
@@ -270,9 +286,10 @@ def _serve_process(
     jwt_secret: str | None = None,
     announce: bool = True,
     loaded: int | None = None,
+    peers: tuple[str, int] | None = None,
 ) -> int:
     main = serve(path, config, reuse_port=reuse_port, jwt_secret=jwt_secret, announce=announce,
-                 loaded=loaded, hard_exit=True)
+                 loaded=loaded, hard_exit=True, peers=peers)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none

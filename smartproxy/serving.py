@@ -6,6 +6,7 @@ process (every worker of ``--workers N`` runs it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from . import __version__
 from .config import Config, parse_listen
 from .errors import ConfigError
 from .gcpolicy import CyclePolicy
+from .metrics_merge import SOCKET_NAME
 
 if TYPE_CHECKING:
     from .state import Gateway
@@ -45,8 +47,12 @@ async def serve(
     announce: bool = True,
     loaded: int | None = None,
     hard_exit: bool = False,
+    peers: tuple[str, int] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads the config file.
+
+    ``peers`` (a worker of ``--workers N``): the workers' socket folder and this worker's index;
+    it also listens there so that the worker a scrape reaches can add the others' metrics.
 
     ``hard_exit`` (the command line's processes): should the shutdown still wait on something
     ``SHUTDOWN_GRACE`` seconds after its drain limit, the process says what and exits anyway.
@@ -72,12 +78,18 @@ async def serve(
     )
     await runner.setup()
     ssl_ctx = _ssl_context(config)
-    sites = [web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_ctx,
+    sites: list[web.BaseSite] = [web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_ctx,
                          reuse_port=reuse_port or None, backlog=4096)]
     if config.monitor.enable and config.monitor.prometheus_listen:
         mhost, mport = parse_listen(config.monitor.prometheus_listen)
         if (mhost, mport) != (config.server.host, config.server.port):
             sites.append(web.TCPSite(runner, mhost, mport, reuse_port=reuse_port or None))
+    if peers is not None:
+        gw.peers_dir, index = peers
+        gw.peer_socket = os.path.join(gw.peers_dir, SOCKET_NAME.format(index))
+        with contextlib.suppress(FileNotFoundError):  # left by the worker this one replaces
+            os.unlink(gw.peer_socket)
+        sites.append(web.UnixSite(runner, gw.peer_socket))
     try:
         for site in sites:
             await site.start()

@@ -140,6 +140,9 @@ class Gateway:
     draining: bool = False
     # --workers N: tells the sibling workers to re-read the config file after an admin change
     on_admin_change: Callable[[], None] | None = None
+    # --workers N: the folder of the workers' Unix sockets and this one's (``metrics_merge``)
+    peers_dir: str | None = None
+    peer_socket: str = ""
     started_at: float = field(default_factory=time.time)
     last_reload_error: str | None = None
     last_reload_at: float | None = None

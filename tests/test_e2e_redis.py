@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -20,6 +21,8 @@ import pytest
 from conftest import channel
 from gatewayprocs import DEV_KEY, GatewayProcess, gateway_config
 from redisutil import PrivateRedis, delete_prefix, require_redis, unique_prefix
+
+import smartproxy
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="processes and signals")
 
@@ -423,3 +426,44 @@ async def test_an_admin_change_is_live_in_every_worker(tmp_path, http, procs, sh
     while not all(seen := await models_seen("gpt-edited")) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert all(seen), seen
+
+
+async def test_metrics_with_workers_count_every_worker(tmp_path, http, procs, shared_redis,
+                                                       upstream_factory):
+    """With --workers 2 a scrape reaches one worker; it answers for both, so counters never go
+    back between scrapes (a Prometheus parser reads them)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url, prefix = shared_redis
+    _, up_url = await upstream_factory("up")
+    before = set(Path(tempfile.gettempdir()).glob("smartproxy-workers-*"))
+    gw = GatewayProcess(tmp_path, "scraped", gateway_config(
+        [channel("up", up_url)], storage(url, prefix, tmp_path, "m")), workers=2)
+    procs.append(gw)
+    await gw.start(http)
+    results = await asyncio.gather(*(gw.chat(http) for _ in range(40)))
+    assert all(status == 200 for status, _, _ in results)
+
+    def value(text: str, name: str, **labels: str) -> float:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and s.labels == labels:
+                    return s.value
+        raise AssertionError(f"{name}{labels} not in the scrape")
+
+    # Each scrape on a new connection: the kernel picks either worker (SO_REUSEPORT).
+    seen = []
+    for headers in ({}, {}, {}, {}, {}, {"X-SmartProxy-Peer": "1"}):  # the header: TCP ignores it
+        async with aiohttp.ClientSession() as fresh:
+            async with fresh.get(f"{gw.base}/metrics", headers=headers) as resp:
+                assert resp.status == 200
+                text = await resp.text()
+        seen.append(value(text, "smartproxy_requests_total",
+                          endpoint="/v1/chat/completions", status="200"))
+        assert value(text, "smartproxy_upstream_requests_total", channel="up", status="200") == 40
+        assert value(text, "smartproxy_request_duration_seconds_count",
+                     endpoint="/v1/chat/completions") == 40
+        assert value(text, "smartproxy_build_info", version=smartproxy.__version__) == 1
+    assert seen == [40] * 6
+    assert gw.stop() == 0
+    assert set(Path(tempfile.gettempdir()).glob("smartproxy-workers-*")) <= before  # removed
