@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "smartproxy.storage",
         "smartproxy.providers",
         "smartproxy.metrics",
+        "smartproxy.metrics_merge",
         "smartproxy.audit",
         "smartproxy.logs",
         "smartproxy.upstream.errors",
