@@ -95,12 +95,21 @@ async def test_a_peer_answers_over_its_socket_and_a_dead_one_is_left_out(tmp_pat
 
 
 async def test_a_peer_that_hangs_is_given_up(tmp_path: Path) -> None:
+    over = asyncio.Event()
+    handled = asyncio.Event()
+
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
+        await over.wait()
+        writer.close()
+        await writer.wait_closed()
+        handled.set()
 
     path = str(tmp_path / "worker-1.sock")
     server = await asyncio.start_unix_server(hold, path)
     try:
         assert await peer_text(path, timeout=0.1) is None
     finally:
+        over.set()
+        await asyncio.wait_for(handled.wait(), 5)
         server.close()
+        await server.wait_closed()

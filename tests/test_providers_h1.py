@@ -36,9 +36,13 @@ async def pool() -> AsyncIterator[H1Pool]:
 async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[str]]]:
     """Start a server that runs ``script`` for each connection; returns its base URL."""
     servers: list[asyncio.Server] = []
+    handlers: set[asyncio.Task[None]] = set()
 
     async def start(script: Script) -> str:
         async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            handlers.add(task)
             try:
                 await script(r, w)
             finally:
@@ -51,6 +55,9 @@ async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[str]]]:
     yield start
     for server in servers:
         server.close()
+    for task in handlers:  # a script still waiting: its connection closes now, not at loop end
+        task.cancel()
+    await asyncio.gather(*handlers, return_exceptions=True)
 
 
 async def read_request(r: asyncio.StreamReader) -> bytes:
