@@ -318,13 +318,23 @@ async def test_workers_need_redis_and_serve_with_it(tmp_path, http, procs, share
     assert len(workers) == 2
     workers[0].send_signal(signal.SIGKILL)
     deadline = time.monotonic() + 10
+    def alive_children() -> list[psutil.Process]:
+        out = []
+        for c in parent.children():
+            try:
+                if c.status() != psutil.STATUS_ZOMBIE:
+                    out.append(c)
+            except psutil.NoSuchProcess:  # the killed one, reaped between the two calls
+                pass
+        return out
+
     while time.monotonic() < deadline:
-        alive = [c for c in parent.children() if c.status() != psutil.STATUS_ZOMBIE]
+        alive = alive_children()
         if len(alive) == 2 and workers[0].pid not in {c.pid for c in alive}:
             break
         await asyncio.sleep(0.1)
     assert "died" in gw.output() and "starting a new one" in gw.output()
-    (new,) = [c for c in parent.children() if c.pid != workers[1].pid]
+    (new,) = [c for c in alive_children() if c.pid != workers[1].pid]
     while not [c for c in new.net_connections("tcp") if c.status == psutil.CONN_LISTEN]:
         assert time.monotonic() < deadline + 30, "the new worker never listened"
         await asyncio.sleep(0.1)
