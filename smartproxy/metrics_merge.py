@@ -104,32 +104,15 @@ async def peer_text(path: str, timeout: float = PEER_TIMEOUT) -> str | None:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(path)
             try:
-                writer.write(
-                    f"GET /metrics HTTP/1.1\r\nHost: peer\r\n{PEER_HEADER}: 1\r\n"
-                    "Connection: close\r\n\r\n".encode()
-                )
+                # HTTP/1.0: the answer is not chunked and ends with the connection.
+                writer.write(f"GET /metrics HTTP/1.0\r\n{PEER_HEADER}: 1\r\n\r\n".encode())
                 data = await reader.read()
             finally:
                 writer.close()
     except (OSError, TimeoutError):
         return None
     head, _, body = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
+    if head.split(b" ", 2)[1:2] != [b"200"]:
         return None
-    if b"chunked" in head.lower():
-        body = _dechunk(body)
     return body.decode("utf-8", "replace")
 
-
-def _dechunk(body: bytes) -> bytes:
-    out, pos = [], 0
-    while True:
-        end = body.find(b"\r\n", pos)
-        if end < 0:
-            break
-        size = int(body[pos:end].split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out.append(body[end + 2 : end + 2 + size])
-        pos = end + 2 + size + 2
-    return b"".join(out)

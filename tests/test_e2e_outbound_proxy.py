@@ -6,10 +6,7 @@ The upstream is named ``upstream.test``: no resolver knows it, only the test's p
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import logging
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from conftest import DEV_KEY, base_config, channel
 from fakeupstream import FakeUpstream
 from proxyserver import TestProxy
+from tlsutil import self_signed
 
 SECRET_PASS = "pr0xy-pa55-Secret"
 
@@ -119,41 +117,10 @@ async def test_env_proxy_is_used_when_no_proxy_is_configured(
     assert (await chat(gw)).status == 200 and len(proxy.seen) == 1
 
 
-def _self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server context for ``upstream.test`` and a client context that trusts it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("upstream.test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_file, key_file)
-    client = ssl.create_default_context(cafile=str(cert_file))
-    return server, client
-
-
 async def test_https_upstream_goes_through_a_connect_tunnel(
     gateway_factory: Any, proxy_factory: Any, tmp_path: Path
 ) -> None:
-    server_ctx, client_ctx = _self_signed(tmp_path)
+    server_ctx, client_ctx = self_signed(tmp_path)
     fake = FakeUpstream(name="tls")
     server = TestServer(fake.app())
     await server.start_server(ssl=server_ctx)

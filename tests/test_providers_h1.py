@@ -8,14 +8,13 @@ the connection's close, interim 1xx answers, a connection closed while idle in t
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from tlsutil import self_signed
 
 from smartproxy.providers.base import Timeouts
 from smartproxy.providers.h1 import HIGH_WATER, H1Pool, Target, request_head
@@ -402,34 +401,7 @@ async def test_close_mid_body_drops_the_connection(pool: H1Pool, scripted) -> No
 
 
 async def test_tls_with_the_given_trust(tmp_path: Path) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    cert_pem = tmp_path / "cert.pem"
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem = tmp_path / "key.pem"
-    key_pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert_pem, key_pem)
+    server_ctx, client_ctx = self_signed(tmp_path, "localhost")
 
     async def answer(request: web.Request) -> web.Response:
         return web.json_response({"secure": request.secure})
@@ -442,7 +414,7 @@ async def test_tls_with_the_given_trust(tmp_path: Path) -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
     url = f"https://localhost:{port}/v1/x"
-    trusting = H1Pool(10, ssl_context=ssl.create_default_context(cafile=str(cert_pem)))
+    trusting = H1Pool(10, ssl_context=client_ctx)
     default = H1Pool(10)  # the system's trust: this certificate is nobody's
     try:
         reply = await trusting.send("POST", url, {}, b"{}", stream=False, timeouts=T)
