@@ -190,7 +190,12 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     loaded = config_mtime(path)  # the file as ``config`` was read from it
     # Each worker also listens on a Unix socket here (mode 0700): a scrape of /metrics reaching
     # one worker adds the others' counts (``metrics_merge``).
-    peers_dir = tempfile.mkdtemp(prefix="smartproxy-workers-")
+    try:
+        peers_dir: str | None = tempfile.mkdtemp(prefix="smartproxy-workers-")
+    except OSError as exc:  # no writable $TMPDIR: each scrape then shows one worker
+        log.warning("no folder for the workers' metrics sockets (%s): /metrics will show "
+                    "only the worker a scrape reaches", exc)
+        peers_dir = None
 
     def spawn(index: int) -> int:
         pid = os.fork()
@@ -204,7 +209,7 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
                 _stop_with_parent(parent)
                 code = _serve_process(path, config, reuse_port=True, jwt_secret=secret,
                                       announce=index == 0, loaded=loaded,
-                                      peers=(peers_dir, index))
+                                      peers=None if peers_dir is None else (peers_dir, index))
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 0
             finally:
@@ -228,7 +233,8 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     try:
         return _supervise(children, spawn, lambda: stopping)
     finally:
-        shutil.rmtree(peers_dir, ignore_errors=True)
+        if peers_dir is not None:
+            shutil.rmtree(peers_dir, ignore_errors=True)
 
 
 def _supervise(
