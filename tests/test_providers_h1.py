@@ -490,3 +490,24 @@ async def test_names_are_resolved_once_and_a_failure_is_not_kept(
         assert asked == ["localhost", "nothing.invalid", "nothing.invalid"]
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_large_body_read_whole(pool: H1Pool, stream: bool) -> None:
+    """``read()`` takes everything: the back-pressure of ``iter_chunks`` must not stall it
+    (an embeddings answer for many inputs is megabytes)."""
+    size = 8 * HIGH_WATER + 5
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"e" * size, content_type="application/json")
+
+    server = await app_server([web.post("/big", big)])
+    try:
+        t = Timeouts(total=5, connect=2, first_byte=5)
+        reply = await pool.send(
+            "POST", str(server.make_url("/big")), {}, b"", stream=stream, timeouts=t
+        )
+        await asyncio.sleep(0.1)  # the body arrives before anyone reads
+        assert len(await reply.read()) == size
+    finally:
+        await server.close()

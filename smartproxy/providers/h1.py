@@ -230,6 +230,7 @@ class H1Reply:
         "_chunks",
         "_size",
         "_paused",
+        "_whole",
         "_waiter",
         "_error",
         "_keep",
@@ -266,6 +267,7 @@ class H1Reply:
         self._chunks: list[bytes] = []  # an empty deque would hold a 520-byte block
         self._size = 0
         self._paused = False
+        self._whole = False  # read() wants the whole body: never pause for it
         self._waiter: asyncio.Future[None] | None = None
         self._error: AttemptError | None = None
         self._keep = True
@@ -458,10 +460,12 @@ class H1Reply:
                 self._got_chunk = True
                 self._disarm()  # the first chunk came: from now on, silence is what counts
                 self._arm(_IDLE, self._last + self._timeouts.total)
-        if self._size > HIGH_WATER and not self._paused and self._conn is not None:
-            transport = self._conn.transport
-            if transport is not None:
-                transport.pause_reading()
+        if self._size > HIGH_WATER and not (self._paused or self._whole):
+            # A reader taking chunks (a stream) is slower than the upstream: stop reading until
+            # it has taken them (``iter_chunks``).
+            conn = self._conn
+            if conn is not None and conn.transport is not None:
+                conn.transport.pause_reading()
                 self._paused = True
         self._wake()
 
@@ -537,6 +541,11 @@ class H1Reply:
             await self._wait()
 
     async def read(self) -> bytes:
+        self._whole = True  # the reader takes it all: holding back would only stall it
+        if self._paused:
+            self._paused = False
+            if self._conn is not None and self._conn.transport is not None:
+                self._conn.transport.resume_reading()
         while self._state != _DONE:
             await self._wait()
         if self._error is not None:
