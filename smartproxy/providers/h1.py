@@ -713,6 +713,8 @@ class H1Pool:
             lookup = asyncio.ensure_future(
                 loop.getaddrinfo(host, target.port, type=socket.SOCK_STREAM)
             )
+            # Its waiters may all be gone (cancelled) when it fails: the failure is still seen.
+            lookup.add_done_callback(lambda f: f.cancelled() or f.exception())
             hit = self._dns[host] = (now + DNS_TTL, lookup)
         try:
             infos = await asyncio.shield(hit[1])
