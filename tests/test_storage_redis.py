@@ -431,3 +431,50 @@ async def test_a_settlement_that_moves_a_breaker_is_not_held_back(stores):
         a.settle_nowait(adm.reservation, rec(channel="x"), NOW)
     await asyncio.wait_for(a.drain(), 5)
     assert (await admit(b, "x", 1, limits)).code != 0  # b sees the breaker a's failures opened
+
+
+def lose_settle_answers(store: RedisStore) -> Callable[[], None]:
+    """From now on the store's settle calls run in Redis but their answers are lost (a timeout,
+    a dropped connection); returns the undo."""
+    real = store._settle
+
+    async def ran_then_lost(*args: Any, **kw: Any) -> Any:
+        await real(*args, **kw)
+        raise ConnectionError("connection closed by server")  # after Redis ran the script
+
+    store._settle = ran_then_lost  # type: ignore[method-assign]
+
+    def undo() -> None:
+        store._settle = real  # type: ignore[method-assign]
+
+    return undo
+
+
+async def test_a_batch_that_ran_but_whose_answer_was_lost_is_written_back_once(stores):
+    """The process cannot tell whether a batch whose answer was lost was counted: it keeps it
+    for the write-back, and Redis counts it only once. Settlements sent for the first time with
+    the write-back still count."""
+    a = await stores()
+    limits = Limits(day_tokens=1000)
+    first = await admit(a, "free", 10, limits)
+    undo = lose_settle_answers(a)
+    await a.settle(first.reservation, rec(prompt=30, completion=40), NOW)
+    assert not a.online and a.status()["unwritten_settlements"] == 1
+    undo()
+    during = await admit(a, "free", 10, limits)  # made and settled while offline
+    await a.settle(during.reservation, rec(prompt=1, completion=2), NOW)
+    assert await a.recover()
+    u = (await a.usage(["free"], NOW))["free"]
+    assert (u.day_tokens, u.day_requests) == (73, 2)  # not 143 / 3
+    assert (u.total_prompt_tokens, u.total_completion_tokens) == (31, 42)
+
+    # another process; the write-back's own answer is lost too: still counted once
+    b = await stores()
+    second = await admit(b, "free", 10, limits)
+    undo = lose_settle_answers(b)
+    await b.settle(second.reservation, rec(prompt=5, completion=5), NOW)
+    assert not await b.recover()
+    undo()
+    assert await b.recover()
+    u = (await b.usage(["free"], NOW))["free"]
+    assert (u.day_tokens, u.day_requests) == (83, 3)

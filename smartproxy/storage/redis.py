@@ -207,6 +207,8 @@ class RedisStore(RedisAdmitter):
         args: list[Any] = []
         k = self._k
         for s in batch:
+            if s.record is not None and not s.seq:  # a write-back keeps the number it was sent with
+                s.seq = next(self._settle_seq)
             keys.extend(
                 (
                     f"{k}u:{s.channel}:d:{s.day}",
@@ -234,10 +236,11 @@ class RedisStore(RedisAdmitter):
                     s.breaker[0],
                     int(s.breaker[1] * 1000),
                     s.tpm,
-                    0,
+                    s.seq,
                     0,
                 )
             )
+        keys.append(f"{k}sw:{self._inst}")
         result: list[list[int]] = await self._settle(keys=keys, args=args)
         return result
 
@@ -258,6 +261,9 @@ class RedisStore(RedisAdmitter):
             self.dropped += drop
 
     async def _write_replay(self) -> None:
+        # Those sent before (numbered) first, in the order they were sent: the script counts a
+        # number at most once, and none below the highest it has counted for this process.
+        self._replay.sort(key=lambda s: (s.seq == 0, s.seq))
         while self._replay:
             batch = self._replay[:MAX_BATCH]
             async with asyncio.timeout(self.timeout * 4):

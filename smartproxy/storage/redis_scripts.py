@@ -166,7 +166,11 @@ SETTLE_ARGS = 12
 # One call settles a batch. For settlement i, KEYS[10i+1..10i+10] and ARGV[12i+1..12i+12]:
 # ARGV: member ("" = none), count (1 = count usage, 0 = release only), prompt, completion, cost,
 #       outcome (s success, f failure, c 429 cool-down, n none, "" nothing), cool-down ms,
-#       fail_max, reset ms, tpm, 0, 0
+#       fail_max, reset ms, tpm, seq, 0
+# and one last KEY, the writing process's mark (``sw:<instance>``): the highest ``seq`` (> 0) it
+# has counted. A settlement whose usage was counted already (its batch ran, but the answer was
+# lost to a timeout or a dropped connection, so the process kept it for the write-back) is not
+# counted again: a process numbers its settlements in the order it sends them.
 # Returns per settlement {released 0/1, event (0 none, 1 opened, 2 closed), open ms, and then the
 # channel's day tokens, hour tokens, day requests, held tokens, held requests (the routing view)}.
 SETTLE = (
@@ -175,10 +179,18 @@ SETTLE = (
     + """
 local out = {}
 local n = #ARGV / 12
+local mark_key = KEYS[n * 10 + 1]
+local mark = tonumber(redis.call('GET', mark_key) or '0')
+local marked = mark
 for i = 0, n - 1 do
   local k, a = i * 10, i * 12
   local member = ARGV[a + 1]
   local released = 0
+  local count = ARGV[a + 2] == '1'
+  local seq = tonumber(ARGV[a + 11])
+  if count and seq > 0 then
+    if seq <= mark then count = false else mark = seq end
+  end
   if member ~= '' then
     if redis.call('ZREM', KEYS[k + 4], member) == 1 then
       released = 1
@@ -186,7 +198,7 @@ for i = 0, n - 1 do
       redis.call('HINCRBY', KEYS[k + 5], 'r', -1)
     end
   end
-  if ARGV[a + 2] == '1' then
+  if count then
     local p, c, cost = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
     for j = 1, 3 do
       local key = KEYS[k + j]
@@ -254,6 +266,7 @@ for i = 0, n - 1 do
                 tonumber(redis.call('HGET', KEYS[k + 2], 'tokens') or '0'), tonumber(d[2]) or 0,
                 tonumber(held[1]) or 0, tonumber(held[2]) or 0}
 end
+if mark ~= marked then redis.call('SET', mark_key, mark, 'PX', 172800000) end
 return out
 """
 )

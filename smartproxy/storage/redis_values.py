@@ -58,6 +58,7 @@ class Settlement:
     key_name: str = ""
     tpm: int = 0
     budget_day: str = ""
+    seq: int = 0  # this process's number for it, given when first sent (see redis_scripts.SETTLE)
     urgent: bool = False  # changes a breaker (a failure, a cool-down, a trial's end): no pacing
     done: asyncio.Future[None] | None = field(default=None, repr=False)
 

@@ -88,6 +88,7 @@ class RedisView:
         self._book = CounterBook(tz)  # window keys; counting while Redis is away
         self._inst = f"{os.getpid():x}{os.urandom(3).hex()}"
         self._ids = itertools.count(1)
+        self._settle_seq = itertools.count(1)  # settlements in the order they are sent
         self._live: dict[int, SharedReservation] = {}
         self._view: dict[str, tuple[str, str, Usage]] = {}
         self._pending: list[Settlement] = []
