@@ -44,9 +44,13 @@ from .upstream.shared import sync_ctx
 log = logging.getLogger("smartproxy")
 
 
-def observer(metrics: Metrics) -> Any:
+def observer(gateway: Gateway) -> Any:
     """The root middleware: count every request by endpoint (the route's pattern, never the raw
-    path) and status, and how many are in flight."""
+    path) and status, and how many are in flight. Requests from ``server.trusted_proxies`` carry
+    the client's address from X-Forwarded-For: below this middleware ``request.remote`` is the
+    client (penalties, logs, audit lines). One middleware, not two: each holds a frame for as
+    long as its request is in flight."""
+    metrics = gateway.metrics
 
     @web.middleware
     async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -54,6 +58,13 @@ def observer(metrics: Metrics) -> Any:
         status = 500
         metrics.in_flight_now += 1
         try:
+            trusted = gateway.snapshot.config.server.trusted_proxies
+            if trusted:
+                address = client_address(
+                    request.remote, request.headers.get("X-Forwarded-For"), trusted
+                )
+                if address is not None and address != request.remote:
+                    request = request.clone(remote=address)
             resp: web.StreamResponse = await handler(request)
             status = resp.status
             return resp
@@ -71,25 +82,6 @@ def observer(metrics: Metrics) -> Any:
             metrics.observe_request(endpoint, status, time.perf_counter() - started)
 
     return observe
-
-
-def real_client(gateway: Gateway) -> Any:
-    """Requests from ``server.trusted_proxies`` carry the client's address from X-Forwarded-For:
-    below this middleware ``request.remote`` is the client (penalties, logs, audit lines)."""
-
-    @web.middleware
-    async def client(request: web.Request, handler: Any) -> web.StreamResponse:
-        trusted = gateway.snapshot.config.server.trusted_proxies
-        if trusted:
-            address = client_address(
-                request.remote, request.headers.get("X-Forwarded-For"), trusted
-            )
-            if address is not None and address != request.remote:
-                request = request.clone(remote=address)
-        resp: web.StreamResponse = await handler(request)
-        return resp
-
-    return client
 
 
 def create_app(
@@ -121,7 +113,7 @@ def create_app(
     # aiohttp applies the root app's client_max_size to every request (a sub-app's is ignored):
     # /v1 takes server.max_body_mb (restart to change); admin writes read at most 1 MiB.
     app = web.Application(
-        middlewares=[observer(gateway.metrics), real_client(gateway)], client_max_size=config.server.max_body_bytes
+        middlewares=[observer(gateway)], client_max_size=config.server.max_body_bytes
     )
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(_client_session(session))
