@@ -219,3 +219,36 @@ async def test_client_disconnect_cancels_upstream(upstream_factory, gateway_fact
         await asyncio.sleep(0.01)
     up.release.set()
     assert gw.gateway.metrics.in_flight_now == 0
+
+
+async def test_body_bytes_reach_upstream_unchanged_but_for_model_and_include_usage(
+    upstream_factory, gateway_factory
+):
+    """Contract §3: the body is forwarded as sent, apart from ``model`` (model_mapping) and,
+    on a stream, ``stream_options.include_usage``: spacing, key order, number spellings and
+    integers past 64 bits are the client's."""
+    up, url = await upstream_factory("a")
+    gw = await gateway_factory(
+        base_config(
+            channels=[
+                channel("a", url, models=["llama-3"], model_mapping={"gpt-4o-mini": "llama-3"})
+            ]
+        )
+    )
+    sent = (
+        b'{"seed" : 18446744073709551616,  "temperature": 1.0e0, "model": "gpt-4o-mini",\n'
+        b' "messages": [{"role": "user", "content": "caf\xc3\xa9 \\u00e9"}], "stream": true}'
+    )
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            gw.url + "/chat/completions",
+            data=sent,
+            headers={"Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json"},
+        ) as r:
+            assert r.status == 200
+            await r.read()
+    assert up.seen[-1].body == (
+        b'{"seed" : 18446744073709551616,  "temperature": 1.0e0, "model": "llama-3",\n'
+        b' "messages": [{"role": "user", "content": "caf\xc3\xa9 \\u00e9"}], "stream": true'
+        b',"stream_options":{"include_usage":true}}'
+    )

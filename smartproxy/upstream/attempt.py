@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .. import fastjson
 from ..config import ChannelConfig, Config
 from ..providers.base import Adapter, OutgoingRequest, ProxyRoute, Timeouts, UpstreamReply
 from ..storage.base import Limits, Reservation
@@ -144,8 +145,10 @@ class AttemptRunner(Answerer):
                 opts = dict(ex.body.get("stream_options") or {})
                 opts["include_usage"] = True
                 changes["stream_options"] = opts
-            if changes:
-                body = json.dumps({**ex.body, **changes}, ensure_ascii=False).encode()
+            if changes:  # every other byte as the client sent it (contract §3)
+                body = fastjson.with_members(body, changes) or json.dumps(
+                    {**ex.body, **changes}, ensure_ascii=False
+                ).encode()
         return OutgoingRequest(
             method=ex.request.method,
             path=path,
