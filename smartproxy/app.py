@@ -67,6 +67,8 @@ def observer(gateway: Gateway) -> Any:
                     request = request.clone(remote=address)
             resp: web.StreamResponse = await handler(request)
             status = resp.status
+            if gateway.draining and not resp.prepared:
+                resp.force_close()  # shutting down: no next request on this connection
             return resp
         except web.HTTPException as exc:
             status = exc.status

@@ -73,17 +73,24 @@ async def serve(
         timeouts=ClientTimeouts.of(config.server),  # header/body/keep-alive timeouts
         handle_signals=False,
         handler_cancellation=True,  # a client that goes away cancels its upstream call
-        shutdown_timeout=config.server.shutdown_timeout,
+        # ``drain`` lets in-flight requests finish first; what is left then is cut at once.
+        shutdown_timeout=CUT_AFTER_DRAIN,
         access_log=None,
     )
     await runner.setup()
+    runners: list[web.BaseRunner] = [runner]
     ssl_ctx = _ssl_context(config)
     sites: list[web.BaseSite] = [web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_ctx,
                          reuse_port=reuse_port or None, backlog=4096)]
     if config.monitor.enable and config.monitor.prometheus_listen:
         mhost, mport = parse_listen(config.monitor.prometheus_listen)
         if (mhost, mport) != (config.server.host, config.server.port):
-            sites.append(web.TCPSite(runner, mhost, mport, reuse_port=reuse_port or None))
+            # /metrics only: the samples put it on 0.0.0.0, the proxy and admin API stay on
+            # server.listen.
+            monitor = web.AppRunner(create_monitor_app(gw), handle_signals=False, access_log=None)
+            await monitor.setup()
+            runners.append(monitor)
+            sites.append(web.TCPSite(monitor, mhost, mport, reuse_port=reuse_port or None))
     if peers is not None:
         gw.peers_dir, index = peers
         gw.peer_socket = os.path.join(gw.peers_dir, SOCKET_NAME.format(index))
@@ -94,7 +101,8 @@ async def serve(
         for site in sites:
             await site.start()
     except OSError:  # e.g. the port is taken: release the session and store before failing
-        await runner.cleanup()
+        for r in reversed(runners):
+            await r.cleanup()
         raise
     cycles = CyclePolicy(lambda: gw.metrics.in_flight_now)
     cycles.start()
@@ -119,13 +127,42 @@ async def serve(
         cycles.stop()
         log.info("shutting down: draining in-flight requests (up to %ss)",
                  config.server.shutdown_timeout)
-        gw.draining = True
-        await cleanup_or_give_up(runner, config.server.shutdown_timeout + SHUTDOWN_GRACE,
-                                 hard_exit=hard_exit)
+        await drain(gw, sites, config.server.shutdown_timeout)
+        for r in reversed(runners):
+            await cleanup_or_give_up(r, CUT_AFTER_DRAIN + SHUTDOWN_GRACE, hard_exit=hard_exit)
         log.info("stopped")
 
 
 SHUTDOWN_GRACE = 10.0  # seconds past server.shutdown_timeout before a stuck shutdown gives up
+CUT_AFTER_DRAIN = 0.1  # what is still in flight after the drain: cancelled, waited for this long
+DRAIN_POLL = 0.05
+
+
+async def drain(gw: Gateway, sites: list[web.BaseSite], limit: float) -> None:
+    """SIGTERM/SIGINT (contract §1): ``/healthz`` turns 503, the listening sockets close (no new
+    connection is accepted), and the requests in flight get up to ``limit`` seconds to finish.
+    Connections already open stay open meanwhile: a request on one is served (a load balancer's
+    health check sees the 503) and its answer closes the connection (``observer``)."""
+    gw.draining = True
+    for site in sites:
+        await site.stop()
+    deadline = asyncio.get_running_loop().time() + limit
+    while gw.metrics.in_flight_now > 0 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(DRAIN_POLL)
+    if gw.metrics.in_flight_now > 0:
+        log.warning("shutdown: %d request(s) still in flight after %gs; cutting them",
+                    gw.metrics.in_flight_now, limit)
+
+
+def create_monitor_app(gw: Gateway) -> web.Application:
+    """``monitor.prometheus_listen``: an app that serves ``/metrics`` and nothing else."""
+    from .api.ops import metrics
+    from .state import GATEWAY
+
+    app = web.Application()
+    app[GATEWAY] = gw
+    app.router.add_get("/metrics", metrics)
+    return app
 
 
 async def cleanup_or_give_up(runner: web.BaseRunner, limit: float, *, hard_exit: bool) -> None:

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -202,6 +203,121 @@ async def test_sigterm_lets_an_inflight_stream_finish(tmp_path, upstream_factory
 
     with sqlite3.connect(tmp_path / "usage.db") as db:
         assert db.execute("select count(*) from request_log").fetchone()[0] == 1
+
+
+async def _get_on(reader, writer, path: str) -> bytes:
+    """One keep-alive GET on an open connection; the whole answer (head and body)."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(
+        line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    ))
+    return head + await reader.readexactly(length)
+
+
+async def test_sigterm_turns_healthz_503_stops_accepting_and_cuts_at_shutdown_timeout(
+    tmp_path, upstream_factory
+):
+    """Contract §1, in order: /healthz answers 503 (on a connection already open: a load
+    balancer's health check), no new connection is accepted, in-flight requests get
+    ``shutdown_timeout`` (2 s here) to finish, and then the process exits 0 — not after twice
+    that (aiohttp's own shutdown waits the timeout once, cancels, and waits it again)."""
+    import asyncio
+
+    import aiohttp
+    import yaml
+
+    up, url = await upstream_factory("a", default="slow")  # no answer for 30 s
+    port = _free_port()
+    cfg = {
+        "server": {"listen": f"127.0.0.1:{port}", "shutdown_timeout": 2},
+        "channels": [{"name": "a", "type": "openai", "endpoint": url, "api_key": "sk-up"}],
+        "security": {"auth": {"api_keys": {"dev": "sk-dev-test-1"}, "jwt": {"secret": "x" * 32}}},
+        "storage": {"backend": "memory"},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = _spawn(["run", "--config", str(path)], tmp_path)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gateway did not start"
+                await asyncio.sleep(0.05)
+        assert b" 200 " in await _get_on(reader, writer, "/healthz")
+        async with aiohttp.ClientSession() as s:
+            held = asyncio.ensure_future(s.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                headers={"Authorization": "Bearer sk-dev-test-1"},
+                json={"model": "m", "messages": []},
+            ))
+            while not up.seen:
+                await asyncio.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            await asyncio.sleep(0.3)
+            answer = await _get_on(reader, writer, "/healthz")
+            assert answer.startswith(b"HTTP/1.1 503") and answer.endswith(b"draining")
+            assert b"connection: close" in answer.lower()  # no next request on it
+            with pytest.raises(OSError):
+                await asyncio.open_connection("127.0.0.1", port)
+            assert proc.poll() is None  # still draining the held request
+            with pytest.raises(aiohttp.ClientError):
+                resp = await held
+                await resp.read()
+        while proc.poll() is None:
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - signalled
+        writer.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, _ = proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    assert 1.9 < took < 3.5, f"exited {took:.1f} s after SIGTERM with shutdown_timeout 2"
+
+
+def test_prometheus_listen_serves_metrics_and_nothing_else(tmp_path):
+    """SmartAIProxy's ``monitor.prometheus_listen`` (its samples say 0.0.0.0:9100) adds /metrics
+    on that address: not the proxy, the admin API or the dashboard, which stay on server.listen."""
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port, mport = _free_port(), _free_port()
+    cfg = {
+        "server": {"listen": f"127.0.0.1:{port}"},
+        "channels": [{"name": "m", "type": "mock"}],
+        "security": {"auth": {"api_keys": {"dev": "sk-dev-test-1"}, "jwt": {"secret": "x" * 32}}},
+        "storage": {"backend": "memory"},
+        "monitor": {"prometheus_listen": f"127.0.0.1:{mport}"},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = _spawn(["run", "--config", str(path)], tmp_path)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/healthz")
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+            names = {f.name for f in text_string_to_metric_families(r.read().decode())}
+        assert "smartproxy_requests" in names
+        for what in ("/v1/models", "/api/channels", "/dashboard", "/healthz", "/swagger"):
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{mport}{what}",
+                headers={"Authorization": "Bearer sk-dev-test-1"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(req, timeout=5)
+            info.value.close()
+            assert info.value.code == 404, what
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out.decode()
 
 
 def test_workers_auto_is_one_per_usable_core_and_bad_counts_are_refused(capsys):
