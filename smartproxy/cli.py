@@ -36,21 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"smartproxy {__version__}")
     sub = parser.add_subparsers(dest="command")
 
-    def run_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="config file (default: $SMARTPROXY_CONFIG, "
-                       "./etc/smartproxy.yaml, then the built-in default)")
-        p.add_argument("--listen", help="HOST:PORT; overrides server.listen")
-        p.add_argument("--workers", type=worker_count, default=1,
+    def run_options(p: argparse.ArgumentParser, default: object) -> None:
+        # Given before the command or after it (``smartproxy --config X run``): a subcommand's
+        # own default would overwrite what was given before it, so only the top level has one.
+        p.add_argument("--config", default=default, help="config file (default: "
+                       "$SMARTPROXY_CONFIG, ./etc/smartproxy.yaml, then the built-in default)")
+        p.add_argument("--listen", default=default, help="HOST:PORT; overrides server.listen")
+        p.add_argument("--workers", type=worker_count, default=1 if default is None else default,
                        help="processes sharing the port (SO_REUSEPORT); 'auto' = one per core")
 
-    run_options(parser)
-    run_options(sub.add_parser("run", help="serve the gateway (the default)"))
+    run_options(parser, None)
+    run_options(sub.add_parser("run", help="serve the gateway (the default)"), argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config file; exit 1 listing every problem")
-    check.add_argument("path", nargs="?", help="config file (default: as for run)")
+    check.add_argument("path", nargs="?", help="config file (default: --config, then as for run)")
     token = sub.add_parser("token", help="print an admin JWT signed with the configured secret")
     token.add_argument("--sub", required=True, help="who the token is for (audit log 'sub')")
     token.add_argument("--minutes", type=int, default=None, help="lifetime (default: jwt.expiry_minutes)")
-    token.add_argument("--config", help="config file")
+    token.add_argument("--config", default=argparse.SUPPRESS, help="config file")
     return parser
 
 
@@ -100,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
     if command == "check-config":
-        return check_config(args.path)
+        return check_config(args.path or args.config)
     if command == "token":
         return print_token(args.config, args.sub, args.minutes)
     return run(args.config, args.listen, args.workers)

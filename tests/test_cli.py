@@ -390,3 +390,33 @@ def test_smartproxy_run_closes_idle_connections_after_its_timeouts(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out.decode()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", "f.yaml", "--listen", "127.0.0.1:9", "--workers", "2", "run"],
+        ["run", "--config", "f.yaml", "--listen", "127.0.0.1:9", "--workers", "2"],
+        ["--config", "f.yaml", "run", "--listen", "127.0.0.1:9", "--workers", "2"],
+    ],
+)
+def test_run_options_count_before_the_command_as_after_it(argv):
+    """``smartproxy --config X run`` is ``smartproxy run --config X``: the subcommand's own
+    defaults used to overwrite what came before it (the file from $SMARTPROXY_CONFIG was
+    served instead, --workers 2 started one process)."""
+    from smartproxy.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.config, args.listen, args.workers) == ("f.yaml", "127.0.0.1:9", 2)
+
+
+def test_check_config_and_token_take_config_given_before_the_command(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "channels: [{name: m, type: mock}]\n"
+        "security: {auth: {jwt: {secret: 'a-secret-of-32-characters-or-more!'}}}\n"
+    )
+    assert main(["--config", str(good), "check-config"]) == 0
+    assert str(good) in capsys.readouterr().out
+    assert main(["--config", str(good), "token", "--sub", "ops"]) == 0
+    assert capsys.readouterr().out.count(".") == 2  # a JWT
