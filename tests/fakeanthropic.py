@@ -78,6 +78,8 @@ class FakeAnthropic:
             self.rejected.append(problem)
             return _error(400, problem)
         what = self.script.pop(0) if self.script else self.default
+        if what.startswith("plain-"):  # a proxy in front of the API answering in plain text
+            return web.Response(status=int(what[6:]), text="upstream proxy error")
         if what.startswith("fail-"):
             status = int(what[5:])
             headers = {"retry-after": "1"} if status == 429 else {}

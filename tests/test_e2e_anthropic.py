@@ -416,6 +416,23 @@ async def test_anthropic_error_becomes_openai_shaped_with_its_message(
                                            "code": "invalid_request_error", "param": None}}  # fmt: skip
 
 
+@pytest.mark.parametrize("status", [400, 503])
+async def test_a_plain_text_error_is_translated_to_json_and_says_so(
+    anthropic_factory, gateway_factory, status
+):
+    """The translated error is JSON: its Content-Type says application/json, not upstream's
+    text/plain (as the last answer of a failover, 503, as a client error, 400)."""
+    fake, gw = await start(anthropic_factory, gateway_factory)
+    fake.script = [f"plain-{status}"] * 3
+    resp = await gw.client.post(
+        "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+        headers=AUTH,
+    )  # fmt: skip
+    assert resp.status == status
+    assert resp.content_type == "application/json"
+    assert (await resp.json())["error"]["message"] == "upstream proxy error"
+
+
 # ----------------------------------------------------------------------------- failover
 async def test_529_fails_over_to_openai_and_counts_against_the_breaker(
     anthropic_factory, gateway_factory, upstream_factory

@@ -29,6 +29,7 @@ from .headers import for_channel
 from .relay import relay_stream
 from .retry import is_breaker_failure_status, is_retryable_status, parse_retry_after
 
+JSON_TYPE = "application/json"
 log = logging.getLogger("smartproxy.upstream")
 
 
@@ -88,12 +89,14 @@ class AttemptRunner(Answerer):
             if is_retryable_status(status):
                 body = await reply.read()
                 reply.close()
+                headers = CIMultiDict(reply.headers)
                 if adapter is not None:
                     body = adapter.error(status, body)
+                    headers["Content-Type"] = JSON_TYPE
                 self._failed_http(ex, ch, health, status, reply.headers, t0)
                 if (pending := self._release(reservation)) is not None:
                     await pending
-                return ex.attempts[-1], status, CIMultiDict(reply.headers), body
+                return ex.attempts[-1], status, headers, body
             if outgoing.stream and status == 200 and _is_sse(reply.headers):
                 translate = adapter.stream(include_usage=ex.client_wants_usage) if adapter else None
                 return await relay_stream(self, ex, ch, health, reservation, reply, t0, translate)
@@ -127,6 +130,8 @@ class AttemptRunner(Answerer):
                 ex.on_answer_id(ch.name, answer_id)
         self._settle(ex, ch, reservation, status, usage, content_events=0 if usage is None else -1)
         headers = self._response_headers(ex, ch, reply.headers)
+        if adapter is not None:  # the body is the translation, JSON whatever upstream sent
+            headers["Content-Type"] = JSON_TYPE
         return web.Response(status=status, body=body, headers=headers)
 
     def _outgoing(
