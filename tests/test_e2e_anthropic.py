@@ -68,7 +68,7 @@ async def test_sdk_text_non_stream_request_translated_field_by_field(
             {"role": "user", "content": "Hi"},
         ],
         max_tokens=100,
-        stop=["END", "\n"],
+        stop=["END", "\n\nHuman:"],
         temperature=0.5,
         top_p=0.9,
         user="user-42",
@@ -89,7 +89,7 @@ async def test_sdk_text_non_stream_request_translated_field_by_field(
         ],
         "messages": [{"role": "user", "content": "Hi"}],
         "max_tokens": 100,
-        "stop_sequences": ["END"],
+        "stop_sequences": ["END", "\n\nHuman:"],
         "temperature": 0.5,
         "top_p": 0.9,
         "metadata": {"user_id": "user-42"},
@@ -336,20 +336,20 @@ async def test_pitfall_empty_text_blocks_are_left_out(anthropic_factory, gateway
         {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}]}  # fmt: skip
 
 
-async def test_pitfall_whitespace_only_stop_sequences_are_dropped(
+async def test_pitfall_whitespace_only_stop_sequences_are_refused_naming_stop(
     anthropic_factory, gateway_factory
 ):
-    """litellm #3286: Anthropic refuses whitespace-only stop sequences."""
+    """litellm #3286: Anthropic refuses whitespace-only stop sequences. Leaving them out would
+    let the answer run past where the client wanted it to stop: a 400 naming ``stop`` (another
+    channel that can take it would serve the request instead)."""
     fake, gw = await start(anthropic_factory, gateway_factory)
-    resp = await gw.openai().chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "x"}], stop=["\n", " ", "\n\nHuman:"]
-    )
-    assert resp.choices[0].message.content == "Hello from Claude."
-    assert fake.seen[-1].body["stop_sequences"] == ["\n\nHuman:"]
-    await gw.openai().chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "x"}], stop="\n"
-    )
-    assert "stop_sequences" not in fake.seen[-1].body
+    for stop in (["\n", " ", "\n\nHuman:"], "\n"):
+        with pytest.raises(openai.BadRequestError) as info:
+            await gw.openai().chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "x"}], stop=stop
+            )
+        assert info.value.body["param"] == "stop" and "whitespace" in info.value.body["message"]
+    assert fake.seen == []
 
 
 # ----------------------------------------------------------------------------- refusals, errors
@@ -363,6 +363,13 @@ async def test_pitfall_whitespace_only_stop_sequences_are_dropped(
         ("messages[0].content[0].type", {"messages": [{"role": "user", "content": [
             {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}),
         ("made_up_field", {"made_up_field": 1}),
+        ("messages[0].content[0].image_url.detail", {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://x/c.jpg", "detail": "low"}}]}]}),
+        ("messages[0].content[0].image_url.crop", {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://x/c.jpg", "crop": [0, 0]}}]}]}),
+        ("tools[0].function.examples", {"tools": [{"type": "function", "function": {
+            "name": "f", "parameters": {"type": "object"}, "examples": [{}]}}]}),
+        ("stream_options.chunk_size", {"stream": True, "stream_options": {"chunk_size": 9}}),
     ],
 )  # fmt: skip
 async def test_untranslatable_field_is_a_400_naming_it(

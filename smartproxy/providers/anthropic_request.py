@@ -11,11 +11,19 @@ is translated or refused, never dropped. What is done (and why):
   every result of a turn's parallel tool calls in the next user message.
 - assistant ``tool_calls`` become ``tool_use`` blocks (``arguments`` parsed: ``""`` means ``{}``).
 - empty text blocks are left out: Anthropic refuses them ("text content blocks must be non-empty").
-- ``stop`` -> ``stop_sequences`` without whitespace-only entries (Anthropic refuses those).
+- ``stop`` -> ``stop_sequences``; a whitespace-only entry is refused (Anthropic refuses those,
+  and leaving it out would let the answer run past where the client wanted it to stop).
 - images: a ``data:`` URL becomes a base64 source with its media type, http(s) a url source;
-  ``detail`` has no Anthropic counterpart (the model picks the resolution) and is not sent.
+  ``detail``: Anthropic always looks at an image at full resolution (up to its size limit), which
+  is what ``high`` and ``auto`` ask for; ``low`` (a 512 px thumbnail) cannot be asked and is
+  refused.
 - ``response_format: json_schema`` -> ``output_config.format`` (Anthropic structured outputs);
+  its ``name`` is a label OpenAI requires and Anthropic has no place for, and Anthropic always
+  holds the answer to the schema (what ``strict: true`` asks; ``strict: false`` asks for less).
   ``json_object`` has no counterpart (Anthropic needs the schema) and is refused.
+- ``stream_options``: ``include_usage`` is honoured; ``include_obfuscation`` is OpenAI's padding of
+  stream events, which Anthropic does not add; any other key is refused, as are unknown keys of a
+  tool's ``function``.
 - ``n: 1``, ``logprobs: false``, zero penalties and other values that mean "the default" pass.
 """
 
@@ -63,6 +71,9 @@ _PART_KEYS = {
     "file": frozenset({"type", "file", "cache_control"}),
 }
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_STREAM_OPTIONS = frozenset({"include_usage", "include_obfuscation"})
+_FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
+_IMAGE_KEYS = frozenset({"url", "detail"})
 
 
 def refuse(field: str, why: str) -> Untranslatable:
@@ -101,9 +112,12 @@ def chat_to_messages(
         stops = [stop] if isinstance(stop, str) else stop
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise refuse("stop", "must be a string or a list of strings")
-        kept = [s for s in stops if s.strip()]
-        if kept:
-            out["stop_sequences"] = kept
+        blank = [s for s in stops if not s.strip()]
+        if blank:
+            raise refuse("stop", f"Anthropic refuses stop sequences that are only whitespace "
+                                 f"({', '.join(map(ascii, blank))})")
+        if stops:
+            out["stop_sequences"] = stops
     for key in ("temperature", "top_p", "top_k"):
         if body.get(key) is not None:
             out[key] = body[key]
@@ -111,6 +125,10 @@ def chat_to_messages(
         out["metadata"] = {"user_id": str(body["user"])}
     if body.get("stream"):
         out["stream"] = True
+    options = body.get("stream_options")
+    if isinstance(options, dict):
+        for key in options.keys() - _STREAM_OPTIONS:
+            raise refuse(f"stream_options.{key}", "Anthropic has no such stream option")
     output_format = _output_format(body.get("response_format"))
     if output_format is not None:
         out["output_config"] = {"format": output_format}
@@ -145,6 +163,8 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     fn = tool.get("function")
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise refuse(f"{where}.function", "must be an object with a name")
+    for key in fn.keys() - _FUNCTION_KEYS:
+        raise refuse(f"{where}.function.{key}", "Anthropic tools have no such field")
     out: dict[str, Any] = {"name": fn["name"]}
     if fn.get("description"):
         out["description"] = fn["description"]
@@ -262,6 +282,12 @@ def _blocks(content: Any, where: str, *, text_only: bool = False) -> list[dict[s
 
 
 def _image(spec: Any, where: str) -> dict[str, Any]:
+    if isinstance(spec, dict):
+        for key in spec.keys() - _IMAGE_KEYS:
+            raise refuse(f"{where}.{key}", "Anthropic images have no such field")
+        if spec.get("detail", "auto") not in ("auto", "high"):
+            raise refuse(f"{where}.detail", "Anthropic looks at images at full resolution: "
+                                            f"'auto' or 'high' can be translated, not {spec['detail']!r}")
     url = spec.get("url") if isinstance(spec, dict) else spec
     if not isinstance(url, str):
         raise refuse(f"{where}.url", "must be a string")
