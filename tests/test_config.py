@@ -179,3 +179,30 @@ def test_yaml_syntax_error_is_located(tmp_path):
     p.write_text("server:\n  listen: [\n")
     with pytest.raises(ConfigError, match="not valid YAML at line"):
         load_config(p)
+
+
+def test_every_problem_is_listed_even_beside_an_entry_refused_for_another_reason():
+    """A channel refused for a bad price still takes part in the duplicate-name check, and a
+    rule naming a channel that has a problem of its own is not told that the channel is
+    missing (check-config lists every problem at once, contract §1)."""
+    doc = {
+        "channels": [
+            {"name": "m", "type": "mock"},
+            {"name": "m", "type": "mock", "price_per_token": -1},
+            {"name": "z", "type": "mock", "status": "actve"},
+        ],
+        "rules": [
+            {"name": "r", "channel": "z", "expression": "true"},
+            {"name": "r", "channel": "nope", "expression": "open('x')"},
+        ],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    problems = info.value.problems
+    assert "channels[1].name: duplicate of channels[0] 'm'" in problems
+    assert any(p.startswith("channels[1].price_per_token") for p in problems)
+    assert any(p.startswith("channels[2].status") for p in problems)
+    assert not any(p.startswith("rules[0].channel") for p in problems)
+    assert "rules[1].channel: no channel named 'nope'" in problems
+    assert "rules[1].name: duplicate rule name 'r'" in problems
+    assert len(problems) == 6, problems

@@ -96,6 +96,12 @@ def _simple(data: Any, path: str, problems: list[str], cls: type[T], spec: dict[
     return cls(**values)
 
 
+def _raw_text(item: Any, key: str) -> str | None:
+    """``item[key]`` of an entry that did not parse, when it is a non-empty string."""
+    value = item.get(key) if isinstance(item, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 def parse_config(doc: Any, *, source: str | None = None) -> Config:
     """Validate a parsed YAML document (env already expanded) into a ``Config``."""
     problems: list[str] = []
@@ -108,18 +114,19 @@ def parse_config(doc: Any, *, source: str | None = None) -> Config:
     if not isinstance(raw_channels, list):
         problems.append(f"channels: must be a list, got {_kind(raw_channels)}")
         raw_channels = []
+    # Names count even for an entry refused for another reason, so that every problem is
+    # listed at once: a duplicate name beside a bad price, a rule naming a channel that has one.
     seen: dict[str, int] = {}
     for i, item in enumerate(raw_channels):
         ch = parse_channel(item, f"channels[{i}]", problems)
-        if ch is None:
+        name = ch.name if ch is not None else _raw_text(item, "name")
+        if name is not None and name in seen:
+            problems.append(f"channels[{i}].name: duplicate of channels[{seen[name]}] {name!r}")
             continue
-        if ch.name in seen:
-            problems.append(
-                f"channels[{i}].name: duplicate of channels[{seen[ch.name]}] {ch.name!r}"
-            )
-            continue
-        seen[ch.name] = i
-        channels.append(ch)
+        if name is not None:
+            seen[name] = i
+        if ch is not None:
+            channels.append(ch)
 
     rules: list[RuleConfig] = []
     raw_rules = top.raw("rules") or []
@@ -129,14 +136,16 @@ def parse_config(doc: Any, *, source: str | None = None) -> Config:
     rule_names: set[str] = set()
     for i, item in enumerate(raw_rules):
         rule = parse_rule(item, f"rules[{i}]", problems)
-        if rule is None:
-            continue
-        if rule.name in rule_names:
-            problems.append(f"rules[{i}].name: duplicate rule name {rule.name!r}")
-        rule_names.add(rule.name)
-        if rule.channel not in seen and isinstance(item, dict):
-            problems.append(f"rules[{i}].channel: no channel named {rule.channel!r}")
-        rules.append(rule)
+        name = rule.name if rule is not None else _raw_text(item, "name")
+        target = rule.channel if rule is not None else _raw_text(item, "channel")
+        if name is not None and name in rule_names:
+            problems.append(f"rules[{i}].name: duplicate rule name {name!r}")
+        if name is not None:
+            rule_names.add(name)
+        if target is not None and target not in seen and isinstance(item, dict):
+            problems.append(f"rules[{i}].channel: no channel named {target!r}")
+        if rule is not None:
+            rules.append(rule)
 
     security = _security(top.raw("security"), problems)
     retry = _simple(
