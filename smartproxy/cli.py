@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .config import Config, find_config, load_config, parse_listen
 from .errors import ConfigError
-from .serving import config_mtime, serve
+from .serving import check_files, config_mtime, serve
 
 if TYPE_CHECKING:
     pass
@@ -115,6 +115,7 @@ def check_config(path: str | None) -> int:
         from .state import Snapshot
 
         Snapshot.build(config)
+        check_files(config)
     except ConfigError as exc:
         print(f"{path or '(built-in default)'}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
@@ -151,6 +152,7 @@ def run(path: str | None, listen: str | None, workers: int) -> int:
         config = load_config(path)
         if listen:
             config = with_listen(config, listen)
+        check_files(config)
     except (ConfigError, ValueError) as exc:
         print(f"smartproxy: config refused:\n{exc}", file=sys.stderr)
         return 1

@@ -245,5 +245,29 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
     if not server.enable_https:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(server.cert_file or "", server.key_file or "")
+    try:
+        ctx.load_cert_chain(server.cert_file or "", server.key_file or "")
+    except OSError as exc:  # ssl.SSLError included: not a certificate, key not matching
+        why = exc.strerror if exc.strerror and not isinstance(exc, ssl.SSLError) else str(exc)
+        raise ConfigError([f"server.cert_file/key_file: cannot load {server.cert_file!r} / "
+                           f"{server.key_file!r}: {why}"]) from exc
     return ctx
+
+
+def check_files(config: Config) -> None:
+    """What the config names on disk and only a start would read (the TLS certificate and key,
+    the admin JWT public key): ConfigError listing every one that cannot be used."""
+    from .security.jwt import JwtVerifier, generate_secret
+
+    problems: list[str] = []
+    try:
+        _ssl_context(config)
+    except ConfigError as exc:
+        problems += exc.problems
+    jwt_cfg = config.security.jwt
+    try:  # without a secret, start generates one: any will do here
+        JwtVerifier(jwt_cfg, secret=None if jwt_cfg.secret else generate_secret())
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)

@@ -420,3 +420,22 @@ def test_check_config_and_token_take_config_given_before_the_command(tmp_path, c
     assert str(good) in capsys.readouterr().out
     assert main(["--config", str(good), "token", "--sub", "ops"]) == 0
     assert capsys.readouterr().out.count(".") == 2  # a JWT
+
+
+def test_check_config_and_run_refuse_files_that_cannot_be_read(tmp_path, capsys):
+    """A TLS certificate or JWT public key that cannot be read is a config problem, listed by
+    check-config (which said OK) and refused by run before it serves (it was a traceback)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"server: {{enable_https: true, cert_file: {tmp_path}/no-cert.pem, "
+        f"key_file: {tmp_path}/no-key.pem}}\n"
+        "channels: [{name: m, type: mock}]\n"
+        f"security: {{auth: {{jwt: {{algorithms: [RS256], public_key_file: {tmp_path}/no.pem}}}}}}\n"
+    )
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "2 problem(s)" in err and "server.cert_file/key_file: cannot load" in err
+    assert "security.auth.jwt.public_key_file: cannot read" in err
+    assert main(["run", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "config refused" in err and "no-cert.pem" in err and "Traceback" not in err
