@@ -206,3 +206,16 @@ def test_every_problem_is_listed_even_beside_an_entry_refused_for_another_reason
     assert "rules[1].channel: no channel named 'nope'" in problems
     assert "rules[1].name: duplicate rule name 'r'" in problems
     assert len(problems) == 6, problems
+
+
+def test_env_expansion_reaches_mapping_keys_and_refuses_two_keys_that_become_one():
+    """``${VAR}`` is replaced in any string (contract §1), a ``model_mapping`` or ``api_keys``
+    name included."""
+    env = {"TEAM": "team-a", "SAME": "x"}
+    doc = {"model_mapping": {"${MK:-gpt-4o-mini}": "llama"}, "api_keys": {"${TEAM}": "sk-1"}}
+    assert expand_env(doc, env) == {
+        "model_mapping": {"gpt-4o-mini": "llama"},
+        "api_keys": {"team-a": "sk-1"},
+    }
+    with pytest.raises(ConfigError, match="both read 'x'"):
+        expand_env({"m": {"${SAME}": 1, "x": 2}}, env)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ..errors import ConfigError
 from .model import TimeWindow
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -25,14 +26,24 @@ T = TypeVar("T")
 
 # ----------------------------------------------------------------------------- env expansion
 def expand_env(value: Any, env: Mapping[str, str] | None = None) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed document."""
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed document, mapping
+    keys included (a ``model_mapping`` or ``api_keys`` name); two keys that become one are a
+    ``ConfigError``, as a key written twice is."""
     env = os.environ if env is None else env
     if isinstance(value, str):
         return _VAR.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
     if isinstance(value, list):
         return [expand_env(v, env) for v in value]
     if isinstance(value, dict):
-        return {k: expand_env(v, env) for k, v in value.items()}
+        out: dict[Any, Any] = {}
+        written: dict[Any, Any] = {}
+        for k, v in value.items():
+            key = expand_env(k, env) if isinstance(k, str) and "${" in k else k
+            if key in out:
+                raise ConfigError([f"keys {written[key]!r} and {k!r} both read {key!r} once "
+                                   "${VAR} is replaced"])
+            out[key], written[key] = expand_env(v, env), k
+        return out
     return value
 
 
