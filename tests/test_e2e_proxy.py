@@ -252,3 +252,41 @@ async def test_body_bytes_reach_upstream_unchanged_but_for_model_and_include_usa
         b' "messages": [{"role": "user", "content": "caf\xc3\xa9 \\u00e9"}], "stream": true'
         b',"stream_options":{"include_usage":true}}'
     )
+
+
+async def test_an_event_stream_the_request_did_not_ask_for_is_relayed_as_it_comes(
+    fake_servers, gateway_factory
+):
+    """Contract §3: text/event-stream is relayed chunk by chunk, never buffered whole, also
+    when the upstream streams an answer to a request without ``stream: true``."""
+    from aiohttp import web
+
+    more = asyncio.Event()
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"n": 1}\n\n')
+        await more.wait()
+        await resp.write(b'data: {"n": 2, "usage": {"prompt_tokens": 1, "total_tokens": 1}}\n\n')
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", sse)
+    server = await fake_servers(app)
+    gw = await gateway_factory(base_config(channels=[channel("a", str(server.make_url("/v1")))]))
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            gw.url + "/chat/completions",
+            headers={"Authorization": f"Bearer {DEV_KEY}"},
+            json={"model": "gpt-4o-mini", "messages": []},
+        ) as r:
+            assert r.status == 200 and r.content_type == "text/event-stream"
+            first = await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5)
+            assert first == b'data: {"n": 1}\n\n'  # while upstream still holds the rest
+            more.set()
+            rest = await r.read()
+    assert rest == (
+        b'data: {"n": 2, "usage": {"prompt_tokens": 1, "total_tokens": 1}}\n\ndata: [DONE]\n\n'
+    )  # the usage event too: nobody asked upstream for it on the client's behalf

@@ -97,7 +97,9 @@ class AttemptRunner(Answerer):
                 if (pending := self._release(reservation)) is not None:
                     await pending
                 return ex.attempts[-1], status, headers, body
-            if outgoing.stream and status == 200 and _is_sse(reply.headers):
+            # An event stream is relayed as it comes, also when the request did not ask for one
+            # (contract §3: never buffered whole); a translated one only when it was asked.
+            if status == 200 and _is_sse(reply.headers) and (outgoing.stream or adapter is None):
                 translate = adapter.stream(include_usage=ex.client_wants_usage) if adapter else None
                 return await relay_stream(self, ex, ch, health, reservation, reply, t0, translate)
             body = await reply.read()

@@ -38,7 +38,9 @@ async def relay_stream(
     chunks = reply.iter_chunks()
     splitter = EventSplitter()
     tally = StreamTally() if translate is None else translate.tally
-    strip_usage = not ex.client_wants_usage
+    # Only the usage chunk the gateway asked for goes (a stream the client did not ask for
+    # was not asked for usage either).
+    strip_usage = ex.facts.stream and not ex.client_wants_usage
     wire = ex.wire
     inspect = wire.inspect
     # The first chunk decides: before it, a failure is invisible to the client.
