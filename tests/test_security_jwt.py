@@ -106,6 +106,13 @@ def test_leeway_accepts_just_expired_token() -> None:
     assert JwtVerifier(HS).verify(token)["sub"] == "alice"
 
 
+def test_by_default_a_token_expired_a_second_ago_is_refused() -> None:
+    """Contract §6: expired = 401. Clock skew is forgiven only when ``leeway`` is set."""
+    default = JwtConfig(secret=SECRET, issuer="smartproxy", audience="smartproxy-admin")
+    assert default.leeway == 0
+    assert reason_of(JwtVerifier(default), hs_token(exp=int(time.time()) - 1)) == "expired"
+
+
 def test_alg_none_is_rejected() -> None:
     unsigned = f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims())}."
     assert reason_of(JwtVerifier(HS), unsigned) == "algorithm not allowed"

@@ -151,7 +151,7 @@ class JwtConfig:
     public_key_file: str | None = None
     private_key_file: str | None = None
     expiry_minutes: int = 60
-    leeway: float = 30
+    leeway: float = 0  # seconds of clock skew forgiven on exp; 0: expired is 401 (contract §6)
     max_lifetime_minutes: int = 1440  # tokens valid longer (exp - iat) are refused
 
 
