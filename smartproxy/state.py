@@ -145,6 +145,9 @@ class Gateway:
     peer_socket: str = ""
     started_at: float = field(default_factory=time.time)
     last_reload_error: str | None = None
+    # The latest change refused, from the file (SIGHUP, POST /api/reload) or an admin write:
+    # {"at", "source", "error"}; /health shows it (contract §6).
+    last_refused: dict[str, str] | None = None
     last_reload_at: float | None = None
     version: str = __version__
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -197,6 +200,11 @@ class Gateway:
         self.audit.path = audit_path(snap.config, self.config_path)
         _warn_restart_only(old, snap.config)
 
+    def refused(self, source: str, error: str) -> None:
+        """Remember a refused config change for /health (the running config stays)."""
+        at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        self.last_refused = {"at": at, "source": source, "error": error}
+
     async def reload_from_file(self, *, reason: str, actor: Actor = SIGNAL) -> Snapshot:
         """Re-read the config file; on any problem keep the running snapshot and raise ConfigError.
 
@@ -214,6 +222,7 @@ class Gateway:
                 problems = [scrub(p, config_secrets(old)) for p in exc.problems]
                 self.last_reload_error = "\n".join(problems)
                 self.last_reload_at = time.time()
+                self.refused(f"reload ({reason})", "; ".join(problems))
                 self.metrics.config_reload(False)
                 log.error("config reload (%s) refused, the running config stays: %s", reason,
                           "; ".join(problems))

@@ -240,3 +240,24 @@ async def test_a_broken_file_is_refused_whole_counted_and_shown(
         for s in family.samples if s.name.endswith("_total")
     }
     assert reloads == {"failure": 2.0, "success": 1.0}
+
+
+async def test_a_refused_admin_write_is_shown_in_health(upstream_factory, gateway_factory):
+    """Contract §6: a config that fails validation — file, SIGHUP or POST — is refused whole,
+    and /health shows it. A refused write leaves the running config (and the file) as they
+    were, so the status stays ok; ``config.last_refused`` says what was refused and why."""
+    _, url = await upstream_factory("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]), write_file=True)
+    health = await (await gw.client.get("/health")).json()
+    assert health["config"]["last_refused"] is None
+    resp = await gw.client.post("/api/channels", headers=gw.admin_headers(),
+                                json={"name": "bad", "type": "openai", "endpoint": "nope"})
+    assert resp.status == 400
+    health = await (await gw.client.get("/health")).json()
+    refused = health["config"]["last_refused"]
+    assert health["status"] == "ok" and refused["source"].startswith("admin ")
+    assert "'bad'" in refused["source"] and "endpoint" in refused["error"] and refused["at"]
+    gw.config_path.write_text("channels: [{name: x, type: nosuch}]\n")
+    assert (await gw.client.post("/api/reload", headers=gw.admin_headers())).status == 400
+    refused = (await (await gw.client.get("/health")).json())["config"]["last_refused"]
+    assert refused["source"].startswith("reload") and "channels[0].type" in refused["error"]

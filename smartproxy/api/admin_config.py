@@ -179,6 +179,7 @@ async def commit(
 
 def _refused(gw: Gateway, actor: Actor, action: str, target: str, reason: str) -> None:
     gw.audit.record(actor, action, target, ok=False, reason=reason)
+    gw.refused(f"admin {action} {target!r} by {actor.sub}", reason)
     log.warning("admin %s %r by %s refused: %s", action, target, actor.sub, reason)
 
 

@@ -72,6 +72,7 @@ async def health_report(gw: Gateway) -> dict[str, Any]:
             "loaded_at": _iso(snap.loaded_at),
             "last_reload_at": _iso(gw.last_reload_at),
             "last_reload_error": gw.last_reload_error,
+            "last_refused": gw.last_refused,
         },
         "storage": store_status,
         "queued": gw.slots.queued(),  # requests waiting for a slot (every candidate full)

@@ -93,6 +93,8 @@ HEALTH_EXAMPLE: Json = {
         "loaded_at": "2026-11-26T08:00:00Z",
         "last_reload_at": None,
         "last_reload_error": None,
+        "last_refused": {"at": "2026-11-26T09:12:00Z", "source": "admin save-channel 'bad' by ops",
+                         "error": "channels[3].endpoint: must be an http(s) URL"},
     },
     "storage": {"backend": "sqlite", "ok": True, "path": "data/smartproxy.db", "last_error": None},
     "channels": [
@@ -192,7 +194,11 @@ PROXY_SCHEMAS: dict[str, Json] = {
             version=_STR,
             uptime_seconds={"type": "number"},
             config=_obj(path=_STR, loaded_at=_NULLABLE_STR, last_reload_at=_NULLABLE_STR,
-                        last_reload_error=_NULLABLE_STR),
+                        last_reload_error=_NULLABLE_STR,
+                        last_refused={**_obj(at=_STR, source=_STR, error=_STR),
+                                      "nullable": True,
+                                      "description": "The latest config change refused (file "
+                                                     "or admin write); the running one stayed."}),
             storage={**_obj(backend=_STR, ok={"type": "boolean"}), **_OPEN,
                      "description": "Backend status; further fields vary by backend."},
             channels=_array(_obj(
