@@ -406,3 +406,17 @@ async def test_token_cost_and_quota_metrics(upstream_factory, gateway_factory):
     assert get("smartproxy_channel_tokens_used", channel="free", window="day") == 0
     assert get("smartproxy_channel_tokens_used", channel="paid", window="hour") == 0
     assert get("smartproxy_tokens_total", channel="paid", kind="prompt") == 60
+
+
+async def test_a_total_above_prompt_plus_completion_is_counted_and_priced_in_full(
+    upstream_factory, gateway_factory
+):
+    """Contract §4: cost = total_tokens x price. Gemini's OpenAI-compatible API reports its
+    thinking tokens only in ``total_tokens``: they count, as completion tokens."""
+    up, url = await upstream_factory("a")
+    up.usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 20}
+    gw = await gateway_factory(base_config(channels=[channel("a", url, price_per_token=0.001)]))
+    await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    row = (await usage_rows(gw))["a"]
+    assert row["total_tokens"] == 20
+    assert row["cost_usd"] == pytest.approx(0.02)

@@ -30,6 +30,9 @@ def test_tokens_of_each_usage_family() -> None:
                  "cache_read_input_tokens": 100, "output_tokens": 9}  # fmt: skip
     assert tokens_of(anthropic) == (113, 9)  # Anthropic's input_tokens leave the cache out
     assert tokens_of({}) == (0, 0)
+    # a total above the two counts counts in full (thinking tokens left out of completion)
+    assert tokens_of({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 20}) == (10, 10)
+    assert tokens_of({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 12}) == (10, 5)
 
 
 RESPONSE = {"id": "resp_1", "object": "response", "status": "completed",

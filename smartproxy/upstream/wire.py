@@ -42,19 +42,23 @@ class Wire:
 
 
 def tokens_of(usage: dict[str, Any]) -> tuple[int, int]:
-    """(prompt, completion) tokens of a ``usage`` object of any of the three shapes."""
+    """(prompt, completion) tokens of a ``usage`` object of any of the three shapes.
+
+    A ``total_tokens`` above prompt + completion counts in full (contract §4: cost is total
+    tokens x price): the rest is generated tokens the provider left out of its completion count
+    (Gemini's OpenAI-compatible API reports thinking tokens only in the total), counted as
+    completion. A smaller total is not believed over the two counts."""
     if "prompt_tokens" in usage or "completion_tokens" in usage:
         prompt = _int(usage.get("prompt_tokens"))
         completion = _int(usage.get("completion_tokens"))
-        if not completion and usage.get("total_tokens"):
-            completion = max(0, _int(usage["total_tokens"]) - prompt)
-        return prompt, completion
-    prompt = (
-        _int(usage.get("input_tokens"))
-        + _int(usage.get("cache_creation_input_tokens"))
-        + _int(usage.get("cache_read_input_tokens"))
-    )
-    return prompt, _int(usage.get("output_tokens"))
+    else:
+        prompt = (
+            _int(usage.get("input_tokens"))
+            + _int(usage.get("cache_creation_input_tokens"))
+            + _int(usage.get("cache_read_input_tokens"))
+        )
+        completion = _int(usage.get("output_tokens"))
+    return prompt, max(completion, _int(usage.get("total_tokens")) - prompt)
 
 
 def _int(value: Any) -> int:
