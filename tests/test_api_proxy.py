@@ -64,7 +64,8 @@ def test_parse_body_facts_carry_the_key_name():
     ).encode()
     body, facts = parse_body(raw, snapshot(), principal())
     assert body["model"] == "m" and facts.stream and facts.max_tokens == 7
-    assert facts.api_key_name == "k" and facts.prompt_tokens == 101  # text chars ("m", "user", 400 x) / 4
+    # text chars ("m", "user", 400 x) / 4 = 101.25, + 3 for the request and 4 for its message
+    assert facts.api_key_name == "k" and facts.prompt_tokens == 109
     assert parse_body(raw, snapshot(), None)[1].api_key_name == ""
 
 

@@ -420,3 +420,35 @@ async def test_a_total_above_prompt_plus_completion_is_counted_and_priced_in_ful
     row = (await usage_rows(gw))["a"]
     assert row["total_tokens"] == 20
     assert row["cost_usd"] == pytest.approx(0.02)
+
+
+async def test_short_messages_reserve_what_providers_count_so_concurrency_cannot_overrun(
+    upstream_factory, gateway_factory
+):
+    """Contract §4: concurrent requests overrun a quota by at most one request. "hello" with
+    max_tokens 10 is 8 prompt tokens for a provider (the chat template's tokens around the text)
+    and up to 10 completion tokens: the reservation must cover that, or every concurrent
+    request reserving less than it uses lets more through (a quota of 1,000 ended at 1,386)."""
+    free_up, free_url = await upstream_factory("free", default="gate-ok")
+    paid_up, paid_url = await upstream_factory("paid")
+    free_up.usage = {"prompt_tokens": 8, "completion_tokens": 10, "total_tokens": 18}
+    gw = await gateway_factory(base_config(channels=[
+        channel("free", free_url, daily_limit=1000),
+        channel("paid", paid_url, price_per_token=1e-6),
+    ]))  # fmt: skip
+    body = {"model": "m1", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 10}
+
+    async def one(s: aiohttp.ClientSession) -> str:
+        async with s.post(gw.url + "/chat/completions", json=body, headers=AUTH) as r:
+            assert r.status == 200
+            return r.headers["x-smartproxy-channel"]
+
+    async with aiohttp.ClientSession() as s:
+        calls = [asyncio.ensure_future(one(s)) for _ in range(150)]
+        while len(free_up.seen) + len(paid_up.seen) < 150:
+            await asyncio.sleep(0.01)
+        free_up.gate.set()
+        served = await asyncio.gather(*calls)
+    used = (await usage_rows(gw))["free"]["day_tokens"]
+    assert served.count("free") == len(free_up.seen) and used == 18 * served.count("free")
+    assert used <= 1000 + 18, f"{served.count('free')} requests used {used} of 1,000"
