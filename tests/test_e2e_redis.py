@@ -128,6 +128,30 @@ async def test_400_concurrent_requests_never_overrun_a_free_quota_across_two_pro
     assert all(log for log in logs)  # both processes served
 
 
+async def test_back_to_back_requests_alternating_processes_spend_a_small_quota_to_its_end(
+    tmp_path, http, procs, shared_redis, upstream_factory
+):
+    """Contract §1/§4: across processes exactly as in one. A client that sends each request the
+    moment it has the previous answer, alternately to two processes, finds each finished
+    request's reservation gone, so a quota smaller than one reservation (100 tokens against
+    ~1,000 reserved) is spent to its end before the paid channel is used. The answer waited for
+    its settlement to reach Redis; before, it went out first and the other process still counted
+    the finished request as in flight (rq, rq, rq, rfb, rq, rfb, ... at 45 of 100)."""
+    url, prefix = shared_redis
+    usage_15 = {"prompt_tokens": 5, "completion_tokens": 10, "total_tokens": 15}
+    _, rq_url = await upstream_factory("rq", usage=dict(usage_15))
+    _, fb_url = await upstream_factory("rfb", usage=dict(usage_15))
+    channels = [channel("rq", rq_url, daily_limit=100),
+                channel("rfb", fb_url, price_per_token=0.1)]
+    a, b = await two_gateways(http, procs, tmp_path, channels, url, prefix)
+    served = []
+    for i in range(9):
+        status, headers, _ = await (a if i % 2 else b).chat(http)
+        assert status == 200
+        served.append(headers["x-smartproxy-channel"])
+    assert served == ["rq"] * 7 + ["rfb"] * 2  # 7 x 15 = 105: the 7th is the one past 100
+
+
 async def test_a_burst_of_10_lets_exactly_10_through_two_processes(
     tmp_path, http, procs, shared_redis, upstream_factory
 ):

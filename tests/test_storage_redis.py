@@ -103,7 +103,16 @@ async def test_request_limit_and_the_routing_view(stores):
     assert (r1.code, r2.code, (await admit(a, "c", 5, limits)).code) == (0, 0, 1)
     await b.poll(["c"], NOW)
     view = b.usage_now(["c"], NOW)["c"]
-    assert (view.day_tokens_with_reserved, view.day_requests + view.reserved_requests) == (10, 2)
+    # tokens: settled plus this process's own in flight (another's are the script's to count:
+    # a finished one would linger in the view until the next poll); requests in flight: all
+    assert (view.day_tokens_with_reserved, view.day_requests + view.reserved_requests) == (5, 2)
+    await a.settle(r1.reservation, rec(channel="c", prompt=1, completion=2), NOW)
+    await b.poll(["c"], NOW)
+    view = b.usage_now(["c"], NOW)["c"]
+    assert (view.day_tokens_with_reserved, view.day_requests + view.reserved_requests) == (8, 2)
+    await b.settle(r2.reservation, rec(channel="c", prompt=1, completion=1), NOW)
+    view = b.usage_now(["c"], NOW)["c"]
+    assert view.day_reserved_tokens == 0 and view.day_tokens == 5
 
 
 async def test_a_dead_process_reservations_expire(stores):

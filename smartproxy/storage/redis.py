@@ -112,10 +112,16 @@ class RedisStore(RedisAdmitter):
             await asyncio.shield(done)
 
     def settle_nowait(
-        self, reservation: Reservation | None, record: RequestRecord, now: datetime
+        self,
+        reservation: Reservation | None,
+        record: RequestRecord,
+        now: datetime,
+        *,
+        urgent: bool = False,
     ) -> asyncio.Future[None] | None:
-        """``settle`` without a coroutine (the request path's way): queued for the next batch;
-        the future is done once it is written (or kept for the write-back)."""
+        """``settle`` without a coroutine (the request path's way): queued for the next batch
+        (``urgent``: the batch goes at once); the future is done once it is written (or kept
+        for the write-back)."""
         if not self._forget(reservation):
             return None
         day, hour = self._book.window_keys(now)
@@ -123,6 +129,7 @@ class RedisStore(RedisAdmitter):
         self.log.add(record)
         item = self._settlement(record.channel, day, hour, reservation, record)
         item.budget_day = budget_day
+        item.urgent = item.urgent or urgent
         if isinstance(reservation, SharedReservation) and self.online:
             self._settled_here(reservation, day, hour,
                                record.prompt_tokens + record.completion_tokens)  # fmt: skip
@@ -139,7 +146,7 @@ class RedisStore(RedisAdmitter):
     def _forget(self, reservation: Reservation | None) -> bool:
         """Take a reservation out of this process's books; False if it was given back already."""
         if isinstance(reservation, SharedReservation):
-            return self._live.pop(reservation.id, None) is not None
+            return self._unhold(reservation.id)
         if reservation is not None:  # made while Redis was away
             return self._book.release(reservation)
         return True

@@ -105,7 +105,7 @@ class RedisAdmitter(RedisView):
                 key_name=check.name if check else "",
                 tpm=check.tpm if check else 0,
             )
-            self._live[rid] = res
+            self._hold(res)
             adm.reservation = res
         return adm
 
@@ -159,7 +159,7 @@ class RedisAdmitter(RedisView):
         res = SharedReservation(
             rid, channel, tokens, day, hour, member=f"{self._inst}.{rid}:{tokens}"
         )
-        self._live[rid] = res
+        self._hold(res)
         task = asyncio.ensure_future(self.release(res))
         self._abandoned_tasks.add(task)
         task.add_done_callback(self._abandoned_tasks.discard)

@@ -90,6 +90,7 @@ class RedisView:
         self._ids = itertools.count(1)
         self._settle_seq = itertools.count(1)  # settlements in the order they are sent
         self._live: dict[int, SharedReservation] = {}
+        self._own_tokens: dict[str, int] = {}  # per channel: tokens of ``_live``
         self._view: dict[str, tuple[str, str, Usage]] = {}
         self._pending: list[Settlement] = []
         self._admits: list[tuple[Sequence[str], Sequence[Any], asyncio.Future[list[Any]]]] = []
@@ -268,34 +269,57 @@ class RedisView:
             views.append(ChannelView(ch, int(breaker), int(cool)))
         return views
 
+    def _hold(self, res: SharedReservation) -> None:
+        self._live[res.id] = res
+        self._own_tokens[res.channel] = self._own_tokens.get(res.channel, 0) + res.tokens
+
+    def _unhold(self, rid: int) -> bool:
+        """Take reservation ``rid`` out of this process's books; False if it was not there."""
+        res = self._live.pop(rid, None)
+        if res is None:
+            return False
+        left = self._own_tokens.get(res.channel, 0) - res.tokens
+        if left > 0:
+            self._own_tokens[res.channel] = left
+        else:
+            self._own_tokens.pop(res.channel, None)
+        return True
+
     def usage_now(self, channels: Iterable[str], now: datetime) -> dict[str, Usage]:
-        """The routing view (no round trip): as of the last poll or admit."""
+        """The routing view (no round trip): settled usage as of the last poll or admit, and
+        the tokens this process's own requests in flight hold. Other processes' reservations
+        are left to the admit script, which sees them exactly: a view that still counted one
+        whose request had ended elsewhere (it is known only at the next poll, up to half a
+        second later) would keep the channel out of the route while its quota has room."""
         if not self.online:
             return self._book.usages(channels, now)
         day, hour = self._book.window_keys(now)
+        own = self._own_tokens
         out = {}
         for ch in channels:
             hit = self._view.get(ch)
+            held = own.get(ch, 0)
             if hit is None:
                 out[ch] = _zero()
-            elif hit[0] == day and hit[1] == hour:
-                out[ch] = hit[2]
-            else:  # a new window since the last poll: only the reservations carry over
-                u = hit[2]
-                out[ch] = Usage(
-                    0 if hit[0] != day else u.day_tokens,
-                    0,
-                    0 if hit[0] != day else u.day_requests,
-                    u.day_reserved_tokens,
-                    u.hour_reserved_tokens,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0.0,
-                    0.0,
-                    u.reserved_requests,
-                )
+                if held:
+                    out[ch].day_reserved_tokens = out[ch].hour_reserved_tokens = held
+                continue
+            u = hit[2]
+            same_day, same_hour = hit[0] == day, hit[0] == day and hit[1] == hour
+            out[ch] = Usage(
+                u.day_tokens if same_day else 0,
+                u.hour_tokens if same_hour else 0,
+                u.day_requests if same_day else 0,
+                held,
+                held,
+                u.total_tokens if same_hour else 0,
+                u.total_requests if same_hour else 0,
+                u.total_prompt_tokens if same_hour else 0,
+                u.total_completion_tokens if same_hour else 0,
+                u.total_cost if same_hour else 0.0,
+                u.day_cost if same_hour else 0.0,
+                u.reserved_requests,
+            )
         return out
 
     async def usage(self, channels: Sequence[str], now: datetime) -> dict[str, Usage]:

@@ -7,6 +7,7 @@ relay (``relay``) calls ``_settle`` and ``_response_headers`` through ``exchange
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -41,8 +42,15 @@ class Answerer:
         error: str | None = None,
         *,
         estimate: bool = False,
-    ) -> None:
-        """Record tokens and cost; runs as a task so a cancelled request still gets billed."""
+    ) -> asyncio.Future[None] | None:
+        """Record tokens and cost; runs as a task so a cancelled request still gets billed.
+
+        With a shared store and a channel whose quota or concurrency cap other processes check:
+        the settlement is sent at once and its future returned, for the answer to wait on. A
+        client that sends its next request the moment it has this answer, through another
+        process, must find this request's reservation gone (contract §1: exactly as in one
+        process), or that process would count it as in flight and send the request elsewhere
+        while the quota still has room."""
         gw, snap = self.gw, ex.snap
         ex.settled = True
         source = "upstream"
@@ -89,11 +97,17 @@ class Answerer:
         if counters is not None:  # in-process counters: no task, nothing to cancel
             counters.settle_now(reservation, record, gw.clock())
         elif gw.shared:  # queued for the shared store's next batch: no task either
-            shared.settle(gw, reservation, record)
+            limited = bool(ch.daily_limit or ch.hour_limit or ch.daily_request_limit
+                           or ch.max_concurrency)  # fmt: skip
+            written = shared.settle(gw, reservation, record, urgent=limited)
+            if ex.on_settle is not None:
+                ex.on_settle(record)
+            return written if limited else None
         else:
             gw.spawn(gw.store.settle(reservation, record, gw.clock()))
         if ex.on_settle is not None:
             ex.on_settle(record)
+        return None
 
     def _all_failed(
         self,

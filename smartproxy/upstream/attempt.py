@@ -130,7 +130,11 @@ class AttemptRunner(Answerer):
             answer_id = ex.wire.id_of_body(body)
             if answer_id is not None:
                 ex.on_answer_id(ch.name, answer_id)
-        self._settle(ex, ch, reservation, status, usage, content_events=0 if usage is None else -1)
+        written = self._settle(
+            ex, ch, reservation, status, usage, content_events=0 if usage is None else -1
+        )
+        if written is not None:  # the shared quota knows this request ended before its client
+            await asyncio.shield(written)
         headers = self._response_headers(ex, ch, reply.headers)
         if adapter is not None:  # the body is the translation, JSON whatever upstream sent
             headers["Content-Type"] = JSON_TYPE

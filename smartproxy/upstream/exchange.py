@@ -7,6 +7,7 @@ both use them; ``client`` re-exports them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -138,4 +139,4 @@ class Settler(Protocol):
         usage: dict[str, Any] | None,
         content_events: int,
         error: str | None = None,
-    ) -> None: ...
+    ) -> asyncio.Future[None] | None: ...

@@ -125,11 +125,14 @@ async def _admit(
     return None, _REFUSED.get(adm.code, "refused by the shared store")
 
 
-def settle(gw: Gateway, reservation: Reservation, record: RequestRecord) -> None:
-    """Queue the settlement for the store's next batch (the one round trip after the answer)."""
+def settle(
+    gw: Gateway, reservation: Reservation, record: RequestRecord, *, urgent: bool = False
+) -> asyncio.Future[None] | None:
+    """Queue the settlement for the store's next batch (the one round trip after the answer);
+    ``urgent``: sent at once, not paced. The future is done once it is written."""
     store = shared_store(gw)
     assert store is not None
-    store.settle_nowait(reservation, record, gw.clock())
+    return store.settle_nowait(reservation, record, gw.clock(), urgent=urgent)
 
 
 @dataclass(slots=True)
