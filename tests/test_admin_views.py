@@ -27,11 +27,12 @@ async def test_a_minimal_posted_channel_shows_every_field_with_its_default(
     assert (await c.post("/api/channels", headers=admin, json=posted)).status == 201
     listed = (await (await c.get("/api/channels", headers=admin)).json())["channels"]
     got = next(ch for ch in listed if ch["name"] == "minimal")
-    assert set(got) == FULL_CHANNEL
+    assert set(got) == FULL_CHANNEL | {"inherited"}
     assert got["status"] == "active"  # a script reading channel["status"] must not fail
     assert got["models"] == [] and got["model_mapping"] == {} and got["headers"] == {}
     assert got["priority"] == 0 and got["daily_limit"] == 0 and got["price_per_token"] == 0
     assert got["proxy"] is None and got["max_concurrency"] is None and got["api_key"] == ""
+    assert got["timeout"] == 5 and "timeout" in got["inherited"]  # server.timeout, in effect
     # The file keeps only what was posted: showing defaults does not write them.
     text = gw.config_path.read_text()
     assert "max_concurrency" not in text and "status" not in text
@@ -61,8 +62,9 @@ async def test_numbers_keep_their_type_and_keys_and_rules_show_defaults(
     keys = (await (await c.get("/api/keys", headers=admin)).json())["keys"]
     team = next(k for k in keys if k["name"] == "team")
     assert team == {
-        "name": "team", "key": "sk-...6789", "requests_per_minute": 60, "burst": None,
+        "name": "team", "key": "sk-...6789", "requests_per_minute": 60, "burst": 100000,
         "tokens_per_minute": None, "models": [], "daily_budget_usd": None,
+        "inherited": ["burst"],  # security.rate_limit's, in effect
     }
     raw = await (await c.get("/api/keys", headers=admin)).text()
     assert '"requests_per_minute": 60,' in raw  # 60, not 60.0
@@ -86,3 +88,44 @@ async def test_proxy_credentials_are_masked_and_sent_back_masked_they_are_kept(
     resp = await c.post("/api/channels", headers=admin, json={**shown, "priority": 2})
     assert resp.status == 200 and "hunter2-secret" not in await resp.text()
     assert gw.gateway.config.channels[0].proxy == "http://bob:hunter2-secret@127.0.0.1:3128"
+
+
+async def test_fields_left_to_server_wide_settings_show_the_value_in_effect(
+    upstream_factory: Any, gateway_factory: Any
+) -> None:
+    """Contract §6: GET shows every field with the value in effect. A channel that sets no
+    timeout, breaker or proxy shows the server-wide ones, named in ``inherited``; posted back
+    as shown they keep following those settings (nothing is pinned in the file), and an edited
+    one is stored."""
+    _, url = await upstream_factory()
+    cfg = base_config(channels=[channel("a", url)])
+    cfg["server"].update(timeout=45, proxy="http://ops:pw-secret@127.0.0.1:3999")
+    cfg["circuit_breaker"] = {"fail_max": 3, "reset_timeout": 77}
+    cfg["security"]["rate_limit"] = {"requests_per_minute": 100, "burst": 9}
+    cfg["security"]["auth"]["api_keys"]["team"] = {"key": "sk-gw-team-0123456789", "burst": 4}
+    gw = await gateway_factory(cfg, write_file=True)
+    c, admin = gw.client, gw.admin_headers()
+    before = yaml.safe_load(gw.config_path.read_text())
+    shown = (await (await c.get("/api/channels", headers=admin)).json())["channels"][0]
+    assert (shown["timeout"], shown["connect_timeout"], shown["first_byte_timeout"]) == (45, 10, 45)
+    assert (shown["fail_max"], shown["reset_timeout"]) == (3, 77)
+    assert shown["proxy"] == "http://ops:****@127.0.0.1:3999"  # masked as ever
+    assert shown["inherited"] == ["connect_timeout", "fail_max", "first_byte_timeout", "proxy",
+                                  "reset_timeout", "timeout"]
+    keys = (await (await c.get("/api/keys", headers=admin)).json())["keys"]
+    team = next(k for k in keys if k["name"] == "team")
+    assert (team["requests_per_minute"], team["burst"], team["inherited"]) == (
+        100, 4, ["requests_per_minute"])
+    assert (await c.post("/api/channels", headers=admin, json=shown)).status == 200
+    assert (await c.post("/api/keys", headers=admin, json=team)).status == 200
+    assert yaml.safe_load(gw.config_path.read_text()) == before  # nothing pinned
+    edited = {**shown, "timeout": 12}
+    resp = await c.post("/api/channels", headers=admin, json=edited)
+    assert resp.status == 200
+    after = (await resp.json())["channel"]
+    assert after["timeout"] == 12 and "timeout" not in after["inherited"]
+    assert after["first_byte_timeout"] == 12  # follows the channel's own timeout now
+    stored = yaml.safe_load(gw.config_path.read_text())["channels"][0]
+    assert stored["timeout"] == 12 and "fail_max" not in stored and "proxy" not in stored
+    bad = await c.post("/api/channels", headers=admin, json={**shown, "inherited": "timeout"})
+    assert bad.status == 400

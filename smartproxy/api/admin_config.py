@@ -192,13 +192,19 @@ def _outcome(gw: Gateway, **fields: Any) -> dict[str, Any]:
 
 async def list_entries(request: web.Request, kind: Kind) -> web.Response:
     gw = request.config_dict[GATEWAY]
-    return web.json_response({kind.section: [kind.view(o) for o in kind.items(gw.config)]})
+    config = gw.config
+    return web.json_response({kind.section: [kind.view(o, config=config)
+                                             for o in kind.items(config)]})
 
 
 async def save_entry(request: web.Request, kind: Kind) -> web.Response:
     posted = await _body(request)
     name = posted["name"]
     gw = request.config_dict[GATEWAY]
+    try:
+        posted = kind.without_inherited(posted, gw.config)
+    except ConfigError as exc:
+        raise ConfigRefused(exc.problems) from None
     generated: list[str] = []
     candidate = "sk-gw-" + secrets.token_urlsafe(24)
 
@@ -215,7 +221,8 @@ async def save_entry(request: web.Request, kind: Kind) -> web.Response:
     single = kind.section[:-1]  # channel | rule | key
     edit = await commit(request, kind, f"{single}.upsert", name, change,
                         _posted_secrets(posted) + [candidate])
-    out = _outcome(gw, created=edit.created, **{single: kind.view(kind.get(edit.config, name))})
+    shown = kind.view(kind.get(edit.config, name), config=edit.config)
+    out = _outcome(gw, created=edit.created, **{single: shown})
     if generated:
         out["api_key"] = generated[0]  # the only time this key is shown whole
     return web.json_response(out, status=201 if edit.created else 200)

@@ -126,6 +126,11 @@ _STR_MAP: Json = {"type": "object", "additionalProperties": _STR}
 _CLOSED: Json = {"additionalProperties": False}
 _NULL_NUM: Json = {**_NUM, "nullable": True}
 _NULL_COUNT: Json = {**_COUNT, "nullable": True}
+_INHERITED: Json = {**_STRS, "description": "On read: the fields the entry leaves to a "
+                    "server-wide setting (server.timeout, server.connect_timeout, server.proxy, "
+                    "circuit_breaker, security.rate_limit), shown with that setting's value. "
+                    "Posted back, a field named here whose value is still that one keeps "
+                    "following the setting; an edited value is stored."}
 
 CHANNEL_EXAMPLE: Json = {
     "name": "openai-paid", "type": "openai", "endpoint": "https://api.openai.com/v1",
@@ -176,7 +181,8 @@ SCHEMAS.update({
                anthropic_version={**_STR, "description": "anthropic: the anthropic-version "
                                   "header (default 2023-06-01)."},
                default_max_tokens={**_COUNT, "minimum": 1, "description": "anthropic: "
-                                   "max_tokens sent when a request sets none (default 4096)."}),
+                                   "max_tokens sent when a request sets none (default 4096)."},
+               inherited=_INHERITED),
         **_CLOSED,
         "example": CHANNEL_EXAMPLE,
     },
@@ -194,7 +200,7 @@ SCHEMAS.update({
                     "new name to get a generated key (returned once), or for an existing one to "
                     "keep it."},
                requests_per_minute=_NUM, burst=_COUNT, tokens_per_minute=_COUNT, models=_STRS,
-               daily_budget_usd=_NUM),
+               daily_budget_usd=_NUM, inherited=_INHERITED),
         **_CLOSED,
         "example": API_KEY_EXAMPLE,
     },

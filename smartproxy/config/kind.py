@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -82,11 +83,47 @@ class Kind:
     def mask(self, value: str) -> str:
         return mask_secret(value)
 
-    def view(self, obj: Any, *, masked: bool = True) -> dict[str, Any]:
+    # -- values that come from a server-wide setting while the entry sets none
+    inheritable: tuple[str, ...] = ()
+
+    def inherited(self, obj: Any, config: Config) -> dict[str, Any]:
+        """``{field: value in effect}`` for the fields ``obj`` leaves to a server-wide setting."""
+        return {}
+
+    def without_inherited(self, posted: dict[str, Any], config: Config) -> dict[str, Any]:
+        """A posted entry without ``inherited`` (what ``view`` adds): each field it names
+        whose value is still the one in effect from the server-wide setting is left out, so
+        that ``GET`` -> edit -> ``POST`` keeps it following that setting; a field whose value
+        was edited is stored. ConfigError for an ``inherited`` that is not a list of names."""
+        if "inherited" not in posted:
+            return posted
+        names = posted["inherited"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(["inherited: must be a list of field names (as GET shows it)"])
+        out = {k: v for k, v in posted.items() if k != "inherited"}
+        own = expand_env({f: None if f in names else out.get(f) for f in self.inheritable})
+        now = self.inherited(SimpleNamespace(**own), config)
+        for n in names:
+            if n in now and out.get(n) == self._shown(n, now[n]):
+                out.pop(n, None)
+        return out
+
+    def _shown(self, field: str, value: Any) -> Any:
+        value = _plain(value)
+        return mask_url(value) if field in self.secret_urls and isinstance(value, str) else value
+
+    def view(
+        self, obj: Any, *, masked: bool = True, config: Config | None = None
+    ) -> dict[str, Any]:
         """The entry with every field and the value in effect (defaults included: ``status:
-        active``, ``models: []``; ``null`` where the server-wide setting applies), secrets masked.
+        active``, ``models: []``), secrets masked. With ``config``, a field left to a
+        server-wide setting shows that setting's value and is named in ``inherited``.
         The keys are the file's, so ``GET`` -> edit -> ``POST`` works."""
         out: dict[str, Any] = {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if config is not None and type(self).inherited is not Kind.inherited:
+            now = self.inherited(obj, config)
+            out.update({k: _plain(v) for k, v in now.items()})
+            out["inherited"] = sorted(now)
         if masked:
             if self.secret and out.get(self.secret):
                 out[self.secret] = self.mask(out[self.secret])

@@ -51,6 +51,25 @@ class Channels(Kind):
     def users(self, config: Config, name: str) -> list[str]:
         return [r.name for r in config.rules if r.channel == name]
 
+    inheritable = ("timeout", "connect_timeout", "first_byte_timeout", "fail_max",
+                   "reset_timeout", "proxy")
+
+    def inherited(self, obj: Any, config: Config) -> dict[str, Any]:
+        """Timeouts from ``server``, the breaker from ``circuit_breaker``, the outbound proxy
+        from ``server.proxy`` (as ``upstream.client`` derives them)."""
+        server, cb = config.server, config.circuit_breaker
+        own = obj.timeout
+        total = own if isinstance(own, (int, float)) and own > 0 else server.timeout
+        now = {
+            "timeout": server.timeout,
+            "connect_timeout": min(server.connect_timeout, total),
+            "first_byte_timeout": total,
+            "fail_max": cb.fail_max,
+            "reset_timeout": cb.reset_timeout,
+            "proxy": server.proxy,
+        }
+        return {k: v for k, v in now.items() if getattr(obj, k) is None and v is not None}
+
 
 class Rules(Kind):
     def parse(self, entry: dict[str, Any]) -> RuleConfig | None:
@@ -67,6 +86,14 @@ class ApiKeys(Kind):
 
     def mask(self, value: str) -> str:
         return mask_key(value)
+
+    inheritable = ("requests_per_minute", "burst")
+
+    def inherited(self, obj: Any, config: Config) -> dict[str, Any]:
+        """The key's bucket from ``security.rate_limit``."""
+        limit = config.security.rate_limit
+        now = {"requests_per_minute": limit.requests_per_minute, "burst": limit.burst}
+        return {k: v for k, v in now.items() if getattr(obj, k) is None}
 
     def parse(self, entry: dict[str, Any]) -> ApiKeyConfig | None:
         rest = {k: v for k, v in entry.items() if k != "name"}
