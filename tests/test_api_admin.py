@@ -295,6 +295,22 @@ async def test_audit_names_the_sub_and_no_secret_reaches_audit_or_log(
             assert forbidden not in text
 
 
+async def test_requests_refused_before_any_change_are_audited_too(gateway_factory) -> None:
+    """A body without a name, and a channel test of a channel that does not exist, are refused
+    before anything is changed or sent: each still leaves its audit line (result error)."""
+    gw = await gateway_factory(base_config(channels=[{"name": "m", "type": "mock"}]),
+                               write_file=True)
+    admin = bearer(gw.gateway.verifier().mint("bob", 10))
+    assert (await gw.client.post("/api/channels", headers=admin, json={"type": "mock"})).status == 400
+    assert (await gw.client.post("/api/channels/nope/test", headers=admin)).status == 404
+    lines = audit_lines(gw.config_path.parent / "audit.log")
+    assert [(x["action"], x["target"], x["result"], x["sub"]) for x in lines] == [
+        ("channel.upsert", "", "error", "bob"),
+        ("channel.test", "nope", "error", "bob"),
+    ]
+    assert "name: is required" in lines[0]["reason"] and "no channel named" in lines[1]["reason"]
+
+
 # ----------------------------------------------------------------------------- concurrency
 async def test_a_write_racing_a_reload_loses_neither_change(gateway_factory) -> None:
     gw = await gateway_factory(base_config(channels=[{"name": "m", "type": "mock"}]),

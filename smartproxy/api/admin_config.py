@@ -198,13 +198,18 @@ async def list_entries(request: web.Request, kind: Kind) -> web.Response:
 
 
 async def save_entry(request: web.Request, kind: Kind) -> web.Response:
-    posted = await _body(request)
-    name = posted["name"]
     gw = request.config_dict[GATEWAY]
+    single = kind.section[:-1]  # channel | rule | key
     try:
+        posted = await _body(request)
         posted = kind.without_inherited(posted, gw.config)
-    except ConfigError as exc:
-        raise ConfigRefused(exc.problems) from None
+    except (GatewayError, ConfigError) as exc:  # no entry to change: audited all the same
+        reason = "; ".join(exc.problems) if isinstance(exc, ConfigError) else exc.message
+        _refused(gw, actor_of(request), f"{single}.upsert", "", reason)
+        if isinstance(exc, ConfigError):
+            raise ConfigRefused(exc.problems) from None
+        raise
+    name = posted["name"]
     generated: list[str] = []
     candidate = "sk-gw-" + secrets.token_urlsafe(24)
 
@@ -218,7 +223,6 @@ async def save_entry(request: web.Request, kind: Kind) -> web.Response:
                 generated.append(candidate)
         return cf.upsert(text, kind, body, source=gw.config_path)
 
-    single = kind.section[:-1]  # channel | rule | key
     edit = await commit(request, kind, f"{single}.upsert", name, change,
                         _posted_secrets(posted) + [candidate])
     shown = kind.view(kind.get(edit.config, name), config=edit.config)

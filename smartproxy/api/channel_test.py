@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, GatewayError, NotFound
 from ..state import GATEWAY
 from ..upstream.selftest import default_model, run_channel_test
 from .admin_config import actor_of
@@ -49,15 +49,19 @@ async def channel_test(request: web.Request) -> web.Response:
     """
     gw = request.config_dict[GATEWAY]
     name = request.match_info["name"]
-    ch = gw.snapshot.channels.get(name)
-    if ch is None:
-        raise NotFound(f"no channel named {name!r}", code="channel_not_found")
-    model = await _model(request) or default_model(ch)
-    if not model:
-        raise BadRequest(f"channel {name!r} serves any model: name one to test with, e.g. "
-                         '{"model": "gpt-4o-mini"}', param="model")
-    result = await run_channel_test(gw, ch, model)
     actor = actor_of(request)
+    try:
+        ch = gw.snapshot.channels.get(name)
+        if ch is None:
+            raise NotFound(f"no channel named {name!r}", code="channel_not_found")
+        model = await _model(request) or default_model(ch)
+        if not model:
+            raise BadRequest(f"channel {name!r} serves any model: name one to test with, e.g. "
+                             '{"model": "gpt-4o-mini"}', param="model")
+    except GatewayError as exc:  # refused before any request was sent: audited all the same
+        gw.audit.record(actor, "channel.test", name, ok=False, reason=exc.message)
+        raise
+    result = await run_channel_test(gw, ch, model)
     gw.audit.record(actor, "channel.test", name, ok=result.ok, reason=result.error,
                     diff={"status": result.status, "latency_ms": result.latency_ms,
                           "model": result.model, "request_id": result.request_id})
