@@ -11,6 +11,17 @@ import pytest
 from conftest import DEV_KEY, base_config, channel
 
 
+async def post_raw(gw, raw: bytes) -> tuple[int, bytes]:
+    """POST these exact bytes as a chat completion with the dev key: (status, answer bytes)."""
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            gw.url + "/chat/completions",
+            data=raw,
+            headers={"Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json"},
+        ) as r:
+            return r.status, await r.read()
+
+
 async def test_chat_non_streaming_identical(upstream_factory, gateway_factory):
     up, url = await upstream_factory("a")
     gw = await gateway_factory(base_config(channels=[channel("a", url)]))
@@ -156,14 +167,9 @@ async def test_upstream_5xx_unchanged_when_it_is_the_last_answer(upstream_factor
 async def test_bad_request_body_is_openai_shaped_400(upstream_factory, gateway_factory, raw, code):
     up, url = await upstream_factory("a")
     gw = await gateway_factory(base_config(channels=[channel("a", url)]))
-    async with aiohttp.ClientSession() as s:
-        async with s.post(
-            gw.url + "/chat/completions",
-            data=raw,
-            headers={"Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json"},
-        ) as r:
-            assert r.status == 400
-            body = await r.json()
+    status, answer = await post_raw(gw, raw)
+    assert status == 400
+    body = json.loads(answer)
     assert set(body["error"]) == {"message", "type", "code", "param"}
     assert body["error"]["code"] == code
     assert up.seen == []
@@ -239,14 +245,7 @@ async def test_body_bytes_reach_upstream_unchanged_but_for_model_and_include_usa
         b'{"seed" : 18446744073709551616,  "temperature": 1.0e0, "model": "gpt-4o-mini",\n'
         b' "messages": [{"role": "user", "content": "caf\xc3\xa9 \\u00e9"}], "stream": true}'
     )
-    async with aiohttp.ClientSession() as s:
-        async with s.post(
-            gw.url + "/chat/completions",
-            data=sent,
-            headers={"Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json"},
-        ) as r:
-            assert r.status == 200
-            await r.read()
+    assert (await post_raw(gw, sent))[0] == 200
     assert up.seen[-1].body == (
         b'{"seed" : 18446744073709551616,  "temperature": 1.0e0, "model": "llama-3",\n'
         b' "messages": [{"role": "user", "content": "caf\xc3\xa9 \\u00e9"}], "stream": true'
