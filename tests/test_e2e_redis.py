@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import channel
-from gatewayprocs import DEV_KEY, GatewayProcess, gateway_config
+from gatewayprocs import DEV_KEY, MESSAGES, GatewayProcess, gateway_config
 from redisutil import PrivateRedis, delete_prefix, require_redis, unique_prefix
 
 import smartproxy
@@ -128,8 +128,9 @@ async def test_400_concurrent_requests_never_overrun_a_free_quota_across_two_pro
     assert all(log for log in logs)  # both processes served
 
 
+@pytest.mark.parametrize("stream", [False, True])
 async def test_back_to_back_requests_alternating_processes_spend_a_small_quota_to_its_end(
-    tmp_path, http, procs, shared_redis, upstream_factory
+    tmp_path, http, procs, shared_redis, upstream_factory, stream
 ):
     """Contract §1/§4: across processes exactly as in one. A client that sends each request the
     moment it has the previous answer, alternately to two processes, finds each finished
@@ -146,9 +147,14 @@ async def test_back_to_back_requests_alternating_processes_spend_a_small_quota_t
     a, b = await two_gateways(http, procs, tmp_path, channels, url, prefix)
     served = []
     for i in range(9):
-        status, headers, _ = await (a if i % 2 else b).chat(http)
-        assert status == 200
-        served.append(headers["x-smartproxy-channel"])
+        gw = a if i % 2 else b
+        async with http.post(f"{gw.base}/v1/chat/completions",
+                             json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": stream},
+                             headers={"Authorization": f"Bearer {DEV_KEY}"}) as resp:
+            assert resp.status == 200
+            body = await resp.read()  # a stream: read to its end, [DONE] included
+            assert body.endswith(b"data: [DONE]\n\n") if stream else b"choices" in body
+            served.append(resp.headers["x-smartproxy-channel"])
     assert served == ["rq"] * 7 + ["rfb"] * 2  # 7 x 15 = 105: the 7th is the one past 100
 
 

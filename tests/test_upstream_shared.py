@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -62,4 +63,50 @@ async def test_the_sync_loop_ends_even_when_a_redis_call_loses_the_cancellation(
         if cleanup is not None:
             await asyncio.wait({cleanup}, timeout=5)
         await app.shutdown()
+        delete_prefix(url, prefix)
+
+
+async def test_a_stream_on_a_quota_channel_ends_only_once_its_settlement_is_written(
+    tmp_path: Path, upstream_factory: Any, gateway_factory: Any
+) -> None:
+    """The client must not read a stream's end before the shared store has its settlement
+    (another process would still count the reservation): the end event waits for the write."""
+    from conftest import DEV_KEY
+
+    url, prefix = require_redis(), unique_prefix()
+    _, up = await upstream_factory("q")
+    gw = await gateway_factory(base_config(
+        channels=[channel("q", up, daily_limit=100_000)],
+        storage={"backend": "redis", "url": url, "key_prefix": prefix, "timeout": 3,
+                 "path": str(tmp_path / "log.db")}))  # fmt: skip
+    store = gw.gateway.store
+    assert isinstance(store, RedisStore)
+    gate = asyncio.Event()
+    real = store._run_settle
+
+    async def slow_write(batch: Any) -> Any:
+        await gate.wait()
+        return await real(batch)
+
+    store._run_settle = slow_write  # type: ignore[method-assign]
+    try:
+        resp = await gw.client.post(
+            "/v1/chat/completions", headers={"Authorization": f"Bearer {DEV_KEY}"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                  "stream": True})  # fmt: skip
+        assert resp.status == 200
+        seen = b""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                while True:
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        break
+                    seen += chunk
+        assert b"[DONE]" not in seen  # the end is held back (with what came in its read)
+        gate.set()
+        seen += await resp.read()
+        assert seen.endswith(b"data: [DONE]\n\n")
+    finally:
+        gate.set()
         delete_prefix(url, prefix)

@@ -58,6 +58,7 @@ async def relay_stream(
     ex.attempts.append(AttemptLog(ch.name, reply.status, None, seconds_to_first))
     status = reply.status
     error: str | None = None
+    settled = False  # at the end event, before the client can see it (see below)
     try:
         await resp.prepare(ex.request)
         pending: bytes | None = first
@@ -84,6 +85,15 @@ async def relay_stream(
                 ex.on_answer_id(ch.name, tally.response_id)  # before the client can know it
                 ex.on_answer_id = None
             if out:
+                if tally.done and not settled:
+                    # The stream's end is in these events: settle first, so that a client
+                    # that starts its next request the moment it reads the end, through
+                    # another process, finds this reservation gone (``Settler._settle``).
+                    settled = True
+                    written = _finish_stream(dispatcher, ex, ch, health, reservation, tally,
+                                             status, None, t0)
+                    if written is not None:
+                        await asyncio.shield(written)
                 await resp.write(b"".join(out))
         rest = splitter.rest()
         if rest and translate is not None:  # a last event without its blank line
@@ -103,13 +113,15 @@ async def relay_stream(
         error = "client disconnected"
         status = 499
         reply.close()
-        _finish_stream(dispatcher, ex, ch, health, reservation, tally, status, error, t0)
+        if not settled:
+            _finish_stream(dispatcher, ex, ch, health, reservation, tally, status, error, t0)
         if isinstance(exc, asyncio.CancelledError):
             raise
         return resp
     finally:
         reply.close()
-    _finish_stream(dispatcher, ex, ch, health, reservation, tally, status, error, t0)
+    if not settled:
+        _finish_stream(dispatcher, ex, ch, health, reservation, tally, status, error, t0)
     return resp
 
 
@@ -123,14 +135,15 @@ def _finish_stream(
     status: int,
     error: str | None,
     t0: float,
-) -> None:
+) -> asyncio.Future[None] | None:
     seconds = time.monotonic() - t0
     dispatcher.gw.metrics.observe_upstream(ch.name, status if status != 499 else 200, seconds)
     if error and status != 499:  # broken, or closed cleanly but cut short: an upstream failure
         health.failure()
     else:
         health.success()
-    dispatcher._settle(ex, ch, reservation, status, tally.usage, tally.content_events, error)
+    return dispatcher._settle(ex, ch, reservation, status, tally.usage, tally.content_events,
+                              error)
 
 
 async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
