@@ -111,3 +111,27 @@ def test_reservation_per_endpoint_and_choices() -> None:
         reservation(snap, with_max, {"n": "x"}, "/completions")
     zero = RequestFacts(model="m", prompt_tokens=10, max_tokens=0)
     assert reservation(snap, zero, {}, "/chat/completions") == 10
+
+
+def test_request_ids_differ_in_a_forked_worker():
+    """``--workers`` forks from a parent that imported the proxy module: each worker must make
+    its own ids (two workers gave different requests the same x-request-id)."""
+    import os
+    import warnings
+
+    from smartproxy.api.proxy import new_request_id
+
+    mine = new_request_id()
+    r, w = os.pipe()
+    with warnings.catch_warnings():  # 3.12+: fork with threads alive (other tests' pools)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the worker
+        os.write(w, new_request_id().encode())
+        os._exit(0)
+    os.close(w)
+    theirs = os.read(r, 100).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert theirs.startswith("req-") and len(theirs) == len(mine)
+    assert theirs[4:16] != mine[4:16]  # another 12-hex prefix

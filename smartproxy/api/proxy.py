@@ -50,8 +50,21 @@ from .request_plan import reservation as reservation
 
 log = logging.getLogger("smartproxy.proxy")
 
-_ID_PREFIX = os.urandom(6).hex()  # 12 hex chars: unique per process
+_ID_PREFIX = ""  # 12 hex chars: unique per process
 _ID_SEQ = itertools.count()
+
+
+def _new_id_prefix() -> None:
+    """A fresh prefix, and in every forked child again: ``--workers`` forks its workers from a
+    parent that has imported this module, and two workers sharing a prefix and a counter gave
+    different requests the same id."""
+    global _ID_PREFIX, _ID_SEQ
+    _ID_PREFIX = os.urandom(6).hex()
+    _ID_SEQ = itertools.count()
+
+
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def new_request_id() -> str:
