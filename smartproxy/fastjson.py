@@ -31,87 +31,95 @@ def loads(raw: bytes) -> Any:
             raise ValueError("JSON nested too deeply") from None
 
 
-# A string (escapes included) or one structural byte; everything between two tokens is
-# whitespace, a number, true, false or null. UTF-8 continuation bytes are never '"' or '\\'.
-_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\],:]', re.DOTALL)
-_WS = b" \t\r\n"
+_WS = re.compile(r"[ \t\n\r]*")
+# C, from the standard library: one JSON value from an index -> (value, end); a string's rest
+_scan_value: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+def _skip(text: str, i: int) -> int:
+    """The index past the whitespace at ``i``."""
+    m = _WS.match(text, i)
+    return m.end() if m else i
 
 
 def top_level_members(raw: bytes) -> dict[str, tuple[int, int]] | None:
     """Where each member's value lies in ``raw``, a JSON object already parsed successfully:
-    ``{key: (start, end)}`` of the value's bytes, plus ``""`` -> the closing brace's position.
-    None when that cannot be said exactly (not an object, a key twice, an escaped key)."""
-    if 0 in raw[:4]:  # UTF-16 or UTF-32 (which json accepts): not bytes to splice UTF-8 into
+    ``{key: (start, end)}`` of the value, as character offsets in ``raw.decode()``, plus ``""``
+    -> the closing brace's offset. None when that cannot be said exactly (not UTF-8, not an
+    object, a key twice, an escaped or empty key). Each value is skipped by the standard
+    library's C scanner, so a 30 MB string costs what parsing it costs."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
         return None
+    return _members(text)
+
+
+def _members(text: str) -> dict[str, tuple[int, int]] | None:
     spans: dict[str, tuple[int, int]] = {}
-    depth = 0
-    key: bytes | None = None
-    start = -1
-    for m in _TOKEN.finditer(raw):
-        t = raw[m.start()]
-        if t == 0x22:  # a string
-            if depth == 1 and key is None and start < 0:
-                key = m.group()
-            continue
-        if t in b"{[":
-            if depth == 0 and (t != 0x7B or raw[: m.start()].strip(_WS)):
+    i = _skip(text, 0)
+    if text[i : i + 1] != "{":
+        return None
+    i = _skip(text, i + 1)
+    if text[i : i + 1] != "}":
+        while True:
+            if text[i : i + 1] != '"':
                 return None
-            depth += 1
-        elif t in b"}]":
-            if depth == 1:
-                if key is not None and start >= 0 and not _add(spans, raw, key, start, m.start()):
-                    return None
-                spans[""] = (m.start(), m.start())
-                return spans if not raw[m.end() :].strip(_WS) else None
-            depth -= 1
-        elif depth == 1:
-            if t == 0x3A:  # ':'
-                start = m.end()
-            else:  # ','
-                if key is None or not _add(spans, raw, key, start, m.start()):
-                    return None
-                key, start = None, -1
-    return None
-
-
-def _add(spans: dict[str, tuple[int, int]], raw: bytes, key: bytes, start: int, end: int) -> bool:
-    if b"\\" in key:
-        return False
-    name = key[1:-1].decode("utf-8", "replace")
-    if name in spans or name == "":
-        return False
-    while raw[start] in _WS:
-        start += 1
-    while raw[end - 1] in _WS:
-        end -= 1
-    spans[name] = (start, end)
-    return True
+            try:
+                key, end = _scanstring(text, i + 1)
+            except ValueError:
+                return None
+            if not key or key in spans or "\\" in text[i:end]:
+                return None
+            i = _skip(text, end)
+            if text[i : i + 1] != ":":
+                return None
+            start = _skip(text, i + 1)
+            try:
+                _, i = _scan_value(text, start)
+            except (StopIteration, ValueError, RecursionError):
+                return None
+            spans[key] = (start, i)
+            i = _skip(text, i)
+            if text[i : i + 1] == ",":
+                i = _skip(text, i + 1)
+                continue
+            if text[i : i + 1] != "}":
+                return None
+            break
+    spans[""] = (i, i)
+    return spans if not text[i + 1 :].strip(" \t\n\r") else None
 
 
 def with_members(raw: bytes, changes: dict[str, Any]) -> bytes | None:
     """``raw`` (a JSON object) with the values of ``changes`` set, every other byte as it was:
     a member present has its value replaced, one absent is added at the end. None when the
     members cannot be located exactly (the caller then writes the object anew)."""
-    spans = top_level_members(raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    spans = _members(text)
     if spans is None:
         return None
-    edits: list[tuple[int, int, bytes]] = []
+    edits: list[tuple[int, int, str]] = []
     close = spans[""][0]
-    added = b""
+    added = ""
     for name, value in changes.items():
-        encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         if name in spans:
             edits.append((*spans[name], encoded))
         else:
-            added += b"," + json.dumps(name).encode() + b":" + encoded
+            added += "," + json.dumps(name, ensure_ascii=False) + ":" + encoded
     if added:
         if len(spans) == 1:  # an empty object
             added = added[1:]
         edits.append((close, close, added))
-    out: list[bytes] = []
+    out: list[str] = []
     pos = 0
     for start, end, encoded in sorted(edits):
-        out += (raw[pos:start], encoded)
+        out += (text[pos:start], encoded)
         pos = end
-    out.append(raw[pos:])
-    return b"".join(out)
+    out.append(text[pos:])
+    return "".join(out).encode("utf-8")

@@ -119,6 +119,11 @@ async def test_fields_left_to_server_wide_settings_show_the_value_in_effect(
     assert (await c.post("/api/channels", headers=admin, json=shown)).status == 200
     assert (await c.post("/api/keys", headers=admin, json=team)).status == 200
     assert yaml.safe_load(gw.config_path.read_text()) == before  # nothing pinned
+    # a client that drops "inherited" pins nothing either (the masked proxy above all)
+    bare = {k: v for k, v in shown.items() if k != "inherited"}
+    assert (await c.post("/api/channels", headers=admin, json={**bare, "priority": 2})).status == 200
+    stored = yaml.safe_load(gw.config_path.read_text())["channels"][0]
+    assert stored["priority"] == 2 and not {"proxy", "timeout", "fail_max"} & set(stored)
     edited = {**shown, "timeout": 12}
     resp = await c.post("/api/channels", headers=admin, json=edited)
     assert resp.status == 200
@@ -127,5 +132,6 @@ async def test_fields_left_to_server_wide_settings_show_the_value_in_effect(
     assert after["first_byte_timeout"] == 12  # follows the channel's own timeout now
     stored = yaml.safe_load(gw.config_path.read_text())["channels"][0]
     assert stored["timeout"] == 12 and "fail_max" not in stored and "proxy" not in stored
-    bad = await c.post("/api/channels", headers=admin, json={**shown, "inherited": "timeout"})
-    assert bad.status == 400
+    for inherited in ("timeout", ["bogus"], ["name"]):
+        bad = await c.post("/api/channels", headers=admin, json={**shown, "inherited": inherited})
+        assert bad.status == 400, inherited

@@ -360,3 +360,26 @@ async def test_swagger_documents_the_config_routes(gateway_factory) -> None:
     assert operations_without_examples(spec) == []
     for name in ("Channel", "Rule", "ApiKey", "ConfigChange"):
         assert name in spec["components"]["schemas"]
+
+
+async def test_a_key_named_by_a_variable_in_the_file_is_edited_and_deleted_by_what_it_reads(
+    gateway_factory, tmp_path, monkeypatch
+) -> None:
+    """``${TEAM}`` as a key's name reads ``team-b``: the admin API finds it by that name,
+    edits it in place (the file keeps ``${TEAM}``) and deletes it."""
+    monkeypatch.setenv("TEAM", "team-b")
+    path = tmp_path / "smartproxy.yaml"
+    doc = base_config(channels=[{"name": "m", "type": "mock"}])
+    doc["security"]["auth"]["api_keys"]["${TEAM}"] = {"key": "sk-gw-team-b-0123456789", "burst": 7}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    gw = await gateway_factory(path)
+    admin, c = gw.admin_headers(), gw.client
+    keys = (await (await c.get("/api/keys", headers=admin)).json())["keys"]
+    team = next(k for k in keys if k["name"] == "team-b")
+    resp = await c.post("/api/keys", headers=admin, json={**team, "burst": 8})
+    assert resp.status == 200, await resp.text()
+    stored = yaml.safe_load(path.read_text())["security"]["auth"]["api_keys"]
+    assert stored["${TEAM}"] == {"key": "sk-gw-team-b-0123456789", "burst": 8}
+    assert "team-b" not in stored
+    assert (await c.delete("/api/keys/team-b", headers=admin)).status == 200
+    assert "${TEAM}" not in yaml.safe_load(path.read_text())["security"]["auth"]["api_keys"]

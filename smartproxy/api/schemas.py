@@ -129,8 +129,8 @@ _NULL_COUNT: Json = {**_COUNT, "nullable": True}
 _INHERITED: Json = {**_STRS, "description": "On read: the fields the entry leaves to a "
                     "server-wide setting (server.timeout, server.connect_timeout, server.proxy, "
                     "circuit_breaker, security.rate_limit), shown with that setting's value. "
-                    "Posted back, a field named here whose value is still that one keeps "
-                    "following the setting; an edited value is stored."}
+                    "Posted back, a field the entry leaves to the setting whose value is "
+                    "still that one keeps following it; an edited value is stored."}
 
 CHANNEL_EXAMPLE: Json = {
     "name": "openai-paid", "type": "openai", "endpoint": "https://api.openai.com/v1",
@@ -162,11 +162,12 @@ SCHEMAS.update({
                api_key={**_STR, "description": "Masked on read. Leave out, or send back masked, "
                         "to keep the stored key."},
                models={**_STRS, "description": "Absent or empty: any model."},
-               model_mapping=_STR_MAP, price_per_token=_NUM, price_per_prompt_token=_NUM,
-               price_per_completion_token=_NUM, daily_limit=_COUNT, hour_limit=_COUNT,
-               daily_request_limit=_COUNT,
+               model_mapping=_STR_MAP, price_per_token=_NUM,
+               price_per_prompt_token={**_NULL_NUM, "description": "null: price_per_token."},
+               price_per_completion_token={**_NULL_NUM, "description": "null: price_per_token."},
+               daily_limit=_COUNT, hour_limit=_COUNT, daily_request_limit=_COUNT,
                discount_time={**_STRS, "description": "Windows HH:MM-HH:MM (may cross midnight)."},
-               discount_price=_NUM, priority=_INT,
+               discount_price={**_NULL_NUM, "description": "null: no discount."}, priority=_INT,
                status={**_STR, "enum": ["active", "disabled"]},
                headers={**_STR_MAP, "description": "Extra upstream headers; masked on read."},
                timeout=_NULL_NUM, connect_timeout=_NULL_NUM, first_byte_timeout=_NULL_NUM,
@@ -176,8 +177,11 @@ SCHEMAS.update({
                "read. null: server.proxy, else HTTPS_PROXY/NO_PROXY."},
                max_concurrency={**_NULL_COUNT, "description": "At most this many requests in "
                "flight; more wait up to server.queue_timeout. null: no cap."},
-               api_version={**_STR, "description": "azure: deployments URL with ?api-version=; "
-                            "absent: the v1 URL."},
+               forward_openai_org={"type": "boolean", "description": "Send the client's "
+                                   "OpenAI-Organization / OpenAI-Project headers up (default "
+                                   "false)."},
+               api_version={**_NULLABLE_STR, "description": "azure: deployments URL with "
+                            "?api-version=; null: the v1 URL."},
                anthropic_version={**_STR, "description": "anthropic: the anthropic-version "
                                   "header (default 2023-06-01)."},
                default_max_tokens={**_COUNT, "minimum": 1, "description": "anthropic: "
@@ -199,8 +203,11 @@ SCHEMAS.update({
                key={**_STR, "description": "Plain or sha256:<hex>; masked on read. Leave out for a "
                     "new name to get a generated key (returned once), or for an existing one to "
                     "keep it."},
-               requests_per_minute=_NUM, burst=_COUNT, tokens_per_minute=_COUNT, models=_STRS,
-               daily_budget_usd=_NUM, inherited=_INHERITED),
+               requests_per_minute=_NUM, burst=_COUNT,
+               tokens_per_minute={**_NULL_COUNT, "description": "null: no token limit."},
+               models=_STRS,
+               daily_budget_usd={**_NULL_NUM, "description": "null: no budget."},
+               inherited=_INHERITED),
         **_CLOSED,
         "example": API_KEY_EXAMPLE,
     },

@@ -91,21 +91,27 @@ class Kind:
         return {}
 
     def without_inherited(self, posted: dict[str, Any], config: Config) -> dict[str, Any]:
-        """A posted entry without ``inherited`` (what ``view`` adds): each field it names
-        whose value is still the one in effect from the server-wide setting is left out, so
-        that ``GET`` -> edit -> ``POST`` keeps it following that setting; a field whose value
-        was edited is stored. ConfigError for an ``inherited`` that is not a list of names."""
-        if "inherited" not in posted:
-            return posted
-        names = posted["inherited"]
+        """A posted entry without ``inherited`` (what ``view`` adds), and without the fields the
+        stored entry leaves to a server-wide setting whose posted value is that setting's, as
+        ``GET`` showed it: posted back, they keep following the setting (a masked proxy URL is
+        never written as a value). An edited value is stored. ConfigError for an ``inherited``
+        that is not a list of this kind's inheritable fields."""
+        out = {k: v for k, v in posted.items() if k != "inherited"}
+        names = posted.get("inherited", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ConfigError(["inherited: must be a list of field names (as GET shows it)"])
-        out = {k: v for k, v in posted.items() if k != "inherited"}
-        own = expand_env({f: None if f in names else out.get(f) for f in self.inheritable})
-        now = self.inherited(SimpleNamespace(**own), config)
-        for n in names:
-            if n in now and out.get(n) == self._shown(n, now[n]):
-                out.pop(n, None)
+        unknown = [n for n in names if n not in self.inheritable]
+        if unknown:
+            allowed = ", ".join(self.inheritable) or "none"
+            raise ConfigError([f"inherited: {', '.join(map(repr, unknown))} cannot follow a "
+                               f"server-wide setting (fields that can: {allowed})"])
+        if not self.inheritable:
+            return out
+        stored = self.get(config, str(out.get("name", "")))
+        own = SimpleNamespace(**{f: getattr(stored, f, None) for f in self.inheritable})
+        for field, value in self.inherited(own, config).items():
+            if field in out and out[field] == self._shown(field, value):
+                del out[field]
         return out
 
     def _shown(self, field: str, value: Any) -> Any:
@@ -158,8 +164,8 @@ class Kind:
 
     def _index(self, items: list[Any], name: str) -> int | None:
         for i, item in enumerate(items):
-            if isinstance(item, dict) and str(item.get("name")) == name:
-                return i
+            if isinstance(item, dict) and str(expand_env(str(item.get("name")))) == name:
+                return i  # a name written as ${VAR} in the file is found by what it reads
         return None
 
     def find(self, doc: Any, name: str) -> dict[str, Any] | None:

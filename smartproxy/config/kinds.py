@@ -28,6 +28,7 @@ from . import (
     ChannelConfig,
     Config,
     RuleConfig,
+    expand_env,
     parse_api_key,
     parse_channel,
     parse_rule,
@@ -112,7 +113,8 @@ class ApiKeys(Kind):
         return node
 
     def _key_of(self, keys: dict[Any, Any], name: str) -> Any:
-        return next((k for k in keys if str(k) == name), None)
+        # a name written as ${VAR} in the file is found by what it reads
+        return next((k for k in keys if str(expand_env(str(k))) == name), None)
 
     def find(self, doc: Any, name: str) -> dict[str, Any] | None:
         keys = self._container(doc, create=False)
