@@ -16,7 +16,8 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, find_config, load_config, parse_listen
@@ -109,22 +110,57 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def check_config(path: str | None) -> int:
+    from .state import Snapshot
+
     path = find_config(path)
+    problems: list[str] = []
     try:
         config = load_config(path)
-        from .state import Snapshot
-
         Snapshot.build(config)
-        check_files(config)
-    except ConfigError as exc:
-        print(f"{path or '(built-in default)'}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
+    except ConfigError as exc:  # the files it names are checked all the same
+        problems = [*exc.problems, *_file_problems(path)]
+    else:
+        try:
+            check_files(config)
+        except ConfigError as exc:
+            problems = list(exc.problems)
+    if problems:
+        print(f"{path or '(built-in default)'}: {len(problems)} problem(s)", file=sys.stderr)
+        for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
     ignored = f"; ignored SmartAIProxy keys: {', '.join(config.ignored_keys)}" if config.ignored_keys else ""
     print(f"{path or '(built-in default)'}: OK ({len(config.channels)} channels, "
           f"{len(config.rules)} rules{ignored})")
     return 0
+
+
+def _file_problems(path: str | None) -> list[str]:
+    """For a config refused for other reasons: what ``check_files`` would also say of the
+    files it names (TLS certificate and key, JWT public key), so every problem is listed."""
+    import yaml
+
+    from .config import expand_env
+
+    try:
+        doc = expand_env(yaml.safe_load(Path(path).read_text(encoding="utf-8"))) if path else None
+    except (OSError, ValueError, yaml.YAMLError, ConfigError):
+        return []
+    server, jwt = _section(doc, "server"), _section(_section(_section(doc, "security"), "auth"),
+                                                    "jwt")
+    wanted: list[tuple[str, Any]] = []
+    if server.get("enable_https"):
+        wanted += [("server.cert_file", server.get("cert_file")),
+                   ("server.key_file", server.get("key_file"))]
+    if jwt.get("public_key_file"):
+        wanted.append(("security.auth.jwt.public_key_file", jwt.get("public_key_file")))
+    return [f"{where}: cannot read {file!r}" for where, file in wanted
+            if not isinstance(file, str) or not os.access(file, os.R_OK)]
+
+
+def _section(doc: Any, key: str) -> dict[str, Any]:
+    value = doc.get(key) if isinstance(doc, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 def print_token(path: str | None, sub: str, minutes: int | None) -> int:

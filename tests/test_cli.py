@@ -439,3 +439,10 @@ def test_check_config_and_run_refuse_files_that_cannot_be_read(tmp_path, capsys)
     assert main(["run", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert "config refused" in err and "no-cert.pem" in err and "Traceback" not in err
+    # beside other problems, the files are still named (every problem at once)
+    path.write_text(path.read_text().replace("{name: m, type: mock}",
+                                             "{name: m, type: mock}, {name: m, type: mock}"))
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "4 problem(s)" in err and "duplicate" in err
+    assert "server.cert_file: cannot read" in err and "public_key_file: cannot read" in err
