@@ -138,13 +138,11 @@ def check_config(path: str | None) -> int:
 def _file_problems(path: str | None) -> list[str]:
     """For a config refused for other reasons: what ``check_files`` would also say of the
     files it names (TLS certificate and key, JWT public key), so every problem is listed."""
-    import yaml
+    from .config import expand_env, read_yaml
 
-    from .config import expand_env
-
-    try:
-        doc = expand_env(yaml.safe_load(Path(path).read_text(encoding="utf-8"))) if path else None
-    except (OSError, ValueError, yaml.YAMLError, ConfigError):
+    try:  # the loader's own reader: alias bombs and deep nesting are refused, not expanded
+        doc = expand_env(read_yaml(Path(path).read_text(encoding="utf-8"), path)) if path else None
+    except (OSError, ValueError, ConfigError):
         return []
     server, jwt = _section(doc, "server"), _section(_section(_section(doc, "security"), "auth"),
                                                     "jwt")
