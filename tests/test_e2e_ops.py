@@ -150,3 +150,26 @@ async def test_swagger_renders_in_headless_chromium(gateway_factory):
     # Swagger UI fetched /swagger.json and rendered the operations
     assert "/v1/chat/completions" in dom, err.decode(errors="replace")[-2000:]
     assert "opblock" in dom
+
+
+async def test_every_proxy_operation_documents_the_errors_it_answers_with_a_schema(
+    gateway_factory,
+):
+    """Contract §6: /swagger.json documents every endpoint with schemas. Each /v1 POST lists
+    the statuses the gateway answers with (a model no channel serves is a 404, a timeout a 504)
+    and each answer has a schema (the Messages front's errors are Anthropic-shaped)."""
+    gw = await gateway_factory(base_config(channels=[{"name": "m", "type": "mock"}]))
+    spec = await (await gw.client.get("/swagger.json")).json()
+    shared = spec["components"]["responses"]
+    for path, item in spec["paths"].items():
+        if not path.startswith("/v1/") or "post" not in item:
+            continue
+        responses = item["post"]["responses"]
+        if path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                    "/v1/responses", "/v1/messages"):  # routed like chat completions
+            assert {"400", "401", "404", "429", "502", "503", "504"} <= set(responses), path
+        for status, answer in responses.items():
+            if "$ref" in answer:
+                answer = shared[answer["$ref"].rsplit("/", 1)[1]]
+            content = answer.get("content", {})
+            assert any("schema" in media for media in content.values()), (path, status)

@@ -192,10 +192,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
                       usage: {prompt_tokens: 3, completion_tokens: 2, total_tokens: 5}}
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/Unauthorized'}
+      '403': {$ref: '#/components/responses/Forbidden'}
+      '404': {$ref: '#/components/responses/NotFound'}
       '413': {$ref: '#/components/responses/TooLarge'}
       '429': {$ref: '#/components/responses/RateLimited'}
       '502': {$ref: '#/components/responses/UpstreamFailed'}
       '503': {$ref: '#/components/responses/NoChannel'}
+      '504': {$ref: '#/components/responses/UpstreamTimeout'}
     """
     return await _proxy(request, COMPLETIONS_FRONT)
 
@@ -223,10 +226,13 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
                       usage: {prompt_tokens: 2, total_tokens: 2}}
       '400': {$ref: '#/components/responses/BadRequest'}
       '401': {$ref: '#/components/responses/Unauthorized'}
+      '403': {$ref: '#/components/responses/Forbidden'}
+      '404': {$ref: '#/components/responses/NotFound'}
       '413': {$ref: '#/components/responses/TooLarge'}
       '429': {$ref: '#/components/responses/RateLimited'}
       '502': {$ref: '#/components/responses/UpstreamFailed'}
       '503': {$ref: '#/components/responses/NoChannel'}
+      '504': {$ref: '#/components/responses/UpstreamTimeout'}
     """
     return await _proxy(request, EMBEDDINGS_FRONT)
 

@@ -138,6 +138,14 @@ PROXY_SCHEMAS: dict[str, Json] = {
         "description": "OpenAI-shaped error the gateway itself answers with.",
         "example": ERROR_EXAMPLE,
     },
+    "AnthropicError": {
+        **_obj("type", "error", type={**_STR, "enum": ["error"]},
+               error=_obj("type", "message", type=_STR, message=_STR)),
+        "description": "Anthropic-shaped error the gateway itself answers with on /v1/messages "
+                       "(same status codes as elsewhere).",
+        "example": {"type": "error", "error": {"type": "not_found_error",
+                                               "message": "no channel serves model 'nope'"}},
+    },
     "ChatMessage": {
         **_obj("role", role={**_STR, "enum": ["system", "user", "assistant", "tool"]},
                content={"description": "A string, a list of content parts, or null."}),

@@ -45,17 +45,33 @@ COUNT_TOKENS_FRONT = Front(
 )
 
 _ERRORS = """
-      '400': {description: Bad request (Anthropic-shaped error), content: {application/json: {
-              example: {type: error, error: {type: invalid_request_error,
-                                             message: you must provide a model parameter}}}}}
+      '400': {description: Bad request, content: {application/json: {
+              schema: {$ref: '#/components/schemas/AnthropicError'},
+              example: {type: error, error: {type: invalid_request_error, message: 'you must provide a model parameter'}}}}}
       '401': {description: Missing or unknown key, content: {application/json: {
-              example: {type: error, error: {type: authentication_error,
-                                             message: 'incorrect API key provided: sk-x...'}}}}}
+              schema: {$ref: '#/components/schemas/AnthropicError'},
+              example: {type: error, error: {type: authentication_error, message: 'incorrect API key provided: sk-x...'}}}}}
+      '403': {description: The key may not use this model, content: {application/json: {
+              schema: {$ref: '#/components/schemas/AnthropicError'},
+              example: {type: error, error: {type: permission_error, message: 'this key may not use model x'}}}}}
+      '404': {description: No channel serves the model, content: {application/json: {
+              schema: {$ref: '#/components/schemas/AnthropicError'},
+              example: {type: error, error: {type: not_found_error, message: 'no channel serves model nope'}}}}}
+      '413': {description: Body over server.max_body_mb, content: {application/json: {
+              schema: {$ref: '#/components/schemas/AnthropicError'},
+              example: {type: error, error: {type: request_too_large, message: 'request body over 32 MB'}}}}}
       '429': {description: Rate limited, content: {application/json: {
-              example: {type: error, error: {type: rate_limit_error, message: rate limit reached}}}}}
+              schema: {$ref: '#/components/schemas/AnthropicError'},
+              example: {type: error, error: {type: rate_limit_error, message: 'rate limit reached'}}}}}
+      '502': {description: No upstream could answer, content: {application/json: {
+              schema: {$ref: '#/components/schemas/AnthropicError'},
+              example: {type: error, error: {type: api_error, message: 'no upstream could answer'}}}}}
       '503': {description: No channel available, content: {application/json: {
-              example: {type: error, error: {type: overloaded_error,
-                                             message: no channel is available}}}}}
+              schema: {$ref: '#/components/schemas/AnthropicError'},
+              example: {type: error, error: {type: overloaded_error, message: 'no channel is available'}}}}}
+      '504': {description: Every upstream attempt timed out, content: {application/json: {
+              schema: {$ref: '#/components/schemas/AnthropicError'},
+              example: {type: error, error: {type: timeout_error, message: 'every upstream attempt timed out'}}}}}
 """
 
 
