@@ -173,3 +173,35 @@ async def test_every_proxy_operation_documents_the_errors_it_answers_with_a_sche
                 answer = shared[answer["$ref"].rsplit("/", 1)[1]]
             content = answer.get("content", {})
             assert any("schema" in media for media in content.values()), (path, status)
+
+
+def _json_schema(node):
+    """OpenAPI 3.0 -> JSON Schema for the parts used here: ``nullable`` becomes a null type."""
+    if isinstance(node, list):
+        return [_json_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _json_schema(v) for k, v in node.items() if k not in ("nullable", "example")}
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+async def test_admin_entries_match_their_documented_schemas(gateway_factory):
+    """What GET /api/channels and /api/keys return is what /swagger.json says (a client that
+    builds its body from the spec can send back every field)."""
+    import jsonschema
+
+    gw = await gateway_factory(base_config(channels=[
+        {"name": "m", "type": "mock"},
+        {"name": "o", "type": "openai", "endpoint": "https://x.example/v1", "api_key": "sk-abc12345",
+         "forward_openai_org": True, "discount_time": ["00:00-06:00"], "discount_price": 0.1},
+    ]))  # fmt: skip
+    spec = await (await gw.client.get("/swagger.json")).json()
+    schemas = spec["components"]["schemas"]
+    for route, key, schema in (("/api/channels", "channels", "Channel"),
+                               ("/api/keys", "keys", "ApiKey")):
+        listed = (await (await gw.client.get(route, headers=gw.admin_headers())).json())[key]
+        assert listed
+        for entry in listed:
+            jsonschema.validate(entry, _json_schema(schemas[schema]))
