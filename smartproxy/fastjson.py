@@ -49,11 +49,18 @@ def top_level_members(raw: bytes) -> dict[str, tuple[int, int]] | None:
     -> the closing brace's offset. None when that cannot be said exactly (not UTF-8, not an
     object, a key twice, an escaped or empty key). Each value is skipped by the standard
     library's C scanner, so a 30 MB string costs what parsing it costs."""
+    located = _located(raw)
+    return None if located is None else located[1]
+
+
+def _located(raw: bytes) -> tuple[str, dict[str, tuple[int, int]]] | None:
+    """``raw`` decoded, and its members' spans (see ``top_level_members``)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return _members(text)
+    spans = _members(text)
+    return None if spans is None else (text, spans)
 
 
 def _members(text: str) -> dict[str, tuple[int, int]] | None:
@@ -96,13 +103,10 @@ def with_members(raw: bytes, changes: dict[str, Any]) -> bytes | None:
     """``raw`` (a JSON object) with the values of ``changes`` set, every other byte as it was:
     a member present has its value replaced, one absent is added at the end. None when the
     members cannot be located exactly (the caller then writes the object anew)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
+    located = _located(raw)
+    if located is None:
         return None
-    spans = _members(text)
-    if spans is None:
-        return None
+    text, spans = located
     edits: list[tuple[int, int, str]] = []
     close = spans[""][0]
     added = ""

@@ -146,8 +146,9 @@ async def drain(gw: Gateway, sites: list[web.BaseSite], limit: float) -> None:
     gw.draining = True
     for site in sites:
         await site.stop()
-    deadline = asyncio.get_running_loop().time() + limit
-    while gw.metrics.in_flight_now > 0 and asyncio.get_running_loop().time() < deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while gw.metrics.in_flight_now > 0 and loop.time() < deadline:
         await asyncio.sleep(DRAIN_POLL)
     if gw.metrics.in_flight_now > 0:
         log.warning("shutdown: %d request(s) still in flight after %gs; cutting them",

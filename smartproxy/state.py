@@ -82,11 +82,7 @@ class Snapshot:
         hit = self._ranked.get(key)
         if hit is None:
             ranked = rank_by_price(self.serving(model)[0], hhmm)
-            limited = tuple(
-                c.channel
-                for _, c in ranked
-                if c.channel.daily_limit or c.channel.hour_limit or c.channel.daily_request_limit
-            )
+            limited = tuple(c.channel for _, c in ranked if c.channel.has_quota)
             if len(self._ranked) >= 1024:
                 self._ranked.clear()
             hit = self._ranked[key] = (ranked, limited)

@@ -126,7 +126,7 @@ class Kind:
         server-wide setting shows that setting's value and is named in ``inherited``.
         The keys are the file's, so ``GET`` -> edit -> ``POST`` works."""
         out: dict[str, Any] = {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        if config is not None and type(self).inherited is not Kind.inherited:
+        if config is not None and self.inheritable:
             now = self.inherited(obj, config)
             out.update({k: _plain(v) for k, v in now.items()})
             out["inherited"] = sorted(now)

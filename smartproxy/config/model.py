@@ -120,6 +120,11 @@ class ChannelConfig:
     def provider(self) -> str:
         return "anthropic" if self.type == "claude" else self.type
 
+    @property
+    def has_quota(self) -> bool:
+        """A day or hour token limit or a daily request limit (routing needs live usage)."""
+        return bool(self.daily_limit or self.hour_limit or self.daily_request_limit)
+
     def cannot_serve(self, path: str) -> str | None:
         """Why this channel's type cannot serve the client endpoint ``path`` (None: it can)."""
         provider = self.provider

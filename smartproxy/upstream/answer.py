@@ -94,20 +94,19 @@ class Answerer:
         )
         gw.metrics.add_usage(ch.name, prompt, completion, cost)
         counters = gw.counters
+        written = None
         if counters is not None:  # in-process counters: no task, nothing to cancel
             counters.settle_now(reservation, record, gw.clock())
         elif gw.shared:  # queued for the shared store's next batch: no task either
-            limited = bool(ch.daily_limit or ch.hour_limit or ch.daily_request_limit
-                           or ch.max_concurrency)  # fmt: skip
+            limited = ch.has_quota or bool(ch.max_concurrency)  # other processes check these
             written = shared.settle(gw, reservation, record, urgent=limited)
-            if ex.on_settle is not None:
-                ex.on_settle(record)
-            return written if limited else None
+            if not limited:
+                written = None
         else:
             gw.spawn(gw.store.settle(reservation, record, gw.clock()))
         if ex.on_settle is not None:
             ex.on_settle(record)
-        return None
+        return written
 
     def _all_failed(
         self,
