@@ -418,6 +418,60 @@ def s3_light(args: argparse.Namespace, cpus: dict[str, int | None], workdir: Pat
                        f"{g['errors']} errors -> {'MET' if ok else 'NOT MET'}")
 
 
+def s3_steady(args: argparse.Namespace, cpus: dict[str, int | None], workdir: Path,
+              rep: Report) -> None:
+    """S3-light measured per request: 10,000 keep-alive connections, upstream 20-40 s, each
+    request's added time = its latency - what the upstream held it (no percentile of one run
+    minus a percentile of another); all requests, and those sent in steady state (after wrk's
+    first wave of 10,000 simultaneous new connections has been answered, and early enough to be
+    answered before the end)."""
+    seconds, lo = args.steady_seconds, args.steady_from
+    window = (lo, seconds - 45.0)  # 40 s of upstream delay at most, then some
+    up = Upstream(cpus["upstream"], workdir, 20000, 20000)
+    try:
+        direct = closed_client(f"127.0.0.1:{up.port}", args.connections, seconds, cpus["load"])
+        time.sleep(3)
+        gw = Gateway(args, cpus["proxy"], workdir, up)
+        try:
+            sampler = Sampler(gw)
+            sampler.start()
+            cpu0 = gw.cpu()
+            proxied = closed_client(f"127.0.0.1:{gw.port}", args.connections, seconds,
+                                    cpus["load"])
+            cpu_used = gw.cpu() - cpu0
+            peak = sampler.finish()
+        finally:
+            gw.close()
+    finally:
+        up.close()
+    out: dict[str, Any] = {"window_s": window}
+    for name, r in (("direct", direct), ("gateway", proxied)):
+        out[name] = {"all": added_stats(r, None), "steady": added_stats(r, window)}
+    out["gateway"]["peak_rss_mb"], out["gateway"]["peak_pss_mb"] = peak
+    out["gateway"]["cpu_s_per_1000"] = cpu_used / max(len(proxied["rec"]), 1) * 1000
+    print(f"S3-steady: {json.dumps(out)}", file=sys.stderr, flush=True)
+    rep.data["s3_steady"] = out
+    d, g = out["direct"], out["gateway"]
+    for part, label in (("all", "all requests"), ("steady", f"sent at {window[0]:.0f}-"
+                                                            f"{window[1]:.0f} s")):
+        dd, gg = d[part], g[part]
+        rep.rows.append([f"S3-light per request, {label}: direct", f"{dd['requests']} requests",
+                         f"added by client+network {dd['p50']:.1f} / {dd['p95']:.1f} / "
+                         f"{dd['p99']:.1f}", "–", str(dd["errors"]), "–", "–"])
+        rep.rows.append([f"S3-light per request, {label}: gateway", f"{gg['requests']} requests",
+                         f"added {gg['p50']:.1f} / {gg['p95']:.1f} / {gg['p99']:.1f}",
+                         f"+{gg['p50'] - dd['p50']:.1f} / +{gg['p95'] - dd['p95']:.1f} / "
+                         f"+{gg['p99'] - dd['p99']:.1f}", str(gg["errors"]),
+                         _mem(g) if part == "all" else "–",
+                         f"{g['cpu_s_per_1000']:.2f}" if part == "all" else "–"])
+    for part in ("all", "steady"):
+        a95 = g[part]["p95"] - d[part]["p95"]
+        ok = a95 < 100 and g[part]["errors"] == 0
+        rep.targets.append(f"S3-light per request ({part}): added p95 < 100 ms, 0 errors: "
+                           f"+{a95:.1f} ms, {g[part]['errors']} errors -> "
+                           f"{'MET' if ok else 'NOT MET'}")
+
+
 def _mem(r: dict[str, Any]) -> str:
     return f"{r['peak_rss_mb']:.0f} / {r['peak_pss_mb']:.0f}"
 
@@ -676,12 +730,116 @@ async def _streams_main(addr: str, streams: int, seconds: float) -> dict[str, An
     return out
 
 
+# ---------------------------------------------------------------- per-request client (S3-steady)
+
+
+def closed_client(addr: str, conns: int, seconds: float, cpu: int | None) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_closed", addr,
+           "--connections", str(conns), "--steady-seconds", str(seconds)]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    proc = subprocess.run(cmd, capture_output=True, timeout=seconds + 240,
+                          preexec_fn=_die_with_parent)
+    if proc.returncode != 0:
+        sys.exit(f"closed-loop client failed: {proc.stderr.decode()[-2000:]}")
+    return dict(json.loads(proc.stdout.decode().strip().splitlines()[-1]))
+
+
+class _ClosedConn(asyncio.Protocol):
+    """One keep-alive connection sending requests one after another (as each wrk connection
+    does), recording per request: when it was sent, its latency, and how long the upstream
+    says it held it (``X-Upstream-Held-Us``)."""
+
+    def __init__(self, request: bytes, out: dict[str, Any], t0: float,
+                 done: asyncio.Event) -> None:
+        self.request, self.out, self.t0, self.done_ev = request, out, t0, done
+        self.buf = b""
+        self.t_send = 0.0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send()
+
+    def send(self) -> None:
+        if self.out["stop"] or self.transport is None:
+            self.done_ev.set()
+            return
+        self.t_send = time.perf_counter()
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end].lower()
+        at = head.find(b"content-length:")
+        if at >= 0:
+            stop = head.find(b"\r\n", at)
+            if len(self.buf) < end + 4 + int(head[at + 15 : stop if stop > 0 else None]):
+                return
+        elif not self.buf.endswith(b"0\r\n\r\n"):  # chunked
+            return
+        latency = time.perf_counter() - self.t_send
+        at = head.find(b"x-upstream-held-us:")
+        stop = head.find(b"\r\n", at)
+        held = int(head[at + 19 : stop if stop > 0 else None]) / 1000 if at >= 0 else -1.0
+        self.out["rec"].append((round(self.t_send - self.t0, 3), round(latency * 1000, 3),
+                                held, int(head[9:12])))
+        self.buf = b""
+        self.send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None and not self.out["stop"]:
+            self.out["lost"] += 1
+        self.transport = None
+        self.done_ev.set()
+
+
+async def _closed_main(addr: str, conns: int, seconds: float) -> dict[str, Any]:
+    host, port = addr.rsplit(":", 1)
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\n"
+               f"Authorization: Bearer {GATEWAY_KEY}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(BODY)}\r\n\r\n{BODY}").encode()
+    out: dict[str, Any] = {"rec": [], "lost": 0, "stop": False}
+    loop = asyncio.get_running_loop()
+    events = []
+    t0 = time.perf_counter()
+    for _ in range(conns):
+        ev = asyncio.Event()
+        events.append(ev)
+        await loop.create_connection(lambda ev=ev: _ClosedConn(request, out, t0, ev), host,
+                                     int(port))
+    await asyncio.sleep(max(seconds - (time.perf_counter() - t0), 0))
+    out["stop"] = True  # requests in flight still finish (and are recorded)
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 120)
+    out.pop("stop")
+    return out
+
+
+def added_stats(result: dict[str, Any], window: tuple[float, float] | None) -> dict[str, Any]:
+    """Per request, latency minus the time the upstream held it: what the client, the network
+    and (through the gateway) the gateway added. ``window``: only requests sent in it."""
+    recs = result["rec"]
+    if window is not None:
+        recs = [r for r in recs if window[0] <= r[0] < window[1]]
+    ok = sorted(r[1] - r[2] for r in recs if r[3] == 200 and r[2] >= 0)
+    bad = sum(1 for r in recs if r[3] != 200)
+
+    def pct(q: float) -> float:
+        return ok[min(int(len(ok) * q), len(ok) - 1)] if ok else float("nan")
+
+    return {"requests": len(recs), "errors": bad + (result["lost"] if window is None else 0),
+            "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "max": ok[-1] if ok else 0}
+
+
 # ---------------------------------------------------------------- main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="s3,s3light,s4,s5,curve", help="scenarios to run")
+    parser.add_argument("--only", default="s3,s3light,s3steady,s4,s5,curve", help="scenarios to run")
     parser.add_argument("--workers", type=int, default=2, help="gateway processes (2 sockets per "
                         "request: 10k in flight needs 2 under a 20k open-file limit)")
     parser.add_argument("--storage", default="redis", choices=("redis", "memory", "sqlite"))
@@ -703,7 +861,12 @@ def main() -> int:
     parser.add_argument("--floor", action="store_true", help="S3 and S3-light also through a "
                         "bare aiohttp pass-through (floor_proxy.py, --workers processes)")
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--steady-seconds", type=float, default=120,
+                        help="S3-steady: how long the per-request client sends")
+    parser.add_argument("--steady-from", type=float, default=45,
+                        help="S3-steady: requests sent from then on are steady state")
     parser.add_argument("--_streams", metavar="ADDR", help=argparse.SUPPRESS)
+    parser.add_argument("--_closed", metavar="ADDR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import resource
 
@@ -713,13 +876,20 @@ def main() -> int:
 
         print(json.dumps(uvloop.run(_streams_main(args._streams, args.streams, args.s4_seconds))))
         return 0
+    if args._closed:
+        import uvloop
+
+        print(json.dumps(uvloop.run(_closed_main(args._closed, args.connections,
+                                                 args.steady_seconds))))
+        return 0
     args.curve = [int(c) for c in args.curve.split(",")]
     atexit.register(stop_all)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cpus = pick_cpus(args.no_pin)
     rep = Report()
     started = time.strftime("%Y-%m-%d %H:%M")
-    runs = {"s3": s3, "s3light": s3_light, "s4": s4, "s5": s5, "curve": curve}
+    runs = {"s3": s3, "s3light": s3_light, "s3steady": s3_steady, "s4": s4, "s5": s5,
+            "curve": curve}
     with tempfile.TemporaryDirectory(prefix="sp-conc-") as tmp:
         for name in args.only.split(","):
             runs[name](args, cpus, Path(tmp), rep)

@@ -10,6 +10,9 @@ timer and one write.
 * a body containing ``"stream":true`` (or ``"stream": true``) is answered as SSE after the delay:
   ``--chunks`` events ``--chunk-ms`` apart, each ``data: {...,"seq":i,...}``, then a usage event and
   ``data: [DONE]``, in chunked transfer encoding (as real providers send it).
+* every JSON answer carries ``X-Upstream-Held-Us``: the microseconds from the request's last byte
+  arriving to its answer being written (the delay drawn plus this process's own lateness), so a
+  client can tell, per request, the time spent outside the upstream (``concurrency.py`` S3-steady);
 * ``GET /stats``: ``{"answered": N, "open": M}`` (requests answered, connections open), so a
   benchmark can count requests in a window without stopping its load generator.
 * ``--procs N`` runs N processes sharing the port (SO_REUSEPORT).
@@ -48,7 +51,8 @@ CHAT = json.dumps(
     separators=(",", ":"),
 ).encode()
 JSON_HEAD = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(CHAT)
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+    b"X-Upstream-Held-Us: %%d\r\n\r\n" % len(CHAT)
 )
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
@@ -127,7 +131,7 @@ class Upstream(asyncio.Protocol):
         if b'"stream":true' in body or b'"stream": true' in body:
             self._loop.call_later(delay, self._stream, 0)
         else:
-            self._loop.call_later(delay, self._send, JSON_HEAD + CHAT)
+            self._loop.call_later(delay, self._answer, time.monotonic())
 
     def _send(self, data: bytes) -> None:
         if self._t is None:
@@ -135,6 +139,10 @@ class Upstream(asyncio.Protocol):
         self._t.write(data)
         Stats.answered += 1
         self._done()
+
+    def _answer(self, arrived: float) -> None:
+        held_us = int((time.monotonic() - arrived) * 1e6)
+        self._send(JSON_HEAD % held_us + CHAT)
 
     def _done(self) -> None:
         self._busy = False
