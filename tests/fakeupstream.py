@@ -72,7 +72,7 @@ class FakeUpstream:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.seen.append(
-            Seen(request.method, request.path, request.query_string, dict(request.headers), raw)
+            Seen(request.method, request.path, request.rel_url.raw_query_string, dict(request.headers), raw)
         )
         if request.method == "GET":
             return web.json_response(

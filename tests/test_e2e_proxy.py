@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import aiohttp
+import yarl
 import openai
 import pytest
 from conftest import DEV_KEY, base_config, channel
@@ -106,6 +107,22 @@ async def test_forwarding_body_query_headers_and_key(upstream_factory, gateway_f
     for hop in ("X-Hop", "Keep-Alive", "Proxy-Authorization", "TE"):
         assert hop not in seen.headers
     assert "keep-alive, X-Hop" not in seen.headers.get("Connection", "")
+
+
+async def test_query_is_forwarded_byte_for_byte(upstream_factory, gateway_factory):
+    """A literal ``%`` in a value (``%2541``, ``%25zz``) stays escaped: the gateway forwards the
+    raw query, not a decoded and re-joined one (which sent ``f=%41``, read upstream as "A")."""
+    up, url = await upstream_factory("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    query = "f=%2541&x=%25zz&y=a%26b%2Bc%3Dd&z=%E2%82%AC&q=1+2"
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            yarl.URL(gw.url + "/chat/completions?" + query, encoded=True),
+            json={"model": "gpt-4o-mini", "messages": []},
+            headers={"Authorization": f"Bearer {DEV_KEY}"},
+        ) as r:
+            assert r.status == 200
+    assert up.seen[-1].query == query
 
 
 async def test_x_api_key_and_model_mapping(upstream_factory, gateway_factory):

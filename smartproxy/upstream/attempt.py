@@ -164,7 +164,7 @@ class AttemptRunner(Answerer):
             method=ex.request.method,
             path=path,
             # A translated request leaves the client API's own query (Claude Code's ?beta=true).
-            query_string=ex.request.query_string if adapter is None else "",
+            query_string=ex.request.rel_url.raw_query_string if adapter is None else "",
             headers=for_channel(ex.headers, ch),
             body=body,
             stream=ex.facts.stream,
