@@ -54,6 +54,7 @@ class FakeUpstream:
     retry_after: str = "2"
     sent_stream: list[bytes] = field(default_factory=list)  # exact bytes of the last stream
     stream_usage: bool = True  # False: ignore stream_options.include_usage (as some providers do)
+    stream_type: str = "text/event-stream"  # the Content-Type streams are sent with
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -72,7 +73,13 @@ class FakeUpstream:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.seen.append(
-            Seen(request.method, request.path, request.rel_url.raw_query_string, dict(request.headers), raw)
+            Seen(
+                request.method,
+                request.path,
+                request.rel_url.raw_query_string,
+                dict(request.headers),
+                raw,
+            )
         )
         if request.method == "GET":
             return web.json_response(
@@ -149,7 +156,7 @@ class FakeUpstream:
         include_usage = self.stream_usage and bool(
             (body.get("stream_options") or {}).get("include_usage")
         )
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp = web.StreamResponse(headers={"Content-Type": self.stream_type})
         await resp.prepare(request)
         self.sent_stream = []
         cut_after = int(what[4:]) if what.startswith("cut-") else None

@@ -6,9 +6,9 @@ import asyncio
 import json
 
 import aiohttp
-import yarl
 import openai
 import pytest
+import yarl
 from conftest import DEV_KEY, base_config, channel
 
 
@@ -51,8 +51,15 @@ async def test_chat_non_streaming_identical(upstream_factory, gateway_factory):
     assert json.loads(via) == json.loads(direct) and via == direct
 
 
-async def test_stream_chunks_arrive_before_upstream_finishes(upstream_factory, gateway_factory):
+@pytest.mark.parametrize(
+    "media_type", ["text/event-stream", "Text/Event-Stream; charset=utf-8", "TEXT/EVENT-STREAM"]
+)
+async def test_stream_chunks_arrive_before_upstream_finishes(
+    upstream_factory, gateway_factory, media_type
+):
+    # Media types are case-insensitive: any spelling is relayed as it arrives, not buffered.
     up, url = await upstream_factory("a", default="hold")
+    up.stream_type = media_type
     gw = await gateway_factory(base_config(channels=[channel("a", url)]))
     client = gw.openai()
     stream = await client.chat.completions.create(

@@ -222,4 +222,5 @@ class _Plan:
 
 
 def _is_sse(headers: Any) -> bool:
-    return str(headers.get("Content-Type", "")).startswith("text/event-stream")
+    # Media types are case-insensitive (RFC 9110 8.3.1): "Text/Event-Stream" is a stream too.
+    return str(headers.get("Content-Type", ""))[:17].lower() == "text/event-stream"
