@@ -8,9 +8,9 @@ path), ``result`` (``ok`` | ``error``), ``reason`` (why it failed) and ``diff`` 
 holds a whole secret or any part of a token; ``scrub`` removes known secret values from free text
 (a loader message can quote a value).
 
-Where: ``audit.path``; else ``audit.log`` beside ``storage.path`` for the sqlite backend; for the
-memory and redis backends (no file of their own) beside the config file, or ``./data`` without
-one. Each line is one ``write`` on a file opened with ``O_APPEND`` (mode 0600): a small append that
+Where: ``audit.path``; else ``audit.log`` in the folder of ``storage.path`` (contract §6), whatever
+the backend: sqlite keeps its counters there, redis its host's request log, and with memory it is
+where an operator looks (default ``./data``). Each line is one ``write`` on a file opened with ``O_APPEND`` (mode 0600): a small append that
 does not hold up the event loop, and lines from several worker processes do not interleave.
 If the file cannot be written the line still goes to the ``smartproxy.audit`` logger, and the
 error is logged; the admin change is not undone.
@@ -45,15 +45,11 @@ class Actor:
 SIGNAL = Actor(sub=None, address="signal")
 
 
-def audit_path(config: Config, config_path: str | None) -> Path:
+def audit_path(config: Config) -> Path:
     """Where audit lines go for this config (see the module docstring)."""
     if config.audit.path:
         return Path(config.audit.path)
-    if config.storage.backend == "sqlite":
-        return Path(config.storage.path).parent / "audit.log"
-    if config_path:
-        return Path(config_path).parent / "audit.log"
-    return Path("data") / "audit.log"
+    return Path(config.storage.path).parent / "audit.log"
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

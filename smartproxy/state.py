@@ -159,7 +159,7 @@ class Gateway:
             self.jwt_secret = generate_secret()
         self._verifier = self.make_verifier(self.snapshot)
         self.config_file = ConfigFile(self.config_path)
-        self.audit = AuditLog(audit_path(self.snapshot.config, self.config_path))
+        self.audit = AuditLog(audit_path(self.snapshot.config))
         # Counters in this process (memory, sqlite): the request path skips the coroutines.
         self.counters = self.store if isinstance(self.store, InProcessCounters) else None
         self.shared = bool(getattr(self.store, "shared", False))
@@ -193,7 +193,7 @@ class Gateway:
         self.health.forget(set(snap.channels))
         for name in removed:
             self.metrics.forget_channel(name)
-        self.audit.path = audit_path(snap.config, self.config_path)
+        self.audit.path = audit_path(snap.config)
         _warn_restart_only(old, snap.config)
 
     def refused(self, source: str, error: str) -> None:

@@ -128,13 +128,15 @@ async def gateway_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitab
             path = config
             parsed = load_config(path)
         else:
+            storage = config.get("storage") or {}
+            if "audit" not in config and "path" not in storage:
+                # The audit log goes to storage.path's folder, ./data by default: tests write
+                # only under tmp_path (audit.log beside the config file when there is one).
+                storage = {**storage, "path": str(tmp_path / "smartproxy.db")}
+                config = {**config, "storage": storage}
             if write_file:
                 path = tmp_path / "smartproxy.yaml"
                 path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
-            elif "audit" not in config:
-                # No file and no sqlite folder: the audit log would go to ./data of the working
-                # folder (a running gateway's, once); tests write only under tmp_path.
-                config = {**config, "audit": {"path": str(tmp_path / "audit.log")}}
             parsed = parse_config(config, source=str(path) if path else None)
         app = create_app(
             parsed, config_path=str(path) if path else None, clock=clock or Clock(), **kwargs

@@ -45,17 +45,20 @@ def test_an_unwritable_path_logs_once_and_never_raises(tmp_path: Path, caplog) -
 
 
 @pytest.mark.parametrize(
-    ("doc", "config_path", "expected"),
+    ("doc", "expected"),
     [
-        ({"audit": {"path": "/var/log/sp/audit.jsonl"}}, None, "/var/log/sp/audit.jsonl"),
-        ({"storage": {"backend": "sqlite", "path": "/srv/sp/usage.db"}}, "/etc/sp.yaml",
-         "/srv/sp/audit.log"),
-        ({"storage": {"backend": "memory"}}, "/etc/sp/sp.yaml", "/etc/sp/audit.log"),
-        ({"storage": {"backend": "memory"}}, None, "data/audit.log"),
+        ({"audit": {"path": "/var/log/sp/audit.jsonl"}}, "/var/log/sp/audit.jsonl"),
+        ({"storage": {"backend": "sqlite", "path": "/srv/sp/usage.db"}}, "/srv/sp/audit.log"),
+        # The folder of storage.path whatever the backend (contract §6); it was the config
+        # file's folder for memory and redis.
+        ({"storage": {"backend": "redis", "url": "redis://h:6379/0", "path": "/srv/r/log.db"}},
+         "/srv/r/audit.log"),
+        ({"storage": {"backend": "memory", "path": "/srv/m/x.db"}}, "/srv/m/audit.log"),
+        ({"storage": {"backend": "memory"}}, "data/audit.log"),
     ],
 )
-def test_default_path(doc, config_path, expected) -> None:  # type: ignore[no-untyped-def]
-    assert audit_path(parse_config(doc), config_path) == Path(expected)
+def test_default_path(doc, expected) -> None:  # type: ignore[no-untyped-def]
+    assert audit_path(parse_config(doc)) == Path(expected)
 
 
 def test_scrub_and_config_diff_never_show_values() -> None:

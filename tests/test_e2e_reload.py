@@ -113,7 +113,7 @@ def test_sighup_reloads_the_file_and_a_broken_file_keeps_the_old_config(tmp_path
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out.decode()
     assert b"config reload (SIGHUP) refused" in out
-    audit = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    audit = [json.loads(x) for x in (tmp_path / "data" / "audit.log").read_text().splitlines()]
     assert [(a["action"], a["result"], a["address"]) for a in audit] == [
         ("reload", "ok", "signal"), ("reload", "error", "signal")]
     assert audit[0]["diff"] == {"channels": {"added": ["m2"], "removed": [], "changed": []}}

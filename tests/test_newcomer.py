@@ -84,7 +84,7 @@ async def test_with_listen_reloads_and_admin_writes_warn_only_about_real_changes
         "channels": [{"name": "mock", "type": "mock"}],
         "security": {"auth": {"api_keys": {"dev": "sk-dev-0000000001"},
                               "jwt": {"secret": "s" * 32}}},
-        "storage": {"backend": "memory"},
+        "storage": {"backend": "memory", "path": str(tmp_path / "x.db")},  # audit.log there
     }
     path.write_text(yaml.safe_dump(doc))
     config = with_listen(load_config(path), "127.0.0.1:9191")  # what `run --listen` does
