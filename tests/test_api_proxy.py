@@ -135,3 +135,22 @@ def test_request_ids_differ_in_a_forked_worker():
     os.waitpid(pid, 0)
     assert theirs.startswith("req-") and len(theirs) == len(mine)
     assert theirs[4:16] != mine[4:16]  # another 12-hex prefix
+
+
+async def test_405_says_what_is_allowed_on_proxy_admin_and_ops_routes(gateway_factory) -> None:
+    """RFC 9110: every 405 carries ``Allow``; the gateway's own error bodies replaced aiohttp's
+    answer and lost it (audit finding); on /api the code said ``not_found``."""
+    import aiohttp
+    from conftest import base_config
+
+    gw = await gateway_factory(base_config())
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gw.url + "/chat/completions") as r:
+            assert r.status == 405 and "POST" in r.headers["Allow"]
+            assert (await r.json())["error"]["code"] == "method_not_allowed"
+        async with s.put(gw.root + "/api/channels", headers=gw.admin_headers()) as r:
+            assert r.status == 405
+            assert {"GET", "POST"} <= {m.strip() for m in r.headers["Allow"].split(",")}
+            assert (await r.json())["error"]["code"] == "method_not_allowed"
+        async with s.post(gw.root + "/healthz") as r:
+            assert r.status == 405 and "GET" in r.headers["Allow"]

@@ -247,6 +247,7 @@ async def admin_errors(request: web.Request, handler: Any) -> web.StreamResponse
         if exc.status == 413:
             return too_large_response(request.config_dict[GATEWAY].config.server.max_body_bytes)
         if exc.status in (404, 405):
+            allow = exc.headers.get("Allow")  # RFC 9110: a 405 says what is allowed
             return web.Response(
                 status=exc.status,
                 body=json.dumps(
@@ -254,12 +255,13 @@ async def admin_errors(request: web.Request, handler: Any) -> web.StreamResponse
                         "error": {
                             "message": f"{exc.reason}: {request.method} {request.path}",
                             "type": "invalid_request_error",
-                            "code": "not_found",
+                            "code": "not_found" if exc.status == 404 else "method_not_allowed",
                             "param": None,
                         }
                     }
                 ).encode(),
                 content_type="application/json",
+                headers={"Allow": allow} if allow is not None else None,
             )
         raise
 

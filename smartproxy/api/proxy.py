@@ -303,6 +303,8 @@ async def proxy_middleware(request: web.Request, handler: Any) -> web.StreamResp
             )
             resp = error.to_response(anthropic=anthropic)
             resp.set_status(405)
+            if "Allow" in exc.headers:  # RFC 9110: a 405 says what is allowed
+                resp.headers["Allow"] = exc.headers["Allow"]
         else:
             raise
     finally:
