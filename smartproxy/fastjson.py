@@ -1,7 +1,8 @@
 """JSON on the hot path.
 
-``loads``: orjson, with the standard library deciding what orjson refuses (NaN, Infinity), so the
-gateway accepts what ``json`` accepts. Nesting deeper than orjson's limit (1024) is refused as
+``loads``: orjson, with the standard library deciding what orjson refuses (a lone surrogate
+escape such as ``"\ud800"``, which JSON's grammar allows), except ``NaN`` and ``Infinity``: not
+JSON (RFC 8259), refused as ``ValueError`` like any other syntax error. Nesting deeper than orjson's limit (1024) is refused as
 ``ValueError`` without asking ``json``, whose recursive parser would raise ``RecursionError`` on a
 100,000-level document. orjson reads an integer past 64 bits as a float: harmless for the fields
 the gateway reads, and the bodies it forwards are never written back from what it parsed.
@@ -26,9 +27,13 @@ def loads(raw: bytes) -> Any:
         if "depth limit" in str(exc) or "recursion" in str(exc).lower():
             raise ValueError("JSON nested too deeply (more than 1024 levels)") from None
         try:
-            return json.loads(raw)
+            return json.loads(raw, parse_constant=_no_constant)
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
 
 
 _WS = re.compile(r"[ \t\n\r]*")

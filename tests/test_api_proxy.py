@@ -40,6 +40,9 @@ def principal() -> Principal:
         (b"", "invalid_json"),
         (b"{oops", "invalid_json"),
         (b"[1]", "invalid_json"),
+        (b'{"model": "m", "x": NaN}', "invalid_json"),  # not JSON (RFC 8259): never forwarded
+        (b'{"model": "m", "temperature": -Infinity}', "invalid_json"),
+        (b'{"model": "m", "t": Infinity}', "invalid_json"),
         (b'{"messages": []}', "missing_model"),
         (b'{"model": ""}', "missing_model"),
         (b'{"model": "m", "stream": "yes"}', "invalid_request"),

@@ -9,8 +9,11 @@ import pytest
 from smartproxy import fastjson
 
 
-def test_loads_accepts_what_json_accepts_and_refuses_deep_nesting() -> None:
-    assert fastjson.loads(b'{"a": NaN}')["a"] != fastjson.loads(b'{"a": NaN}')["a"]  # NaN
+def test_loads_accepts_json_orjson_refuses_but_not_nan_and_refuses_deep_nesting() -> None:
+    assert fastjson.loads(b'"\\ud800"') == "\ud800"  # a lone surrogate escape is JSON
+    for not_json in (b'{"a": NaN}', b"[Infinity]", b'{"t": -Infinity}'):
+        with pytest.raises(ValueError, match="not JSON"):
+            fastjson.loads(not_json)
     with pytest.raises(ValueError):
         fastjson.loads(b"[" * 5000 + b"]" * 5000)
 
