@@ -383,3 +383,16 @@ async def test_a_key_named_by_a_variable_in_the_file_is_edited_and_deleted_by_wh
     assert "team-b" not in stored
     assert (await c.delete("/api/keys/team-b", headers=admin)).status == 200
     assert "${TEAM}" not in yaml.safe_load(path.read_text())["security"]["auth"]["api_keys"]
+
+
+async def test_a_token_without_sub_is_accepted_and_audited_as_sub_null(gateway_factory):  # type: ignore[no-untyped-def]
+    """Contract §6: signature, iss, aud, exp; no sub is required (audit finding)."""
+    gw = await gateway_factory(base_config(), write_file=True)
+    no_sub = {k: v for k, v in claims().items() if k != "sub"}
+    token = jwt.encode(no_sub, ADMIN_SECRET)
+    assert (await gw.client.get("/api/channels", headers=bearer(token))).status == 200
+    resp = await gw.client.post("/api/channels", headers=bearer(token),
+                                json={"name": "m2", "type": "mock"})
+    assert resp.status == 201
+    line = audit_lines(gw.config_path.parent / "audit.log")[-1]
+    assert line["action"] == "channel.upsert" and line["result"] == "ok" and line["sub"] is None
