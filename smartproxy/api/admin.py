@@ -61,7 +61,8 @@ async def usage(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     q = request.query
     if "group_by" in q or "from" in q or "to" in q:
-        start, end = parse_instant(q.get("from"), "from"), parse_instant(q.get("to"), "to")
+        tz = gw.snapshot.tz
+        start, end = parse_instant(q.get("from"), "from", tz), parse_instant(q.get("to"), "to", tz)
         group_by = q.get("group_by", "channel")
         try:
             rows = await gw.store.query(start, end, group_by)

@@ -24,8 +24,10 @@ DEFAULT_SPAN = {"hour": timedelta(hours=48), "day": timedelta(days=30)}
 FAILURES_SHOWN = 20
 
 
-def parse_instant(value: str | None, name: str) -> datetime | None:
-    """An ISO 8601 query parameter with a UTC offset (``Z`` allowed); 400 naming it otherwise."""
+def parse_instant(value: str | None, name: str, tz: tzinfo) -> datetime | None:
+    """An ISO 8601 query parameter: a date-time with a UTC offset (``Z`` allowed), or without one
+    (``2026-12-01``, ``2026-12-01T08:00``) read in ``tz`` (``server.timezone``); 400 naming it
+    otherwise."""
     if not value:
         return None
     try:
@@ -34,9 +36,7 @@ def parse_instant(value: str | None, name: str) -> datetime | None:
         raise BadRequest(
             f"'{name}' must be an ISO 8601 date-time, got {value!r}", param=name
         ) from None
-    if dt.tzinfo is None:
-        raise BadRequest(f"'{name}' needs a UTC offset (e.g. 2026-11-26T00:00:00Z)", param=name)
-    return dt
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=tz)
 
 
 async def usage_timeseries(request: web.Request) -> web.Response:
@@ -51,10 +51,12 @@ async def usage_timeseries(request: web.Request) -> web.Response:
       and 'to' up to the end of its bucket; every bucket is listed, empty ones with zeros.
       Defaults: to = now, from = to minus 48 hours (bucket=hour) or 30 days (bucket=day).
     parameters:
-      - {name: from, in: query, required: false, schema: {type: string, format: date-time},
-         description: 'ISO 8601 start with a UTC offset', example: '2026-11-25T00:00:00Z'}
-      - {name: to, in: query, required: false, schema: {type: string, format: date-time},
-         description: 'ISO 8601 end with a UTC offset', example: '2026-11-27T00:00:00Z'}
+      - {name: from, in: query, required: false, schema: {type: string},
+         description: 'ISO 8601 start; without a UTC offset (2026-11-25, 2026-11-25T08:00) in
+           server.timezone', example: '2026-11-25T00:00:00Z'}
+      - {name: to, in: query, required: false, schema: {type: string},
+         description: 'ISO 8601 end; without a UTC offset in server.timezone',
+         example: '2026-11-27T00:00:00Z'}
       - {name: bucket, in: query, required: false,
          schema: {type: string, enum: [hour, day], default: hour}}
       - {name: group_by, in: query, required: false,
@@ -128,9 +130,9 @@ async def usage_timeseries(request: web.Request) -> web.Response:
             f"'group_by' must be one of {', '.join(GROUP_COLUMNS)}, got {group_by!r}",
             param="group_by",
         )
-    end = parse_instant(q.get("to"), "to") or gw.clock()
-    start = parse_instant(q.get("from"), "from") or end - DEFAULT_SPAN[bucket]
     tz = gw.snapshot.tz
+    end = parse_instant(q.get("to"), "to", tz) or gw.clock()
+    start = parse_instant(q.get("from"), "from", tz) or end - DEFAULT_SPAN[bucket]
     try:
         edges = bucket_edges(start, end, bucket, tz)
     except ValueError as exc:
