@@ -153,6 +153,14 @@ async def test_previous_response_id_sticks_to_its_channel_when_another_is_cheape
     )
     assert follow.id in a.made
     assert json.loads(a.seen[-1]["raw"])["previous_response_id"] == first.id
+    # The dry run shows the same decision for that key (audit finding: it ignored the id).
+    dry = await gw.client.post(
+        "/api/route?api_key_name=dev",
+        json={"path": "/v1/responses", "model": "m1", "input": "x",
+              "previous_response_id": first.id},
+        headers=gw.admin_headers(),
+    )
+    assert [c["channel"] for c in (await dry.json())["candidates"]] == ["a"]
     # Streams too, chained on the follow-up.
     stream = await sdk.responses.create(
         model="m1", input="And again?", previous_response_id=follow.id, stream=True

@@ -22,7 +22,7 @@ from ..state import GATEWAY, Gateway, quota_left
 from .admin_config import actor_of, add_config_routes
 from .admin_status import add_status_routes, parse_instant
 from .channel_test import add_test_route
-from .fronts.routes import FRONT_PARSERS
+from .fronts.routes import FRONT_NARROW, FRONT_PARSERS
 from .limits import read_body, too_large_response
 from .proxy import decide, parse_body, reservation
 
@@ -157,6 +157,9 @@ async def route_dry_run(request: web.Request) -> web.Response:
         facts = replace(facts, api_key_name=name or facts.api_key_name, path=path)
     reserve = reservation(snap, facts, body, path)
     decision = await decide(gw, snap, facts, reserve, explain=True)
+    narrow = FRONT_NARROW.get(path)
+    if narrow is not None:  # e.g. a previous_response_id keeps its channel (for api_key_name)
+        decision = await narrow(gw, snap, body, decision, facts.api_key_name or "")
     slots = gw.slots
     candidates: list[Candidate] = []
     full: list[Candidate] = []

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .base import Parse
+from .base import Narrow, Parse
 from .messages import add_messages_routes, parse_messages
-from .responses import add_responses_routes, parse_responses
+from .responses import add_responses_routes, parse_responses, sticky
 
 # How each front reads a body (``POST /api/route`` reads a dry run's body the same way).
 FRONT_PARSERS: dict[str, Parse] = {
@@ -14,6 +14,8 @@ FRONT_PARSERS: dict[str, Parse] = {
     "/messages": parse_messages,
     "/messages/count_tokens": parse_messages,
 }
+# How each front narrows the routed candidates (the dry run shows the same decision).
+FRONT_NARROW: dict[str, Narrow] = {"/responses": sticky}
 
 
 def add_fronts(app: web.Application) -> None:
