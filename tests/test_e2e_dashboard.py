@@ -171,6 +171,18 @@ async def test_signed_in_dashboard_shows_channels_quota_and_cost(
     await page.clock.run_for(500)  # the chart redraw after a resize is debounced
     assert await page.evaluate("document.documentElement.scrollWidth") <= 390
     assert await page.locator(".card").first.bounding_box() is not None
+    # Cost axis values of a few cheap requests ("$0.0000425") fit inside the chart (audit
+    # finding: a fixed 52 px margin cut them to "0000425").
+    for chart in ("#chart-hour", "#chart-day"):
+        cut = await page.evaluate(
+            """(sel) => { const svg = document.querySelector(sel + " svg");
+              const left = svg.getBoundingClientRect().left;
+              return [...svg.querySelectorAll("text.axis")]
+                .filter((t) => t.getBoundingClientRect().left < left - 0.5)
+                .map((t) => t.textContent); }""",
+            chart,
+        )
+        assert cut == [], (chart, cut)
 
     # numbers for people
     formats = await page.evaluate(

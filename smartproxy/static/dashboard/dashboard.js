@@ -386,12 +386,15 @@
     const fmt = metric === "cost" ? (v) => "$" + String(Number(v.toPrecision(3))) : compact;
     const width = Math.max(280, box.clientWidth || 600);
     const height = width < 500 ? 170 : 210;
-    const m = { left: 52, right: 6, top: 10, bottom: 26 };
-    const plotW = width - m.left - m.right, plotH = height - m.top - m.bottom;
     const n = doc.buckets.length;
     const sums = doc.buckets.map((b) => value(b));
     const total = sums.reduce((a, b) => a + b, 0);
     const top = niceMax(Math.max(...sums, 0));
+    const ticks = [0, 1, 2, 3, 4].map((i) => (i === 0 ? "0" : fmt((top * i) / 4)));
+    // The left margin fits the longest value ("$0.0000375" at 11px is ~60px wide).
+    const widest = Math.max(...ticks.map((t) => t.length));
+    const m = { left: Math.max(40, Math.ceil(widest * 6.4) + 10), right: 6, top: 10, bottom: 26 };
+    const plotW = width - m.left - m.right, plotH = height - m.top - m.bottom;
     const label = `${metric === "cost" ? "Cost" : "Tokens"} per ${bucket}: ` +
       `${metric === "cost" ? fmtUSD(total) : fmtTokens(total)} in all`;
     const chart = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
@@ -400,7 +403,7 @@
       const y = m.top + plotH - (plotH * i) / 4;
       chart.append(svg("line", { x1: m.left, x2: width - m.right, y1: y, y2: y, class: "grid" }));
       chart.append(svg("text", { x: m.left - 6, y: y + 4, "text-anchor": "end", class: "axis",
-                                 text: i === 0 ? "0" : fmt((top * i) / 4) }));
+                                 text: ticks[i] }));
     }
     const bw = plotW / Math.max(n, 1);
     const gap = Math.min(2, bw * 0.2);
