@@ -102,11 +102,15 @@ async def test_unknown_channel_and_a_channel_that_serves_any_model(
     upstream_factory: Any, gateway_factory: Any
 ) -> None:
     fake, url = await upstream_factory()
-    gw = await gateway_factory(base_config(channels=[channel("any", url)]))
+    gw = await gateway_factory(
+        base_config(channels=[channel("any", url), channel("gone", "http://127.0.0.1:9/v1")])
+    )
     c, admin = gw.client, gw.admin_headers()
     assert (await c.post("/api/channels/nope/test", headers=admin)).status == 404
-    resp = await c.post("/api/channels/any/test", headers=admin)
-    assert resp.status == 400 and "model" in (await resp.json())["error"]["message"]
+    # Any model, and its upstream cannot say which: name one (and why it could not be found).
+    resp = await c.post("/api/channels/gone/test", headers=admin)
+    message = (await resp.json())["error"]["message"]
+    assert resp.status == 400 and "model" in message and "listing its models" in message
     resp = await c.post("/api/channels/any/test", headers=admin, json={"model": "gpt-4o-mini"})
     result = await resp.json()
     assert result["ok"] is True and result["model"] == "gpt-4o-mini"
@@ -138,3 +142,19 @@ async def test_an_anthropic_channel_is_tested_in_its_own_api(
     broken = await (await c.post("/api/channels/claude-bad/test", headers=admin)).json()
     assert broken["ok"] is False and broken["status"] == 401
     assert "invalid x-api-key" in broken["error"]
+
+
+async def test_a_channel_serving_any_model_is_tested_with_the_first_its_upstream_lists(
+    upstream_factory: Any, gateway_factory: Any
+) -> None:
+    """No ``models`` and no body: the upstream's GET /models names the model to test with (it
+    was a 400 and nothing was sent, audit finding)."""
+    up, url = await upstream_factory("any")
+    gw = await gateway_factory(base_config(channels=[channel("any", url)]))
+    resp = await gw.client.post("/api/channels/any/test", headers=gw.admin_headers())
+    assert resp.status == 200, await resp.text()
+    result = await resp.json()
+    assert result["ok"] is True and result["status"] == 200 and result["model"] == "gpt-4o-mini"
+    assert [(s.method, s.path) for s in up.seen] == [
+        ("GET", "/v1/models"), ("POST", "/v1/chat/completions")
+    ]

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..errors import BadRequest, GatewayError, NotFound
 from ..state import GATEWAY
-from ..upstream.selftest import default_model, run_channel_test
+from ..upstream.selftest import LISTS_MODELS, default_model, discover_model, run_channel_test
 from .admin_config import actor_of
 
 log = logging.getLogger("smartproxy.admin")
@@ -20,7 +20,9 @@ async def channel_test(request: web.Request) -> web.Response:
     ---
     summary: Test a channel
     description: >-
-      Routing, quotas and the circuit breaker are bypassed (a disabled channel can be tested:
+      Without a model in the body the channel's first named model is used; a channel that
+      serves any model (openai, anthropic) is asked for its models (GET /models) and the first
+      is used. Routing, quotas and the circuit breaker are bypassed (a disabled channel can be tested:
       test, then enable); the tokens used are counted in usage and the request log (request_id
       ``test-...``, key ``(channel test)``). The test is audited. ``ok`` is false with upstream's
       status and error when it refuses (a bad key: ``status: 401``), or with ``status: null``
@@ -55,9 +57,13 @@ async def channel_test(request: web.Request) -> web.Response:
         if ch is None:
             raise NotFound(f"no channel named {name!r}", code="channel_not_found")
         model = await _model(request) or default_model(ch)
+        why = None
+        if not model and ch.type in LISTS_MODELS:  # serves any model: ask upstream for one
+            model, why = await discover_model(gw, ch)
         if not model:
             raise BadRequest(f"channel {name!r} serves any model: name one to test with, e.g. "
-                             '{"model": "gpt-4o-mini"}', param="model")
+                             f'{{"model": "gpt-4o-mini"}}{f" ({why})" if why else ""}',
+                             param="model")
     except GatewayError as exc:  # refused before any request was sent: audited all the same
         gw.audit.record(actor, "channel.test", name, ok=False, reason=exc.message)
         raise

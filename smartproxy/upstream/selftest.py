@@ -56,12 +56,46 @@ def default_model(ch: ChannelConfig) -> str | None:
     return "mock-1" if ch.type == "mock" else None
 
 
+def _timeouts(gw: Gateway, ch: ChannelConfig) -> Timeouts:
+    server = gw.config.server
+    total = ch.timeout or server.timeout
+    return Timeouts(total=total, connect=ch.connect_timeout or min(server.connect_timeout, total),
+                    first_byte=ch.first_byte_timeout or total)
+
+
+LISTS_MODELS = ("openai", "anthropic")  # GET {base}/models lists what the key may call
+
+
+async def discover_model(gw: Gateway, ch: ChannelConfig) -> tuple[str | None, str | None]:
+    """For a channel that serves any model: the first model its upstream's ``GET /models``
+    lists (OpenAI and Anthropic both have it), or None and why not."""
+    outgoing = OutgoingRequest(
+        method="GET", path="/models", query_string="",
+        headers=CIMultiDict({"User-Agent": f"SmartProxy/{__version__} (channel test)"}),
+        body=b"", stream=False, model="", proxy=proxy_route(ch, gw.config.server),
+    )
+    try:
+        reply = await gw.providers[ch.provider].send(ch, outgoing, _timeouts(gw, ch))
+        try:
+            status, answer = reply.status, await reply.read()
+        finally:
+            reply.close()
+    except AttemptError as exc:
+        return None, f"listing its models: {exc.message}"
+    if not 200 <= status < 300:
+        return None, f"listing its models: HTTP {status}: {_error_message(answer)}"
+    try:
+        data = json.loads(answer).get("data")
+        first = next(m["id"] for m in data if isinstance(m.get("id"), str) and m["id"])
+    except (ValueError, AttributeError, TypeError, KeyError, StopIteration):
+        return None, "listing its models: the answer names none"
+    return str(first), None
+
+
 async def run_channel_test(gw: Gateway, ch: ChannelConfig, model: str) -> ChannelTestResult:
     """Send the test request and record what it cost; never raises for upstream failures."""
     server = gw.config.server
-    total = ch.timeout or server.timeout
-    timeouts = Timeouts(total=total, connect=ch.connect_timeout or min(server.connect_timeout, total),
-                        first_byte=ch.first_byte_timeout or total)
+    timeouts = _timeouts(gw, ch)
     upstream_model = ch.upstream_model(model)
     body = {"model": upstream_model, "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": 1}
