@@ -284,17 +284,28 @@ async def _another_keys_response(
     assert follow.id in a.made
 
 
-async def test_mock_channels_are_not_candidates_for_responses(gateway_factory: Any) -> None:
-    mock = {"name": "local", "type": "mock"}
-    gw = await gateway_factory(base_config(channels=[mock]))
-    async with gw.client.post(
-        "/v1/responses",
-        json={"model": "mock-1", "input": "x"},
-        headers={"Authorization": f"Bearer {DEV_KEY}"},
-    ) as r:
-        assert r.status == 404  # no channel serves the model on this front; the message says why
-        message = (await r.json())["error"]["message"]
-    assert "local: mock channels do not serve /v1/responses" in message
+async def test_the_mock_channel_answers_responses_like_the_api(gateway_factory: Any) -> None:
+    """The default config's mock serves /v1/responses too, so an agent's first request works
+    (it was 400 "mock channels do not serve /v1/responses", audit finding): the SDK reads the
+    answer and the stream, usage is counted, and the mock stores nothing."""
+    gw = await gateway_factory(base_config(channels=[{"name": "local", "type": "mock"}]))
+    sdk = gw.openai()
+    answer = await sdk.responses.create(model="any-model", input="hi", max_output_tokens=4)
+    assert answer.output_text == "Hello from SmartProxy's local"
+    assert answer.usage is not None and answer.usage.output_tokens == 4
+    stream = await sdk.responses.create(model="any-model", input="hi", stream=True)
+    events = [e async for e in stream]
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == events[-1].response.output_text and text.startswith("Hello from")
+    usage = await usage_of(gw, "local")
+    assert usage["requests"] == 2
+    assert usage["total_tokens"] == answer.usage.total_tokens + events[-1].response.usage.total_tokens
+    # A follow-up on its id goes to it; stored responses are not kept by a mock.
+    follow = await sdk.responses.create(model="m", input="more", previous_response_id=answer.id)
+    assert follow.previous_response_id == answer.id
+    with pytest.raises(openai.NotFoundError):
+        await sdk.responses.retrieve(answer.id)
 
 
 async def test_responses_with_curl_like_client_and_x_api_key(
@@ -360,10 +371,9 @@ async def test_route_dry_run_names_the_front(gateway_factory: Any, field: str) -
     async with gw.client.post("/api/route", json=body, headers=gw.admin_headers()) as r:
         assert r.status == 200
         route = await r.json()
-    assert [c["channel"] for c in route["candidates"]] == ["gpt"]
+    assert [c["channel"] for c in route["candidates"]] == ["local", "gpt"]  # free first
     reasons = {e["channel"]: e["reason"] for e in route["excluded"]}
-    assert reasons == {"local": "mock channels do not serve /v1/responses",
-                       "claude": "anthropic channels do not serve /v1/responses"}  # fmt: skip
+    assert reasons == {"claude": "anthropic channels do not serve /v1/responses"}
     assert route["reserve_tokens"] == route["prompt_tokens_estimate"] + 7
     body = {"model": "m1", "max_tokens": 5, "messages": [], field: "/v1/messages"}
     async with gw.client.post("/api/route", json=body, headers=gw.admin_headers()) as r:

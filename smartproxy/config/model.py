@@ -22,7 +22,7 @@ OPENAI_ENDPOINTS = frozenset({"/chat/completions", "/completions", "/embeddings"
 PROVIDER_ENDPOINTS: dict[str, frozenset[str]] = {
     "openai": OPENAI_ENDPOINTS | {"/responses", "/messages"},
     "azure": OPENAI_ENDPOINTS | {"/responses", "/messages"},
-    "mock": OPENAI_ENDPOINTS | {"/messages"},
+    "mock": OPENAI_ENDPOINTS | {"/responses", "/messages"},
     "anthropic": frozenset({"/chat/completions", "/messages", "/messages/count_tokens"}),
 }
 ANTHROPIC_ENDPOINT = "https://api.anthropic.com"

@@ -46,8 +46,12 @@ class MockProvider:
     async def send(
         self, channel: ChannelConfig, request: OutgoingRequest, timeouts: Timeouts
     ) -> MockReply:
-        if request.method == "GET":
-            return _json(200, models_body(channel))
+        if request.method != "POST" or request.path.startswith("/responses/"):
+            if request.method == "GET" and request.path == "/models":
+                return _json(200, models_body(channel))
+            # Stored responses (GET/DELETE /responses/{id}, ...): a mock keeps none.
+            return _json(404, _error(f"the mock channel stores nothing: {request.method} "
+                                     f"{request.path}", "invalid_request_error"))
         try:
             body: dict[str, Any] = json.loads(request.body or b"{}")
         except ValueError:
@@ -55,6 +59,8 @@ class MockProvider:
         model = str(body.get("model") or "mock")
         if request.path == "/embeddings":
             return _json(200, _embeddings(body, model))
+        if request.path == "/responses":
+            return _responses(body, model)
         prompt_tokens = max(
             1, len(json.dumps(body.get("messages") or body.get("prompt") or "")) // 4
         )
@@ -149,6 +155,51 @@ def _stream(
     out = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events]
     out.append(b"data: [DONE]\n\n")
     return out
+
+
+def _responses(body: dict[str, Any], model: str) -> MockReply:
+    """``POST /responses`` (the OpenAI Responses API Codex speaks): one output message, streamed
+    as the API streams it (``response.created`` ... ``response.completed`` with usage)."""
+    prompt = max(1, len(json.dumps([body.get("instructions"), body.get("input")])) // 4)
+    limit = body.get("max_output_tokens")
+    words = _ANSWER[: max(1, min(len(_ANSWER), int(limit or len(_ANSWER))))]
+    text = " ".join(words)
+    rid, mid = f"resp_mock{uuid.uuid4().hex}", f"msg_mock{uuid.uuid4().hex}"
+    part = {"type": "output_text", "text": text, "annotations": []}
+    item = {"type": "message", "id": mid, "status": "completed", "role": "assistant",
+            "content": [part]}
+    usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+             "output_tokens": len(words), "output_tokens_details": {"reasoning_tokens": 0},
+             "total_tokens": prompt + len(words)}
+    done = {
+        "id": rid, "object": "response", "created_at": int(time.time()), "status": "completed",
+        "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
+        "max_output_tokens": limit, "model": model, "output": [item],
+        "parallel_tool_calls": True, "previous_response_id": body.get("previous_response_id"),
+        "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0, "usage": usage,
+    }
+    if not body.get("stream"):
+        return _json(200, done)
+    started = {**done, "status": "in_progress", "output": [], "usage": None}
+    at = {"item_id": mid, "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**item, "status": "in_progress", "content": []}},
+        {"type": "response.content_part.added", **at, "part": {**part, "text": ""}},
+        *({"type": "response.output_text.delta", **at, "delta": w if i == 0 else " " + w}
+          for i, w in enumerate(words)),
+        {"type": "response.output_text.done", **at, "text": text},
+        {"type": "response.content_part.done", **at, "part": part},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": "response.completed", "response": done},
+    ]
+    return MockReply(200, "text/event-stream", [
+        b"event: %s\ndata: %s\n\n" % (e["type"].encode(), json.dumps(
+            {**e, "sequence_number": n}).encode())
+        for n, e in enumerate(events)
+    ])
 
 
 def _embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
