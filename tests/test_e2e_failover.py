@@ -532,6 +532,28 @@ async def test_last_http_answer_returned_unchanged_with_attempts(upstream_factor
     assert await resp.read() == await direct.read()
 
 
+async def test_an_http_answer_before_connection_errors_is_returned(
+    upstream_factory, gateway_factory
+):
+    """a answered 503, b and c got no answer: a's 503 comes back, not a gateway-made 502."""
+    a, url_a = await upstream_factory("a", default="fail-503")
+    c, url_c = await upstream_factory("c", default="drop")
+    gw = await make_gateway(
+        gateway_factory,
+        [
+            channel("a", url_a, priority=1),
+            channel("b", f"http://127.0.0.1:{closed_port()}/v1", priority=2),
+            channel("c", url_c, priority=3),
+        ],
+    )
+    resp = await chat(gw)
+    assert resp.status == 503
+    assert resp.headers["x-smartproxy-attempts"] == "a:503, b:error, c:error"
+    assert (await resp.json())["error"]["message"] == "a says 503"  # a's own body
+    direct = await gw.client.session.post(url_a + "/chat/completions", json={"model": "m"})
+    assert await resp.read() == await direct.read()
+
+
 async def test_unknown_model_is_404(upstream_factory, gateway_factory):
     a, url_a = await upstream_factory("a")
     gw = await make_gateway(gateway_factory, [channel("a", url_a, models=["gpt-4o-mini"])])

@@ -1,5 +1,5 @@
 """The answer side of an attempt: settle usage and cost, shape the response headers, and the
-error (or last upstream reply) when every candidate failed.
+error (or the latest upstream reply) when every candidate failed.
 
 ``Answerer`` is the base of ``attempt.AttemptRunner`` and so of ``client.Dispatcher``; the stream
 relay (``relay``) calls ``_settle`` and ``_response_headers`` through ``exchange.Settler``.
@@ -114,8 +114,12 @@ class Answerer:
         last_reply: tuple[AttemptLog, int, CIMultiDict[str], bytes] | None,
         skipped: list[str],
     ) -> web.StreamResponse:
+        """Every attempt failed. An upstream that answered at all is heard (contract §3): the
+        latest HTTP answer goes back unchanged, also when later attempts got no answer; a
+        gateway-made 502/503/504 only when no upstream answered. ``last_reply`` is that latest
+        answer (the only one kept)."""
         attempts_header = ", ".join(a.short() for a in ex.attempts)
-        if last_reply is not None and ex.attempts and ex.attempts[-1] is last_reply[0]:
+        if last_reply is not None:
             _, status, headers, body = last_reply
             # Not marked as this channel's answer, but filtered against its secrets all the same.
             out = self._response_headers(
