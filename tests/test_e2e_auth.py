@@ -295,8 +295,9 @@ async def test_rate_limit_headers_on_every_answer(upstream_factory, gateway_fact
         assert ("Retry-After" in headers) == (status == 429), label
 
 
-async def test_the_keys_limits_replace_the_channel_accounts(gateway_factory):
-    """An upstream's own x-ratelimit-* describe the gateway's channel key, not the client's."""
+async def test_upstream_limits_pass_and_the_keys_fill_in_the_rest(gateway_factory):
+    """An upstream's own x-ratelimit-* are relayed unchanged (contract §3); the key's are added
+    only for the names the upstream answer does not carry."""
 
     async def provider(request: web.Request) -> web.Response:
         return web.json_response(
@@ -317,12 +318,16 @@ async def test_the_keys_limits_replace_the_channel_accounts(gateway_factory):
         gw = await gateway_factory(config(str(server.make_url("/v1"))))
         status, headers, _ = await post(gw, LIMITED_KEY)
         assert status == 200
-        assert headers.getall("x-ratelimit-limit-requests") == ["5"]
-        assert headers["x-ratelimit-remaining-requests"] == "4"
-        assert "x-ratelimit-limit-tokens" not in headers  # not the channel account's numbers
-        assert headers["openai-processing-ms"] == "12"  # everything else is relayed
+        assert headers.getall("x-ratelimit-limit-requests") == ["10000"]  # upstream's, once
+        assert headers.getall("x-ratelimit-limit-tokens") == ["2000000"]
+        assert headers["x-ratelimit-remaining-tokens"] == "1999000"
+        assert headers["x-ratelimit-remaining-requests"] == "4"  # the key's: upstream sent none
+        assert headers["x-ratelimit-reset-requests"]
+        assert headers["openai-processing-ms"] == "12"
         status, headers, _ = await post(gw, TPM_KEY)
-        assert headers.getall("x-ratelimit-limit-tokens") == ["1000"]
+        assert headers.getall("x-ratelimit-limit-tokens") == ["2000000"]
+        assert headers.getall("x-ratelimit-remaining-tokens") == ["1999000"]
+        assert headers["x-ratelimit-reset-tokens"]  # the key's
     finally:
         await server.close()
 

@@ -8,7 +8,8 @@ are slowed by ``Gateway.penalty``), ``rate_limit`` (requests per minute, 429
 settles, ``charge_key`` charges the tokens it really used and its cost to the key.
 
 Each step leaves the key's ``x-ratelimit-*`` headers in ``request[RATELIMIT_HEADERS]``; the proxy
-middleware and the upstream relay put them on every answer. Limits and spend are keyed by the key's
+middleware puts them on every answer the gateway makes, the upstream relay on an upstream answer
+for the names that answer does not carry (an upstream header is never dropped or overwritten). Limits and spend are keyed by the key's
 *name* and live outside the config snapshot, so they survive reloads.
 """
 

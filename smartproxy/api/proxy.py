@@ -6,8 +6,9 @@ request settles, its tokens and cost are charged to the key (``gate.charge_key``
 
 Gateway-made refusals: 401 ``invalid_api_key`` (no, unknown or malformed key), 429
 ``rate_limit_exceeded`` (requests or tokens per minute; ``Retry-After``), 429 ``insufficient_quota``
-(daily budget), 403 ``model_not_allowed`` (the key's ``models`` list). Every answer to an
-authenticated key carries its ``x-ratelimit-*`` headers.
+(daily budget), 403 ``model_not_allowed`` (the key's ``models`` list). Every answer the gateway
+makes for an authenticated key carries the key's ``x-ratelimit-*`` headers; an upstream answer
+keeps its own and gets the key's only for names it does not carry.
 
 Parsing the body, the tokens held and the candidate order are in ``request_plan`` (re-exported
 from here).

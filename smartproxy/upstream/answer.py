@@ -152,19 +152,19 @@ class Answerer:
         *,
         of: ChannelConfig | None = None,
     ) -> CIMultiDict[str]:
+        """The upstream's headers as the header policy lets them through (``headers``), plus
+        ``x-smartproxy-channel`` and ``x-request-id``. The client key's ``x-ratelimit-*`` fill in
+        only names the upstream answer does not carry: an upstream header is never dropped or
+        overwritten (contract §3: the answer is returned unchanged)."""
         out: CIMultiDict[str] = CIMultiDict()
-        # The client's key limits replace the channel account's (which describe our upstream key).
-        ours = ex.limit_headers
         secrets = channel_secrets(ch or of)
         for k, v in upstream.items():
-            if response_header_allowed(k, v, secrets) and not (
-                ours and k.lower().startswith("x-ratelimit-")
-            ):
+            if response_header_allowed(k, v, secrets):
                 out.add(k, v)
+        for k, v in ex.limit_headers.items():
+            if k not in out and k.lower() != "retry-after":
+                out[k] = v
         if ch is not None:
             out["x-smartproxy-channel"] = header_safe(ch.name)
         out["x-request-id"] = ex.request_id
-        for k, v in ours.items():
-            if k.lower() != "retry-after":
-                out[k] = v
         return out

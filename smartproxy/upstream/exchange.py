@@ -91,7 +91,7 @@ class Exchange:
     reserve_tokens: int
     client_wants_usage: bool
     key_name: str = ""  # the gateway key's name ("" when unauthenticated)
-    # The client key's x-ratelimit-* headers (they replace the channel account's upstream ones).
+    # The client key's x-ratelimit-* headers (on an upstream answer, for names it does not carry).
     limit_headers: dict[str, str] = field(default_factory=dict)
     attempts: list[AttemptLog] = field(default_factory=list)
     settled: bool = False  # usage recorded (and the breaker told) for this request

@@ -20,6 +20,9 @@ Responses (a deny-list too; status, body and content-type are never touched):
     ``x-debug-*`` / ``x-internal-*`` header;
   - any header whose value contains the channel's key or one of its header secrets, whatever
     its name (a provider's debug header echoing the key would otherwise reach the client).
+  Every other upstream header passes unchanged, ``x-ratelimit-*`` included (they describe the
+  channel's account); the client key's own ``x-ratelimit-*`` are added only for names the
+  upstream answer does not carry (``answer.Answerer._response_headers``).
 """
 
 from __future__ import annotations
