@@ -47,7 +47,7 @@ class FakeUpstream:
     release: asyncio.Event = field(default_factory=asyncio.Event)  # "hold" streams wait on it
     first_sent: asyncio.Event = field(default_factory=asyncio.Event)
     gate: asyncio.Event = field(default_factory=asyncio.Event)  # "gate-X" requests wait on it
-    usage: dict[str, int] = field(
+    usage: dict[str, int] | None = field(  # None: answers carry no ``usage`` at all
         default_factory=lambda: {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}
     )
     chunks: list[str] = field(default_factory=lambda: list(WORDS))
@@ -132,23 +132,23 @@ class FakeUpstream:
                     "usage": {"prompt_tokens": 3, "total_tokens": 3},
                 }
             )
-        return web.json_response(
-            {
-                "id": "chatcmpl-fake1",
-                "object": "chat.completion",
-                "created": 1,
-                "model": body.get("model"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(self.chunks)},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": self.usage,
-                "served_by": self.name,
-            }
-        )
+        answer: dict[str, Any] = {
+            "id": "chatcmpl-fake1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.chunks)},
+                    "finish_reason": "stop",
+                }
+            ],
+            "served_by": self.name,
+        }
+        if self.usage is not None:
+            answer["usage"] = self.usage
+        return web.json_response(answer)
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], what: str

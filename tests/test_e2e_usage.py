@@ -247,6 +247,35 @@ async def test_stream_usage_is_estimated_only_when_upstream_reports_none(
     assert any(getattr(r, "usage_source", None) == "estimated" for r in caplog.records)
 
 
+async def test_an_answer_without_usage_is_billed_the_estimate_of_its_text(
+    upstream_factory, gateway_factory
+):
+    """No ``usage`` in a whole answer: the prompt is estimated from the request and the
+    completion from the answer's text (not 0), so cost and quotas count it."""
+    up, url = await upstream_factory("a", usage=None)
+    gw = await gateway_factory(
+        base_config(channels=[channel("a", url, price_per_token=1e-6, daily_limit=100_000)])
+    )
+    settled = watch_settles(gw)
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+    estimate = (
+        await (await gw.client.post("/api/route", json=body, headers=gw.admin_headers())).json()
+    )["prompt_tokens_estimate"]
+    answer = await gw.openai().chat.completions.create(**body)
+    assert answer.usage is None
+    record = await asyncio.wait_for(settled.get(), 5)
+    text = "".join(up.chunks)  # "Hello from the fake upstream.": 29 characters
+    completion = -(-len(text) // 4)
+    assert (record.usage_source, record.prompt_tokens, record.completion_tokens) == (
+        "estimated",
+        estimate,
+        completion,
+    )
+    row = (await usage_rows(gw))["a"]
+    assert row["total_tokens"] == estimate + completion
+    assert row["cost_usd"] == pytest.approx((estimate + completion) * 1e-6)
+
+
 async def test_client_disconnecting_mid_stream_is_billed_for_what_was_sent(
     upstream_factory, gateway_factory, caplog
 ):

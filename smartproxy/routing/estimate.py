@@ -1,5 +1,5 @@
 """The prompt-token estimate used for reservations, rules (``prompt_tokens``) and, when upstream
-reports no usage, billing.
+reports no usage, billing; and for such an answer, the completion estimate of its text.
 
 It counts the characters of the request's text — every string value of the JSON body, so neither
 the JSON syntax nor ``\\uXXXX`` escapes nor UTF-8 byte lengths inflate or deflate it — at
@@ -12,6 +12,7 @@ smaller than what the provider will count, or concurrent requests overrun a quot
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -57,3 +58,47 @@ def prompt_tokens(body: Any, chars_per_token: float) -> int:
         elif isinstance(value, list):
             stack.extend(value)
     return max(1, math.ceil(total - 1e-9))
+
+
+def answer_tokens(answer: Any, chars_per_token: float) -> int:
+    """The completion estimate for a whole answer that reported no usage: its generated text,
+    counted as the prompt's is. Chat ``choices[].message`` (content, refusal, tool calls' names
+    and arguments), completions ``choices[].text``, Responses ``output[]`` (message text, function
+    call arguments, reasoning summaries) and Anthropic ``content[]`` (text, thinking, tool input).
+    0 when there is none (embeddings)."""
+    if not isinstance(answer, dict):
+        return 0
+    texts: list[Any] = []
+    for choice in _dicts(answer.get("choices")):
+        texts.append(choice.get("text"))
+        message = choice.get("message")
+        if isinstance(message, dict):
+            _parts(texts, message.get("content"))
+            texts.append(message.get("refusal"))
+            for call in _dicts(message.get("tool_calls")):
+                function = call.get("function")
+                if isinstance(function, dict):
+                    texts += (function.get("name"), function.get("arguments"))
+    for item in _dicts(answer.get("output")):
+        _parts(texts, item.get("content"))
+        _parts(texts, item.get("summary"))
+        texts += (item.get("name"), item.get("arguments"))
+    _parts(texts, answer.get("content"))
+    total = sum(text_tokens(t, chars_per_token) for t in texts if isinstance(t, str))
+    return math.ceil(total - 1e-9)
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _parts(texts: list[Any], content: Any) -> None:
+    """A content string, or its parts' text (Responses ``output_text``/``refusal``, Anthropic
+    ``text``/``thinking``; a ``tool_use`` input as the JSON the model wrote)."""
+    if isinstance(content, str):
+        texts.append(content)
+        return
+    for part in _dicts(content):
+        texts += (part.get("text"), part.get("refusal"), part.get("thinking"))
+        if isinstance(part.get("input"), dict):
+            texts += (part.get("name"), json.dumps(part["input"], ensure_ascii=False))

@@ -38,7 +38,7 @@ class Answerer:
         reservation: Reservation,
         status: int,
         usage: dict[str, Any] | None,
-        content_events: int,
+        completion_estimate: int,
         error: str | None = None,
         *,
         estimate: bool = False,
@@ -50,17 +50,20 @@ class Answerer:
         client that sends its next request the moment it has this answer, through another
         process, must find this request's reservation gone (contract §1: exactly as in one
         process), or that process would count it as in flight and send the request elsewhere
-        while the quota still has room."""
+        while the quota still has room.
+
+        ``completion_estimate`` is billed when upstream gave no ``usage``: for a stream, one token
+        per content chunk sent; for a whole answer, the estimate of its text."""
         gw, snap = self.gw, ex.snap
         ex.settled = True
         source = "upstream"
         if usage is not None:
             prompt, completion = tokens_of(usage)
-        elif estimate or status < 400 or content_events > 0:
-            # Upstream said nothing: estimate (prompt from the request, one token per chunk sent).
+        elif estimate or status < 400 or completion_estimate > 0:
+            # Upstream said nothing: estimate (prompt from the request, completion from the answer).
             source = "estimated"
             prompt = ex.facts.prompt_tokens
-            completion = max(content_events, 0)
+            completion = max(completion_estimate, 0)
         else:
             source = "none"
             prompt = completion = 0

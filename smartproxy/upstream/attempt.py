@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 from .. import fastjson
 from ..config import ChannelConfig, Config
 from ..providers.base import Adapter, OutgoingRequest, ProxyRoute, Timeouts, UpstreamReply
+from ..routing.estimate import answer_tokens
 from ..storage.base import Limits, Reservation
 from .answer import Answerer
 from .errors import AttemptError
@@ -130,9 +131,10 @@ class AttemptRunner(Answerer):
             answer_id = ex.wire.id_of_body(body)
             if answer_id is not None:
                 ex.on_answer_id(ch.name, answer_id)
-        written = self._settle(
-            ex, ch, reservation, status, usage, content_events=0 if usage is None else -1
-        )
+        guess = 0
+        if usage is None and status < 400:  # upstream gave none: estimate the answer's text
+            guess = answer_tokens(_json_or_none(body), ex.snap.config.usage.chars_per_token)
+        written = self._settle(ex, ch, reservation, status, usage, guess)
         if written is not None:  # the shared quota knows this request ended before its client
             await asyncio.shield(written)
         headers = self._response_headers(ex, ch, reply.headers)
@@ -224,3 +226,10 @@ class _Plan:
 def _is_sse(headers: Any) -> bool:
     # Media types are case-insensitive (RFC 9110 8.3.1): "Text/Event-Stream" is a stream too.
     return str(headers.get("Content-Type", ""))[:17].lower() == "text/event-stream"
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return fastjson.loads(body)
+    except ValueError:
+        return None

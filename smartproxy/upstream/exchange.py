@@ -137,6 +137,6 @@ class Settler(Protocol):
         reservation: Reservation,
         status: int,
         usage: dict[str, Any] | None,
-        content_events: int,
+        completion_estimate: int,
         error: str | None = None,
     ) -> asyncio.Future[None] | None: ...
