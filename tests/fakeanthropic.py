@@ -13,7 +13,8 @@ Behaviour per request from ``script`` (consumed in order), else ``default``:
 ``tools``; a tool without input streams ``partial_json: ""`` as Anthropic does), ``fail-529`` /
 ``fail-429`` / ``fail-500`` (error body), ``error-after-N`` (stream: an ``error`` event after N
 events), ``cut-after-N`` (stream: socket closed after N events), ``error-first`` (stream: the
-first event is an ``error`` event).
+first event is an ``error`` event). ``coding``: answers and streams compressed
+(``fakeupstream.Encoder``) although the gateway asks for ``identity``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from fakeupstream import Encoder
 
 _FIELDS = {
     "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p",
@@ -59,6 +61,7 @@ class FakeAnthropic:
     usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 21, "output_tokens": 9})
     stop_reason: str | None = None  # default: end_turn, or tool_use for "tools"
     rejected: list[str] = field(default_factory=list)  # the 400 messages it answered
+    coding: str | None = None  # Content-Encoding of answers (``Encoder``); None: identity
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -87,7 +90,13 @@ class FakeAnthropic:
         blocks = self.blocks(what)
         if body.get("stream"):
             return await self.stream(request, body, blocks, what)
-        return web.json_response(self.message(body, blocks), headers={"request-id": "req_fake"})
+        headers = {"request-id": "req_fake"}
+        if self.coding is None:
+            return web.json_response(self.message(body, blocks), headers=headers)
+        encoder = Encoder(self.coding)
+        headers["Content-Encoding"] = encoder.header
+        raw = encoder.whole(json.dumps(self.message(body, blocks)).encode())
+        return web.Response(body=raw, headers=headers, content_type="application/json")
 
     # -- validation (what Anthropic refuses)
     def check(self, request: web.Request, body: dict[str, Any]) -> str | None:
@@ -191,6 +200,9 @@ class FakeAnthropic:
         self, request: web.Request, body: dict[str, Any], blocks: list[dict[str, Any]], what: str
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        encoder = Encoder(self.coding) if self.coding is not None else None
+        if encoder is not None:
+            resp.headers["Content-Encoding"] = encoder.header
         await resp.prepare(request)
         events = self.events(body, blocks)
         if what == "error-first":
@@ -202,10 +214,13 @@ class FakeAnthropic:
                 return resp
             if what.startswith("error-after-") and i == int(what[12:]):
                 break
-            await resp.write(sse(event))
+            data = sse(event)
+            await resp.write(encoder.chunk(data) if encoder is not None else data)
             await asyncio.sleep(0)
         else:
             if what != "error-first":
+                if encoder is not None:
+                    await resp.write(encoder.end())
                 await resp.write_eof()
                 return resp
         error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}

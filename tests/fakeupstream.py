@@ -8,6 +8,8 @@ scripted per channel with ``script``: a list of behaviours consumed one per requ
 ``slow``: no answer for 30 s. ``late``: stream headers at once, the first chunk after 30 s.
 ``drop``: socket closed without an answer. ``hold``: stream waits on ``release`` after chunk 1.
 ``cut-N``: socket closed after N stream chunks. ``gate-X``: waits on ``gate``, then behaves as X.
+``coding``: answers (JSON and streams) compressed although the gateway asks for ``identity``
+(``Encoder``).
 (The test server cancels a handler whose client went away, so the 30 s are never waited out.)
 """
 
@@ -15,12 +17,34 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
+
+
+class Encoder:
+    """Compresses what a fake sends, as a server that ignores ``Accept-Encoding: identity``:
+    ``gzip``, ``deflate`` (zlib-wrapped), ``raw-deflate`` (raw, sent as ``deflate``, as some
+    servers do) or any other name (gzip bytes under that name: a coding the gateway cannot read).
+    Each stream chunk is flushed, so that it can be decoded on arrival."""
+
+    def __init__(self, coding: str) -> None:
+        self.header = "deflate" if coding == "raw-deflate" else coding
+        wbits = {"deflate": zlib.MAX_WBITS, "raw-deflate": -zlib.MAX_WBITS}.get(coding, 31)
+        self._z = zlib.compressobj(wbits=wbits)
+
+    def chunk(self, data: bytes) -> bytes:
+        return self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
+
+    def end(self) -> bytes:
+        return self._z.flush()
+
+    def whole(self, data: bytes) -> bytes:
+        return self.chunk(data) + self.end()
 
 
 @dataclass
@@ -55,6 +79,8 @@ class FakeUpstream:
     sent_stream: list[bytes] = field(default_factory=list)  # exact bytes of the last stream
     stream_usage: bool = True  # False: ignore stream_options.include_usage (as some providers do)
     stream_type: str = "text/event-stream"  # the Content-Type streams are sent with
+    coding: str | None = None  # Content-Encoding of every answer (``Encoder``); None: identity
+    sent_body: bytes = b""  # exact bytes of the last JSON answer
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -103,7 +129,7 @@ class FakeUpstream:
         if what.startswith("fail-"):
             status = int(what[5:8])
             headers = {"Retry-After": self.retry_after} if status == 429 else {}
-            return web.json_response(
+            return self._json(
                 {
                     "error": {
                         "message": f"{self.name} says {status}",
@@ -124,7 +150,7 @@ class FakeUpstream:
         if body.get("stream"):
             return await self._stream(request, body, what)
         if request.path.endswith("/embeddings"):
-            return web.json_response(
+            return self._json(
                 {
                     "object": "list",
                     "model": body["model"],
@@ -148,7 +174,21 @@ class FakeUpstream:
         }
         if self.usage is not None:
             answer["usage"] = self.usage
-        return web.json_response(answer)
+        return self._json(answer)
+
+    def _json(
+        self, obj: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        body = json.dumps(obj).encode()
+        headers = dict(headers or {})
+        if self.coding is not None:
+            encoder = Encoder(self.coding)
+            body = encoder.whole(body)
+            headers["Content-Encoding"] = encoder.header
+        self.sent_body = body
+        return web.Response(
+            body=body, status=status, headers=headers, content_type="application/json"
+        )
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], what: str
@@ -157,7 +197,14 @@ class FakeUpstream:
             (body.get("stream_options") or {}).get("include_usage")
         )
         resp = web.StreamResponse(headers={"Content-Type": self.stream_type})
+        encoder = Encoder(self.coding) if self.coding is not None else None
+        if encoder is not None:
+            resp.headers["Content-Encoding"] = encoder.header
         await resp.prepare(request)
+
+        async def write(data: bytes) -> None:
+            await resp.write(encoder.chunk(data) if encoder is not None else data)
+
         self.sent_stream = []
         cut_after = int(what[4:]) if what.startswith("cut-") else None
         if what == "late":
@@ -173,7 +220,7 @@ class FakeUpstream:
             if include_usage:
                 chunk["usage"] = None
             data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
-            await resp.write(data)
+            await write(data)
             self.sent_stream.append(data)
             if i == 0:
                 self.first_sent.set()
@@ -198,9 +245,11 @@ class FakeUpstream:
                 ).encode()
                 + b"\n\n"
             )
-            await resp.write(data)
+            await write(data)
             self.sent_stream.append(data)
-        await resp.write(b"data: [DONE]\n\n")
+        await write(b"data: [DONE]\n\n")
         self.sent_stream.append(b"data: [DONE]\n\n")
+        if encoder is not None:
+            await resp.write(encoder.end())
         await resp.write_eof()
         return resp

@@ -158,3 +158,19 @@ async def test_a_channel_serving_any_model_is_tested_with_the_first_its_upstream
     assert [(s.method, s.path) for s in up.seen] == [
         ("GET", "/v1/models"), ("POST", "/v1/chat/completions")
     ]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_compressed_answer_is_read(
+    upstream_factory: Any, gateway_factory: Any, coding: str
+) -> None:
+    """An upstream that compresses although asked for identity: usage and errors still read."""
+    fake, url = await upstream_factory(coding=coding, script=["ok", "fail-503"])
+    gw = await gateway_factory(base_config(channels=[channel("z", url, models=["m"])]))
+    c, admin = gw.client, gw.admin_headers()
+    assert (await (await c.post("/api/channels/z/test", headers=admin)).json())["ok"] is True
+    usage = {r["channel"]: r for r in (await (await c.get("/api/usage", headers=admin)).json())
+             ["channels"]}
+    assert usage["z"]["total_tokens"] == 17  # the fake's usage, read from the decoded answer
+    broken = await (await c.post("/api/channels/z/test", headers=admin)).json()
+    assert broken["status"] == 503 and "up says 503" in broken["error"]

@@ -155,6 +155,44 @@ async def test_sdk_text_stream(anthropic_factory, gateway_factory, include_usage
     assert await metric(gw, "smartproxy_tokens_total", channel="claude", kind="completion") == 9
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_compressed_answer_is_translated_from_its_decoded_bytes(
+    anthropic_factory, gateway_factory, stream
+):
+    """An upstream that ignores ``Accept-Encoding: identity``: the translation reads the
+    decoded answer, and the client gets it uncompressed (JSON or SSE of its own)."""
+    fake, gw = await start(anthropic_factory, gateway_factory, fake_kw={"coding": "gzip"})
+    sdk = gw.openai()
+    messages = [{"role": "user", "content": "Hi"}]
+    if stream:
+        chunks = [c async for c in await sdk.chat.completions.create(
+            model="gpt-4o", messages=messages, stream=True)]  # fmt: skip
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        raw = await sdk.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
+        assert "content-encoding" not in raw.headers
+        text = raw.parse().choices[0].message.content
+    assert text == "Hello from Claude."
+    row = await usage_of(gw)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (21, 9)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_in_an_unreadable_coding_cannot_be_translated(
+    anthropic_factory, gateway_factory, stream
+):
+    """``br``: nothing can be translated of it; the attempt fails (over) before the client
+    gets a byte."""
+    fake, gw = await start(anthropic_factory, gateway_factory, fake_kw={"coding": "br"},
+                           retry={"max_attempts": 1})  # fmt: skip
+    with pytest.raises(openai.APIStatusError) as info:
+        await gw.openai().chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], stream=stream
+        )
+    assert info.value.status_code == 502
+    assert "unreadable coding: br" in info.value.body["message"]
+
+
 async def test_pitfall_first_chunk_says_role_assistant(anthropic_factory, gateway_factory):
     """Portkey #1399: the first chunk must carry ``role: assistant``."""
     _, gw = await start(anthropic_factory, gateway_factory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 
 import aiohttp
 import openai
@@ -313,3 +314,105 @@ async def test_an_event_stream_the_request_did_not_ask_for_is_relayed_as_it_come
     assert rest == (
         b'data: {"n": 2, "usage": {"prompt_tokens": 1, "total_tokens": 1}}\n\ndata: [DONE]\n\n'
     )  # the usage event too: nobody asked upstream for it on the client's behalf
+
+
+# -- answers compressed although the gateway asked for Accept-Encoding: identity ------------------
+HI = [{"role": "user", "content": "hi"}]
+
+
+async def usage_row(gw, name: str = "a") -> dict:
+    await gw.gateway.drain_background()
+    resp = await gw.client.get("/api/usage", headers=gw.admin_headers())
+    return {row["channel"]: row for row in (await resp.json())["channels"]}[name]
+
+
+async def post_undecoded(gw, body: dict) -> tuple[int, str | None, bytes]:
+    """(status, Content-Encoding, the answer's bytes as they came: not decompressed)."""
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        async with s.post(
+            gw.url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {DEV_KEY}"}
+        ) as r:
+            return r.status, r.headers.get("Content-Encoding"), await r.read()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw-deflate"])
+async def test_a_compressed_answer_is_relayed_with_its_coding_and_its_usage_read(
+    upstream_factory, gateway_factory, coding
+):
+    """An upstream that ignores ``Accept-Encoding: identity``: the bytes and their
+    Content-Encoding go back unchanged (the SDK decodes them); usage is read from a copy."""
+    up, url = await upstream_factory("a", coding=coding)
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    answer = await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert answer.choices[0].message.content == "Hello from the fake upstream."
+    assert answer.usage.total_tokens == 17
+    row = await usage_row(gw)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 6)  # upstream's, not estimated
+    status, header, raw = await post_undecoded(gw, {"model": "gpt-4o-mini", "messages": HI})
+    assert (status, header, raw) == (200, "deflate" if coding == "raw-deflate" else coding,
+                                     up.sent_body)  # fmt: skip
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_compressed_stream_is_relayed_decoded_with_its_usage_chunk_stripped(
+    upstream_factory, gateway_factory, coding
+):
+    up, url = await upstream_factory("a", coding=coding)
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    stream = await gw.openai().chat.completions.create(
+        model="gpt-4o-mini", messages=HI, stream=True
+    )
+    chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content for c in chunks) == "Hello from the fake upstream."
+    assert all(c.usage is None for c in chunks)  # the usage chunk the gateway asked for: gone
+    row = await usage_row(gw)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 6)
+    body = {"model": "gpt-4o-mini", "messages": HI, "stream": True}
+    status, header, raw = await post_undecoded(gw, body)
+    assert (status, header) == (200, None)
+    assert raw == b"".join(d for d in up.sent_stream if b'"choices": []' not in d)
+
+
+async def test_an_answer_in_a_coding_the_gateway_cannot_read_is_relayed_as_it_came(
+    upstream_factory, gateway_factory
+):
+    """``br`` (or zstd): relayed unchanged with its header, streams too (unread: the usage
+    chunk stays), and usage estimated."""
+    up, url = await upstream_factory("a", coding="br")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    body = {"model": "gpt-4o-mini", "messages": HI}
+    estimate = (
+        await (await gw.client.post("/api/route", json=body, headers=gw.admin_headers())).json()
+    )["prompt_tokens_estimate"]
+    assert await post_undecoded(gw, body) == (200, "br", up.sent_body)
+    status, header, raw = await post_undecoded(gw, {**body, "stream": True})
+    assert (status, header) == (200, "br")
+    assert zlib.decompress(raw, 31) == b"".join(up.sent_stream)  # the fake's br is gzip
+    row = await usage_row(gw)
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (
+        2, 2 * estimate, 0)  # fmt: skip
+
+
+async def test_a_compressed_error_answer_is_returned_as_it_came(upstream_factory, gateway_factory):
+    up, url = await upstream_factory("a", coding="gzip", default="fail-503")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    status, header, raw = await post_undecoded(gw, {"model": "gpt-4o-mini", "messages": HI})
+    assert (status, header, raw) == (503, "gzip", up.sent_body)
+    with pytest.raises(openai.APIStatusError) as info:  # which the SDK reads
+        await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert info.value.body["message"] == "a says 503"
+
+
+async def test_a_compressed_stream_cut_short_never_ends_cleanly(upstream_factory, gateway_factory):
+    """Decoded (gzip): the SSE error event ends it. Unread (br): an event would corrupt the
+    encoded bytes, so the connection is closed and the client sees a broken body."""
+    body = {"model": "cut-3", "messages": HI, "stream": True}
+    up, url = await upstream_factory("a", coding="gzip")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    status, header, raw = await post_undecoded(gw, body)
+    assert (status, header) == (200, None)
+    assert raw.startswith(b"".join(up.sent_stream)) and b"event: error" in raw
+    up, url = await upstream_factory("b", coding="br")
+    gw = await gateway_factory(base_config(channels=[channel("b", url)]))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await post_undecoded(gw, body)

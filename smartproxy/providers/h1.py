@@ -17,7 +17,8 @@ attempt's end (``read timed out``); a connection closed before headers is ``serv
 without an answer``, and a body cut short ``connection broke mid-body (payload not completed)``.
 
 Bodies are framed by ``Transfer-Encoding: chunked``, ``Content-Length`` or the connection's end;
-``Content-Encoding`` is left alone (the gateway asks for ``identity``). A connection goes back to
+``Content-Encoding`` is left alone (the gateway asks for ``identity``; an answer compressed
+anyway is read by ``upstream.encoding``). A connection goes back to
 the pool as soon as its answer is whole, unless it said ``Connection: close``; idle ones are closed
 after ``keepalive`` seconds by one sweep for the whole pool. ``limit`` caps open connections
 (``server.max_connections``); a request waits for a free one.

@@ -24,7 +24,8 @@ from ..providers.base import Adapter, OutgoingRequest, ProxyRoute, Timeouts, Ups
 from ..routing.estimate import answer_tokens
 from ..storage.base import Limits, Reservation
 from .answer import Answerer
-from .errors import AttemptError
+from .encoding import content_coding, decoded
+from .errors import AttemptError, UpstreamConnectError
 from .exchange import AttemptLog, Exchange, Verdict
 from .headers import for_channel
 from .relay import relay_stream
@@ -92,8 +93,9 @@ class AttemptRunner(Answerer):
                 reply.close()
                 headers = CIMultiDict(reply.headers)
                 if adapter is not None:
-                    body = adapter.error(status, body)
+                    body = adapter.error(status, _plain(ex, reply.headers, body) or b"")
                     headers["Content-Type"] = JSON_TYPE
+                    headers.popall("Content-Encoding", None)
                 self._failed_http(ex, ch, health, status, reply.headers, t0)
                 if (pending := self._release(reservation)) is not None:
                     await pending
@@ -104,14 +106,21 @@ class AttemptRunner(Answerer):
                 translate = adapter.stream(include_usage=ex.client_wants_usage) if adapter else None
                 return await relay_stream(self, ex, ch, health, reservation, reply, t0, translate)
             body = await reply.read()
+            # An answer the upstream compressed anyway goes back as it came; usage is read from
+            # a decoded copy (None: a coding the gateway cannot read, usage is estimated).
+            plain = _plain(ex, reply.headers, body)
             usage = None
             if adapter is not None:
-                if status < 400:
-                    body, usage = adapter.answer(body)  # an unreadable answer: AttemptError
+                if status >= 400:
+                    body = adapter.error(status, plain or b"")
+                elif plain is None:
+                    coding = reply.headers.get("Content-Encoding")
+                    raise UpstreamConnectError(f"answer in an unreadable coding: {coding}")
                 else:
-                    body = adapter.error(status, body)
-            elif status < 400:
-                usage = ex.wire.usage_of_body(body)
+                    body, usage = adapter.answer(plain)  # an unreadable answer: AttemptError
+                plain = body
+            elif status < 400 and plain is not None:
+                usage = ex.wire.usage_of_body(plain)
         except AttemptError as exc:
             if reply is not None:
                 reply.close()
@@ -128,18 +137,19 @@ class AttemptRunner(Answerer):
         gw.metrics.observe_upstream(ch.name, status, seconds)
         health.failure() if is_breaker_failure_status(status) else health.success()
         if status < 400 and ex.on_answer_id is not None and ex.wire.id_of_body is not None:
-            answer_id = ex.wire.id_of_body(body)
+            answer_id = ex.wire.id_of_body(plain or b"")
             if answer_id is not None:
                 ex.on_answer_id(ch.name, answer_id)
         guess = 0
         if usage is None and status < 400:  # upstream gave none: estimate the answer's text
-            guess = answer_tokens(_json_or_none(body), ex.snap.config.usage.chars_per_token)
+            guess = answer_tokens(_json_or_none(plain), ex.snap.config.usage.chars_per_token)
         written = self._settle(ex, ch, reservation, status, usage, guess)
         if written is not None:  # the shared quota knows this request ended before its client
             await asyncio.shield(written)
         headers = self._response_headers(ex, ch, reply.headers)
         if adapter is not None:  # the body is the translation, JSON whatever upstream sent
             headers["Content-Type"] = JSON_TYPE
+            headers.popall("Content-Encoding", None)
         return web.Response(status=status, body=body, headers=headers)
 
     def _outgoing(
@@ -228,7 +238,17 @@ def _is_sse(headers: Any) -> bool:
     return str(headers.get("Content-Type", ""))[:17].lower() == "text/event-stream"
 
 
-def _json_or_none(body: bytes) -> Any:
+def _plain(ex: Exchange, headers: Any, body: bytes) -> bytes | None:
+    """``body`` without its content coding: itself, decoded, or None when it cannot be."""
+    coding = content_coding(headers)
+    if coding is None:
+        return body
+    return decoded(body, coding, ex.snap.config.server.max_body_bytes)
+
+
+def _json_or_none(body: bytes | None) -> Any:
+    if body is None:
+        return None
     try:
         return fastjson.loads(body)
     except ValueError:

@@ -14,7 +14,9 @@ Requests (a deny-list: everything else the client sends is forwarded, contract Â
     the operator's business, not the client's.
 
 Responses (a deny-list too; status, body and content-type are never touched):
-  - hop-by-hop headers, ``Content-Length``/``Content-Encoding`` (recomputed), ``Date``/``Server``;
+  - hop-by-hop headers, ``Content-Length`` (recomputed), ``Date``/``Server``. ``Content-Encoding``
+    passes with the bytes it describes (an upstream may compress although asked for
+    ``identity``); a stream the gateway decodes to read its events loses it (``encoding``);
   - ``Set-Cookie``/``Set-Cookie2`` (one upstream session must not reach many clients);
   - the provider account's internals: ``OpenAI-Organization``, ``OpenAI-Project``, and every
     ``x-debug-*`` / ``x-internal-*`` header;
@@ -56,7 +58,7 @@ RESPONSE_DROP = (
     HOP_BY_HOP
     | ORG_HEADERS
     | frozenset(
-        ("content-length", "content-encoding", "date", "server", "set-cookie", "set-cookie2")
+        ("content-length", "date", "server", "set-cookie", "set-cookie2")
     )
 )
 RESPONSE_DROP_PREFIXES = ("x-debug", "x-internal")

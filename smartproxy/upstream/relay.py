@@ -3,6 +3,8 @@
 ``relay_stream`` waits for the first chunk (until then a failure is invisible to the client and the
 dispatcher may fail over), then streams, drops the usage events the client did not ask for, ends a
 cut-short or broken stream with an SSE ``error`` event, and settles usage through the dispatcher.
+A stream the upstream compressed anyway is decoded first (``encoding``); one in a coding the
+gateway cannot read is relayed byte for byte, unread (a break then closes the connection).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from aiohttp import web
 from ..config import ChannelConfig
 from ..providers.base import StreamAdapter, UpstreamReply
 from ..storage.base import Reservation
+from .encoding import Inflater, content_coding, inflated, readable
 from .errors import AttemptError, UpstreamConnectError
 from .exchange import AttemptLog, Exchange, Settler, Verdict
 from .sse import EventSplitter, StreamTally
@@ -36,6 +39,15 @@ async def relay_stream(
     it and it keeps the tally; an error it raises before the response starts fails over too.
     """
     chunks = reply.iter_chunks()
+    # A stream the upstream compressed anyway: decoded as it comes and relayed decoded (its
+    # events are read); in a coding the gateway cannot read, relayed as it came, unread, its
+    # usage estimated (a translation cannot be made of it: the next channel is tried).
+    coding = content_coding(reply.headers)
+    opaque = coding is not None and not readable(coding)
+    if coding is not None and not opaque:
+        chunks = inflated(chunks, Inflater(coding, ex.snap.config.server.max_body_bytes))
+    elif opaque and translate is not None:
+        raise UpstreamConnectError(f"stream in an unreadable coding: {coding}")
     splitter = EventSplitter()
     tally = StreamTally() if translate is None else translate.tally
     # Only the usage chunk the gateway asked for goes (a stream the client did not ask for
@@ -52,9 +64,10 @@ async def relay_stream(
     if translate is not None:  # an upstream error event here still fails over (AttemptError)
         first_out = [out for event in splitter.feed(first) for out in translate.feed(event)]
     seconds_to_first = time.monotonic() - t0
-    resp = web.StreamResponse(
-        status=reply.status, headers=dispatcher._response_headers(ex, ch, reply.headers)
-    )
+    headers = dispatcher._response_headers(ex, ch, reply.headers)
+    if coding is not None and not opaque:
+        headers.popall("Content-Encoding", None)
+    resp = web.StreamResponse(status=reply.status, headers=headers)
     ex.attempts.append(AttemptLog(ch.name, reply.status, None, seconds_to_first))
     status = reply.status
     error: str | None = None
@@ -72,6 +85,10 @@ async def relay_stream(
                     pending = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
+            if opaque:
+                await resp.write(pending)
+                pending = None
+                continue
             out = []
             for event in splitter.feed(pending):
                 if translate is not None:
@@ -100,7 +117,7 @@ async def relay_stream(
             rest = b"".join(translate.feed(rest))
         if rest:
             await resp.write(rest)
-        if not tally.done and wire.ends_with_marker:
+        if not tally.done and wire.ends_with_marker and not opaque:
             # The upstream closed cleanly but never ended the stream: the answer is cut short.
             error = "upstream closed the stream before its end event"
             await resp.write(wire.error_event(error))
@@ -108,7 +125,11 @@ async def relay_stream(
     except AttemptError as exc:
         error = exc.message
         status = 502
-        await _write_quietly(resp, wire.error_event(f"upstream stream broke: {exc.message}"))
+        if opaque:  # an event would corrupt the encoded bytes: the client sees a broken body
+            if ex.request.transport is not None:
+                ex.request.transport.close()
+        else:
+            await _write_quietly(resp, wire.error_event(f"upstream stream broke: {exc.message}"))
     except (ConnectionError, asyncio.CancelledError) as exc:
         error = "client disconnected"
         status = 499

@@ -25,6 +25,7 @@ from ..providers.base import OutgoingRequest, Timeouts
 from ..routing.pricing import cost_local
 from ..state import Gateway
 from ..storage.base import RequestRecord
+from .encoding import content_coding, decoded
 from .errors import AttemptError
 from .proxyconf import proxy_route
 from .sse import usage_of_body
@@ -119,6 +120,8 @@ async def run_channel_test(gw: Gateway, ch: ChannelConfig, model: str) -> Channe
         reply = await gw.providers[ch.provider].send(ch, outgoing, timeouts)
         try:
             status, answer = reply.status, await reply.read()
+            if (coding := content_coding(reply.headers)) is not None:  # compressed anyway
+                answer = decoded(answer, coding, gw.config.server.max_body_bytes) or b""
         finally:
             reply.close()
     except AttemptError as exc:
