@@ -408,6 +408,16 @@ async def test_pitfall_whitespace_only_stop_sequences_are_refused_naming_stop(
         ("tools[0].function.examples", {"tools": [{"type": "function", "function": {
             "name": "f", "parameters": {"type": "object"}, "examples": [{}]}}]}),
         ("stream_options.chunk_size", {"stream": True, "stream_options": {"chunk_size": 9}}),
+        ("tools[0].foo", {"tools": [{"type": "function", "function": {
+            "name": "f", "parameters": {"type": "object"}}, "foo": 2}]}),
+        ("messages[1].tool_calls[0].foo", {"messages": [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "foo": 1,
+                                                  "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"}]}),
+        ("response_format.json_schema.description", {"response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "description": "A place",
+                                                   "schema": {"type": "object"}}}}),
     ],
 )  # fmt: skip
 async def test_untranslatable_field_is_a_400_naming_it(
@@ -635,6 +645,18 @@ async def test_json_schema_response_format_becomes_structured_outputs(
     )  # fmt: skip
     assert fake.seen[-1].body["output_config"] == {"format": {"type": "json_schema",
                                                               "schema": schema}}  # fmt: skip
+
+
+async def test_a_tools_cache_control_goes_on_the_anthropic_tool(anthropic_factory, gateway_factory):
+    fake, gw = await start(anthropic_factory, gateway_factory)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}},
+            "cache_control": {"type": "ephemeral"}}  # fmt: skip
+    await gw.openai().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}], tools=[tool]
+    )
+    assert fake.seen[-1].body["tools"] == [
+        {"name": "f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}
+    ]
 
 
 async def test_stream_cut_short_is_billed_for_what_it_sent(anthropic_factory, gateway_factory):

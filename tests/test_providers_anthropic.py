@@ -192,6 +192,24 @@ def test_request_translation_everything_at_once():
          "messages[0].content[0].annotations"),
         ({"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {
             "url": "https://x/y.png"}}]}]}, "messages[0].content[0].type"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}, "foo": 2}]}, "tools[0].foo"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"},
+             "foo": 1}]}]}, "messages[1].tool_calls[0].foo"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {
+            "name": "f", "arguments": "{}", "foo": 1}}]}]},
+         "messages[0].tool_calls[0].function.foo"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "custom",
+            "function": {"name": "f"}}]}]}, "messages[0].tool_calls[0].type"),
+        ({"response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "description": "A place", "schema": {"type": "object"}}}},
+         "response_format.json_schema.description"),
+        ({"response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object"}, "foo": 1}}},
+         "response_format.json_schema.foo"),
+        ({"response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object"}}, "foo": 1}}, "response_format.foo"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
     ],
 )  # fmt: skip
 def test_untranslatable_requests_name_the_field(change, param):
@@ -215,6 +233,19 @@ def test_cache_control_and_document_title_go_through():
         {"type": "document", "title": "a.pdf",
          "source": {"type": "base64", "media_type": "application/pdf", "data": "JV"}},
         {"type": "text", "text": "Summarise", "cache_control": cached}]}]  # fmt: skip
+
+
+def test_tool_cache_control_and_json_schema_name_and_strict_go_through():
+    cached = {"type": "ephemeral"}
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f"}, "cache_control": cached}],
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "place", "schema": schema, "strict": True}}}  # fmt: skip
+    out = chat_to_messages(body, model="m")
+    assert out["tools"] == [{"name": "f", "input_schema": {"type": "object", "properties": {}},
+                             "cache_control": cached}]  # fmt: skip
+    assert out["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
 
 
 def test_tool_input_given_whole_at_block_start():

@@ -20,10 +20,14 @@ is translated or refused, never dropped. What is done (and why):
 - ``response_format: json_schema`` -> ``output_config.format`` (Anthropic structured outputs);
   its ``name`` is a label OpenAI requires and Anthropic has no place for, and Anthropic always
   holds the answer to the schema (what ``strict: true`` asks; ``strict: false`` asks for less).
-  ``json_object`` has no counterpart (Anthropic needs the schema) and is refused.
+  Its ``description`` (which tells the model what the answer is for) has no place there and is
+  refused, as is any other key. ``json_object`` has no counterpart (Anthropic needs the schema)
+  and is refused.
+- tools: ``cache_control`` beside ``function`` goes on the Anthropic tool (prompt caching, as on
+  content parts); any other key of a tool, of its ``function``, or of an assistant's tool call
+  (beside ``id``, ``type``, ``function.name``/``arguments``) is refused.
 - ``stream_options``: ``include_usage`` is honoured; ``include_obfuscation`` is OpenAI's padding of
-  stream events, which Anthropic does not add; any other key is refused, as are unknown keys of a
-  tool's ``function``.
+  stream events, which Anthropic does not add; any other key is refused.
 - ``n: 1``, ``logprobs: false``, zero penalties and other values that mean "the default" pass.
 """
 
@@ -72,7 +76,12 @@ _PART_KEYS = {
 }
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _STREAM_OPTIONS = frozenset({"include_usage", "include_obfuscation"})
+_TOOL_KEYS = frozenset({"type", "function", "cache_control"})
 _FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
+_TOOL_CALL_KEYS = frozenset({"id", "type", "function"})
+_CALL_FUNCTION_KEYS = frozenset({"name", "arguments"})
+_RESPONSE_FORMAT_KEYS = frozenset({"type", "json_schema"})
+_JSON_SCHEMA_KEYS = frozenset({"name", "schema", "strict"})
 _IMAGE_KEYS = frozenset({"url", "detail"})
 
 
@@ -148,10 +157,16 @@ def _output_format(spec: Any) -> dict[str, Any] | None:
     if spec is None or spec == {"type": "text"}:
         return None
     kind = spec.get("type") if isinstance(spec, dict) else None
-    schema = (spec.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
-    if not isinstance(schema, dict):
+    json_schema = spec.get("json_schema") if kind == "json_schema" else None
+    schema = json_schema.get("schema") if isinstance(json_schema, dict) else None
+    if not isinstance(json_schema, dict) or not isinstance(schema, dict):
         why = "only json_schema (with its schema) or text can be translated"
         raise refuse("response_format", f"{why}, not {kind!r}" if kind else why)
+    for key in spec.keys() - _RESPONSE_FORMAT_KEYS:
+        raise refuse(f"response_format.{key}", "Anthropic structured outputs have no such field")
+    for key in json_schema.keys() - _JSON_SCHEMA_KEYS:
+        raise refuse(f"response_format.json_schema.{key}",
+                     "Anthropic structured outputs take only the schema")  # fmt: skip
     return {"type": "json_schema", "schema": schema}
 
 
@@ -160,6 +175,8 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     where = f"tools[{i}]"
     if not isinstance(tool, dict) or tool.get("type", "function") != "function":
         raise refuse(f"{where}.type", "only function tools can be translated")
+    for key in tool.keys() - _TOOL_KEYS:
+        raise refuse(f"{where}.{key}", "Anthropic tools have no such field")
     fn = tool.get("function")
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise refuse(f"{where}.function", "must be an object with a name")
@@ -174,6 +191,8 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     )
     if fn.get("strict") is not None:
         out["strict"] = bool(fn["strict"])
+    if tool.get("cache_control") is not None:  # a prompt caching breakpoint, as on parts
+        out["cache_control"] = tool["cache_control"]
     return out
 
 
@@ -330,6 +349,12 @@ def _tool_use(call: Any, where: str) -> dict[str, Any]:
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not call.get("id"):
         raise refuse(where, "a tool call needs an id and a function name")
+    if call.get("type", "function") != "function":
+        raise refuse(f"{where}.type", "only function tool calls can be translated")
+    for key in call.keys() - _TOOL_CALL_KEYS:
+        raise refuse(f"{where}.{key}", "Anthropic tool calls have no such field")
+    for key in fn.keys() - _CALL_FUNCTION_KEYS:
+        raise refuse(f"{where}.function.{key}", "Anthropic tool calls have no such field")
     args = fn.get("arguments") or "{}"
     try:
         parsed = json.loads(args) if isinstance(args, str) else args
