@@ -12,9 +12,10 @@ Behaviour per request from ``script`` (consumed in order), else ``default``:
 ``text`` (answer ``text_parts``), ``tools`` (a text block, then a ``tool_use`` block per entry of
 ``tools``; a tool without input streams ``partial_json: ""`` as Anthropic does), ``fail-529`` /
 ``fail-429`` / ``fail-500`` (error body), ``error-after-N`` (stream: an ``error`` event after N
-events), ``cut-after-N`` (stream: socket closed after N events), ``error-first`` (stream: the
-first event is an ``error`` event). ``coding``: answers and streams compressed
-(``fakeupstream.Encoder``) although the gateway asks for ``identity``.
+events), ``cut-after-N`` (stream: socket closed after N events), ``stop-after-N`` (stream: closed
+cleanly after N events, no end event), ``error-first`` (stream: the first event is an ``error``
+event). ``coding``: answers and streams compressed (``fakeupstream.Encoder``) although the gateway
+asks for ``identity``.
 """
 
 from __future__ import annotations
@@ -214,6 +215,11 @@ class FakeAnthropic:
                 return resp
             if what.startswith("error-after-") and i == int(what[12:]):
                 break
+            if what.startswith("stop-after-") and i == int(what[11:]):
+                if encoder is not None:
+                    await resp.write(encoder.end())
+                await resp.write_eof()
+                return resp
             data = sse(event)
             await resp.write(encoder.chunk(data) if encoder is not None else data)
             await asyncio.sleep(0)

@@ -32,6 +32,7 @@ class FakeResponses:
         }
     )
     cut_after: int | None = None  # stream: drop the connection after N events
+    error_after: int | None = None  # stream: an ``error`` event after N events, then a clean close
     sent_stream: bytes = b""
 
     def app(self) -> web.Application:
@@ -99,6 +100,14 @@ class FakeResponses:
                 self.sent_stream = sent
                 assert request.transport is not None
                 request.transport.close()
+                return resp
+            if self.error_after is not None and i == self.error_after:
+                error = {"type": "error", "code": "server_error", "param": None,
+                         "message": "The server had an error.", "sequence_number": i}  # fmt: skip
+                chunk = f"event: error\ndata: {json.dumps(error)}\n\n".encode()
+                self.sent_stream = sent + chunk
+                await resp.write(chunk)
+                await resp.write_eof()
                 return resp
             chunk = f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
             sent += chunk

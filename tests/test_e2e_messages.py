@@ -108,6 +108,37 @@ async def test_messages_stream_to_an_anthropic_channel_is_byte_identical(
     assert usage["prompt_tokens"] == 2 * 21 and usage["completion_tokens"] == 2 * 9
 
 
+@pytest.mark.parametrize("what", ["error-after-3", "stop-after-3"])
+async def test_messages_stream_ended_by_the_upstreams_error_event_gets_no_second_one(
+    anthropic_factory: Any, gateway_factory: Any, what: str
+) -> None:
+    """An ``error`` event is the stream's last word: relayed as is, nothing added after it, and
+    the attempt counts as failed (here: the breaker opens). A clean close without any end
+    event still gets the gateway's own error event."""
+    fake, url = await anthropic_factory()
+    gw = await gateway_factory(base_config(
+        channels=[ant_channel(url)], circuit_breaker={"fail_max": 1, "reset_timeout": 60}))  # fmt: skip
+    fake.script = [what]
+    body = {"model": "claude-x", "max_tokens": 64, "stream": True,
+            "messages": [{"role": "user", "content": "Hi"}]}  # fmt: skip
+    async with gw.client.post("/v1/messages", json=body, headers={"x-api-key": DEV_KEY}) as r:
+        assert r.status == 200
+        relayed = await r.read()
+    sent = b"".join(sse(e) for e in fake.events(fake.seen[0].body, fake.blocks("text"))[:3])
+    assert relayed.startswith(sent)
+    tail = [e for e in relayed[len(sent) :].split(b"\n\n") if e]
+    assert len(tail) == 1 and tail[0].startswith(b"event: error\ndata: ")
+    error = json.loads(tail[0].split(b"data: ", 1)[1])["error"]
+    if what.startswith("error"):
+        assert error == {"type": "overloaded_error", "message": "Overloaded"}  # the upstream's
+        rows = await gw.gateway.store.query(None, None, "endpoint")
+        assert rows[0]["requests"] == 1 and rows[0]["errors"] == 1  # settled as a broken stream
+    else:
+        assert error["message"] == "upstream closed the stream before its end event"
+    health = await (await gw.client.get("/health")).json()
+    assert [c["circuit"] for c in health["channels"]] == ["open"]
+
+
 # ----------------------------------------------------------------------------- openai channel
 async def test_messages_to_an_openai_channel_tool_round_trip(
     serve: Any, gateway_factory: Any

@@ -128,6 +128,23 @@ async def test_a_stream_cut_early_ends_with_an_error_event_and_is_billed_as_esti
     assert rows[0]["endpoint"] == "/v1/responses" and rows[0]["errors"] == 1
 
 
+async def test_a_stream_ended_by_the_upstreams_error_event_gets_no_second_one(
+    responses_upstream: Start, gateway_factory: Any
+) -> None:
+    fake, url = await responses_upstream("a", error_after=6)
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    async with gw.client.post(
+        "/v1/responses",
+        json={"model": "m1", "input": "hi", "stream": True},
+        headers={"Authorization": f"Bearer {DEV_KEY}"},
+    ) as r:
+        body = await r.read()
+    assert body == fake.sent_stream  # ends with the upstream's error event, nothing added
+    assert body.endswith(b'"sequence_number": 6}\n\n') and body.count(b"event: error") == 1
+    rows = await gw.gateway.store.query(None, None, "endpoint")
+    assert rows[0]["requests"] == 1 and rows[0]["errors"] == 1  # still a failed attempt
+
+
 async def test_previous_response_id_sticks_to_its_channel_when_another_is_cheaper(
     responses_upstream: Start, gateway_factory: Any
 ) -> None:

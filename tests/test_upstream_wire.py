@@ -92,6 +92,22 @@ def test_anthropic_stream_usage_is_merged_and_cumulative() -> None:
     assert tally.usage is not None and tokens_of(tally.usage) == (125, 15)
 
 
+def test_an_upstream_error_event_ends_the_stream_and_says_why() -> None:
+    tally = StreamTally()
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    ANTHROPIC.inspect(ev("error", error), tally)
+    assert tally.done and tally.error == "overloaded_error: Overloaded"
+    error = {"type": "error", "code": "server_error", "message": "Boom", "param": None,
+             "sequence_number": 3}  # fmt: skip
+    for name in ("error", None):  # with or without its ``event:`` line
+        tally = StreamTally()
+        RESPONSES.inspect(ev(name, error), tally)
+        assert tally.done and tally.error == "server_error: Boom"
+    tally = StreamTally()  # a chat stream has no error event: it ends at [DONE] only
+    CHAT.inspect(ev(None, {"error": {"message": "Boom"}}), tally)
+    assert not tally.done and tally.error is None
+
+
 def test_error_events_per_shape() -> None:
     anthropic = json.loads(ANTHROPIC.error_event("cut").split(b"data: ", 1)[1])
     assert anthropic == {"type": "error", "error": {"type": "api_error", "message": "cut"}}

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from ..upstream.errors import UpstreamConnectError
-from ..upstream.sse import StreamTally, event_data
+from ..upstream.sse import StreamTally, event_data, stream_error_text
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -180,9 +180,7 @@ class MessagesStreamToChat:
                 return [self._usage_chunk(), _DONE]
             return [_DONE]
         if kind == "error":
-            err = obj.get("error") or {}
-            why = f"{err.get('type', 'error')}: {err.get('message', '')}".rstrip(": ")
-            raise UpstreamStreamError(why)
+            raise UpstreamStreamError(stream_error_text(obj))
         return []  # ping, and event types this translation has no use for
 
     # -- events

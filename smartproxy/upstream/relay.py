@@ -5,6 +5,8 @@ dispatcher may fail over), then streams, drops the usage events the client did n
 cut-short or broken stream with an SSE ``error`` event, and settles usage through the dispatcher.
 A stream the upstream compressed anyway is decoded first (``encoding``); one in a coding the
 gateway cannot read is relayed byte for byte, unread (a break then closes the connection).
+A stream the upstream ended with its own ``error`` event gets no second one, but is settled as a
+failure like a broken stream (status 502, the upstream's message).
 """
 
 from __future__ import annotations
@@ -107,8 +109,10 @@ async def relay_stream(
                     # that starts its next request the moment it reads the end, through
                     # another process, finds this reservation gone (``Settler._settle``).
                     settled = True
+                    if tally.error is not None:  # the upstream's own error event: a failure
+                        status, error = 502, tally.error
                     written = _finish_stream(dispatcher, ex, ch, health, reservation, tally,
-                                             status, None, t0)
+                                             status, error, t0)
                     if written is not None:
                         await asyncio.shield(written)
                 await resp.write(b"".join(out))

@@ -55,6 +55,7 @@ class StreamTally:
     content_events: int = 0
     done: bool = False
     response_id: str | None = None  # a Responses stream's id (from ``response.created``)
+    error: str | None = None  # the stream ended with the upstream's own ``error`` event
 
 
 def event_data(event: bytes) -> bytes:
@@ -101,6 +102,16 @@ def usage_of_body(body: bytes) -> dict[str, Any] | None:
         return None
     usage = obj.get("usage") if isinstance(obj, dict) else None
     return usage if isinstance(usage, dict) else None
+
+
+def stream_error_text(obj: dict[str, Any] | None) -> str:
+    """``kind: message`` of an upstream stream ``error`` event: Anthropic's ``{"error": {"type",
+    "message"}}`` or the Responses API's ``{"code", "message"}`` (at the top or in ``error``)."""
+    err = obj.get("error") if obj is not None else None
+    if not isinstance(err, dict):
+        err = obj or {}
+    kind = err.get("code") or err.get("type") or "error"
+    return f"{kind}: {err.get('message') or ''}".rstrip(": ")
 
 
 def error_event(message: str, code: str = "upstream_stream_error") -> bytes:

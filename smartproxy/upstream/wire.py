@@ -10,6 +10,10 @@ stream error is worded.
                 ``message_delta`` usage; ``message_stop`` ends the stream
     UNMETERED   answers that carry no new tokens (``GET /v1/responses/{id}``): nothing is charged
 
+An ``error`` event also ends a Responses or Anthropic stream (both APIs' last word on a failure):
+the relay adds no error event of its own after it, and counts the attempt as failed. A chat
+stream has no such event (a ``data: {"error": ...}`` chunk is not its end).
+
 ``tokens_of`` reads either family of usage names (``prompt_tokens``/``completion_tokens`` or
 ``input_tokens``/``output_tokens`` plus Anthropic's cache tokens, which its ``input_tokens`` leave
 out). Each function is pure over bytes and dicts.
@@ -23,7 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import fastjson
-from .sse import StreamTally, error_event, event_data, inspect_event, usage_of_body
+from .sse import (
+    StreamTally,
+    error_event,
+    event_data,
+    inspect_event,
+    stream_error_text,
+    usage_of_body,
+)
 
 Inspect = Callable[[bytes, StreamTally], bool]
 
@@ -93,7 +104,7 @@ def inspect_responses_event(event: bytes, tally: StreamTally) -> bool:
         return False
     name = event_name(event)
     if name is None:  # no ``event:`` line: the type is in the payload
-        obj = _loads(data) if b'"response.' in data else None
+        obj = _loads(data) if b'"response.' in data or b'"error"' in data else None
         name = str(obj.get("type", "")).encode() if obj else b""
     if name.endswith(b".delta"):
         tally.content_events += 1
@@ -109,6 +120,9 @@ def inspect_responses_event(event: bytes, tally: StreamTally) -> bool:
         usage = response.get("usage") if isinstance(response, dict) else None
         if isinstance(usage, dict):
             tally.usage = usage
+    elif name == b"error":
+        tally.done = True
+        tally.error = stream_error_text(_loads(data))
     return False
 
 
@@ -129,7 +143,8 @@ def responses_error_event(message: str) -> bytes:
 # ----------------------------------------------------------------------------- Anthropic
 def inspect_anthropic_event(event: bytes, tally: StreamTally) -> bool:
     """Anthropic stream: usage of ``message_start`` updated by each ``message_delta`` (whose
-    counts are cumulative); ``message_stop`` ends it; each ``content_block_delta`` is content."""
+    counts are cumulative); ``message_stop`` or ``error`` ends it; each ``content_block_delta``
+    is content."""
     name = event_name(event)
     if name == b"content_block_delta":
         tally.content_events += 1
@@ -145,6 +160,9 @@ def inspect_anthropic_event(event: bytes, tally: StreamTally) -> bool:
             tally.usage = merged
     elif name == b"message_stop":
         tally.done = True
+    elif name == b"error":
+        tally.done = True
+        tally.error = stream_error_text(_loads(event_data(event)))
     return False
 
 
