@@ -10,6 +10,8 @@
         ├── NotFound                404  unknown model / route / object
         ├── Conflict                409  admin change that would break references
         ├── PayloadTooLarge         413  request body above ``server.max_body_mb`` (admin: 1 MiB)
+        ├── RequestLineTooLong      414  malformed HTTP: the request line is over the server's limit
+        ├── HeadersTooLarge         431  malformed HTTP: a header line, or their number, over it
         ├── RateLimited             429  token bucket empty (carries Retry-After)
         │   └── QuotaExceeded       429  the key's daily budget is spent (``insufficient_quota``)
         ├── NoChannelAvailable      503  no candidate channel could be tried
@@ -132,6 +134,18 @@ class PayloadTooLarge(GatewayError):
     status = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RequestLineTooLong(GatewayError):
+    status = 414
+    error_type = "invalid_request_error"
+    code = "uri_too_long"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    error_type = "invalid_request_error"
+    code = "request_header_fields_too_large"
 
 
 class RateLimited(GatewayError):

@@ -19,7 +19,12 @@ authenticates before reading the body.
 
 One watchdog timer per connection, re-armed lazily (never per chunk received). Malformed HTTP
 (a bad request line, oversized headers, TLS sent to the plain port...) is logged as one WARNING
-line without traceback, at most ``MALFORMED_LOG_BURST`` per minute (then a count of the rest).
+line without traceback, at most ``MALFORMED_LOG_BURST`` per minute (then a count of the rest),
+and answered like every error the gateway makes (contract §3): JSON, OpenAI-shaped, or
+Anthropic-shaped when the request line names ``/v1/messages``; 431 for header lines over
+``max_field_size`` or more than ``max_headers`` headers, 414 for a request line over
+``max_line_size``, 400 for the rest; never echoing the client's bytes, and closing the connection.
+A handler's unforeseen exception (500) is answered the same way.
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
+from .api.proxy import ANTHROPIC_PREFIX
 from .config import ServerConfig
+from .errors import BadRequest, GatewayError, HeadersTooLarge, RequestLineTooLong
 
 log = logging.getLogger("smartproxy.server")
 
@@ -91,6 +99,9 @@ class GuardedConnection(RequestHandler):
         self._head_start: float | None = None  # first byte of the next request's headers
         self._last_data = 0.0
         self._watch: asyncio.TimerHandle | None = None
+        # The first bytes of the next request (a reference, no copy): should its head turn out
+        # malformed, its request line says which shape the error takes.
+        self._head: bytes | None = None
 
     # -- connection events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -110,13 +121,17 @@ class GuardedConnection(RequestHandler):
         self._last_data = now
         if self._head_start is None and not self._request_in_progress:
             self._head_start = now
+            self._head = data
         super().data_received(data)
 
     async def _handle_request(self, request: Any, start_time: Any, handler: Any) -> Any:
         self._head_start = None
+        if handler is self._request_handler:  # parsed: only a malformed head needs its bytes
+            self._head = None
         try:
             return await super()._handle_request(request, start_time, handler)
         finally:
+            self._head = None
             self._served += 1
             self._idle_since = self._loop.time()
 
@@ -170,6 +185,65 @@ class GuardedConnection(RequestHandler):
                 )
             return
         super().log_exception(*args, **kw)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's answer to a malformed request or a handler's exception is plain text that
+        quotes the offending bytes: the gateway's JSON error instead (the module docstring)."""
+        super().handle_error(request, status, exc, message)  # logs; raises if already answering
+        if isinstance(exc, HttpProcessingError):
+            error = self._malformed(exc)
+            line = _request_line(self._head)
+            anthropic = line is not None and _target_path(line).startswith(_ANTHROPIC_PATH)
+        else:
+            error = GatewayError("internal error (logged by the gateway)", code="internal_error")
+            error.status = status  # 500, or 504: a handler's own timeout
+            anthropic = request.path.startswith(ANTHROPIC_PREFIX)
+        resp = error.to_response(anthropic=anthropic)
+        resp.force_close()
+        return resp
+
+    def _malformed(self, exc: HttpProcessingError) -> GatewayError:
+        """The error a parse error is answered with (its message names no client bytes)."""
+        if isinstance(exc, LineTooLong) or (exc.message or "").startswith("Too many headers"):
+            line = _request_line(self._head)
+            if (
+                isinstance(exc, LineTooLong)
+                and self._head is not None  # else unknown (pipelined): said to be a header
+                and (line is None or len(line) > self.max_line_size)
+            ):
+                return RequestLineTooLong(
+                    f"request line too long (at most {self.max_line_size} bytes)"
+                )
+            return HeadersTooLarge(
+                f"request header fields too large (at most {self.max_headers} header lines "
+                f"of {self.max_field_size} bytes each)"
+            )
+        return BadRequest("malformed HTTP request", code="malformed_request")
+
+
+_ANTHROPIC_PATH = ANTHROPIC_PREFIX.encode()
+
+
+def _request_line(head: bytes | None) -> bytes | None:
+    """The complete request line at the start of ``head``, or None."""
+    if head is None:
+        return None
+    line, crlf, _ = head.partition(b"\r\n")
+    return line if crlf else None
+
+
+def _target_path(line: bytes) -> bytes:
+    """The path of a request line's target (b"" if the line is no ``METHOD TARGET VERSION``)."""
+    parts = line.split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        return b""
+    return parts[1].partition(b"?")[0]
 
 
 def _first_line(text: str) -> str:

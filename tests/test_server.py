@@ -158,6 +158,87 @@ async def test_malformed_requests_log_one_line_each_without_traceback(
     MALFORMED.__init__(burst=10)  # type: ignore[misc]
 
 
+async def raw_exchange(port: int, data: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send ``data`` on a new connection; the answer's status line, headers and body, read
+    until the server closes the connection (5 s: the test fails)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    async with asyncio.timeout(5):
+        answer = await reader.read()  # to EOF: the connection is closed after the answer
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return status.encode(), headers, body
+
+
+LONG = b"a" * 9000  # over aiohttp's 8190-byte line limit
+
+
+@pytest.mark.parametrize(
+    ("path", "head", "status", "code"),
+    [
+        ("/v1/chat/completions", b"X-Big: " + LONG + b"\r\n", 431,
+         "request_header_fields_too_large"),
+        ("/v1/messages", b"X-Big: " + LONG + b"\r\n", 431, "request_header_fields_too_large"),
+        ("/v1/models", b"".join(b"X-%d: 1\r\n" % i for i in range(200)), 431,
+         "request_header_fields_too_large"),
+        ("/v1/chat/completions?q=" + LONG.decode(), b"", 414, "uri_too_long"),
+        ("/v1/chat/completions", b"Content-Length: aaaa\r\n", 400, "malformed_request"),
+        ("/v1/messages", b"Bad Header aaaa\r\n", 400, "malformed_request"),
+    ],
+    ids=["big-header", "big-header-messages", "many-headers", "long-line",
+         "bad-length", "bad-header-messages"],
+)  # fmt: skip
+async def test_malformed_requests_get_the_gateways_json_error_and_a_closed_connection(
+    serve: Serve, path: str, head: bytes, status: int, code: str
+) -> None:
+    """aiohttp answered these ``HTTP/1.0 400`` in plain text quoting 100 bytes of the offending
+    line (audit finding); the gateway's own errors are JSON (contract §3), Anthropic-shaped on
+    /v1/messages when the request line could be read."""
+    port = await serve(hello_app())
+    request = f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode() + head + b"\r\n"
+    line, headers, body = await raw_exchange(port, request)  # read to EOF: closed
+    assert line.split(b" ")[1] == str(status).encode()
+    assert headers["content-type"].startswith("application/json")
+    assert b"aaaa" not in body
+    doc = json.loads(body)
+    if path.startswith("/v1/messages"):
+        assert doc["type"] == "error" and doc["error"]["type"] == "invalid_request_error"
+    else:
+        assert set(doc["error"]) == {"message", "type", "code", "param"}
+        assert doc["error"]["code"] == code and doc["error"]["type"] == "invalid_request_error"
+    assert doc["error"]["message"]
+
+
+async def test_tls_sent_to_the_plain_port_and_garbage_get_a_json_400(serve: Serve) -> None:
+    port = await serve(hello_app())
+    for garbage in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + LONG, b"\x00\x01\r\n\r\n"):
+        line, headers, body = await raw_exchange(port, garbage)
+        assert line.split(b" ")[1] == b"400"
+        assert json.loads(body)["error"]["code"] == "malformed_request"
+
+
+async def test_a_handlers_unforeseen_exception_is_a_json_500(serve: Serve) -> None:
+    async def broken(request: web.Request) -> web.Response:
+        raise ValueError("nobody foresaw this")
+
+    app = web.Application()
+    app.router.add_get("/v1/messages", broken)
+    app.router.add_get("/v1/models", broken)
+    port = await serve(app)
+    _, _, body = await raw_exchange(port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("server_error", "internal_error")
+    assert "nobody" not in error["message"]
+    line, _, body = await raw_exchange(port, b"GET /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert line.split(b" ")[1] == b"500"
+    assert json.loads(body) == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "internal error (logged by the gateway)"},
+    }
+
+
 def test_timeouts_come_from_the_server_section() -> None:
     config = parse_config(
         {"server": {"client_header_timeout": 5, "client_body_timeout": 7, "keepalive_timeout": 9,
