@@ -16,13 +16,14 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, find_config, load_config, parse_listen
-from .errors import ConfigError
-from .serving import check_files, config_mtime, serve
+from .errors import CannotListen, ConfigError
+from .serving import check_files, check_listen, config_mtime, serve
 
 if TYPE_CHECKING:
     pass
@@ -204,12 +205,18 @@ def run(path: str | None, listen: str | None, workers: int) -> int:
               "times the quota through.", file=sys.stderr)
         return 2
     raise_open_file_limit(workers)
-    if workers > 1:
-        return _run_workers(path, config, workers)
-    return _serve_process(path, config, reuse_port=False)
+    try:
+        if workers > 1:
+            check_listen(config)  # once here, not once per worker
+            return _run_workers(path, config, workers)
+        return _serve_process(path, config, reuse_port=False)
+    except CannotListen as exc:
+        print(f"smartproxy: {exc}", file=sys.stderr)
+        return 1
 
 
 RESTART_PAUSE = 1.0  # seconds between restarts of a worker that keeps dying at once
+WORKER_CANNOT_LISTEN = 3  # a worker's exit code: its port could not be bound; no restart helps
 
 
 def _run_workers(path: str | None, config: Config, workers: int) -> int:
@@ -248,6 +255,9 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
                 code = _serve_process(path, config, reuse_port=True, jwt_secret=secret,
                                       announce=index == 0, loaded=loaded,
                                       peers=None if peers_dir is None else (peers_dir, index))
+            except CannotListen as exc:  # taken since the parent's check_listen
+                print(f"smartproxy: worker {index}: {exc}", file=sys.stderr)
+                code = WORKER_CANNOT_LISTEN
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 0
             finally:
@@ -269,16 +279,20 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     try:
-        return _supervise(children, spawn, lambda: stopping)
+        return _supervise(children, spawn, lambda: stopping, partial(forward, signal.SIGTERM, None))
     finally:
         if peers_dir is not None:
             shutil.rmtree(peers_dir, ignore_errors=True)
 
 
 def _supervise(
-    children: dict[int, int], spawn: Callable[[int], int], stopping: Callable[[], bool]
+    children: dict[int, int],
+    spawn: Callable[[int], int],
+    stopping: Callable[[], bool],
+    stop: Callable[[], None],
 ) -> int:
-    """Wait for the workers; restart one that dies unless the gateway is stopping."""
+    """Wait for the workers; restart one that dies unless the gateway is stopping. A worker
+    that could not bind its port stops the gateway (exit code 1): the others are told to stop."""
     code = 0
     last_restart = 0.0
     while children:
@@ -290,6 +304,11 @@ def _supervise(
         if index is None:
             continue
         exit_code = os.waitstatus_to_exitcode(status)
+        if exit_code == WORKER_CANNOT_LISTEN:
+            code = 1
+            if not stopping():
+                stop()
+            continue
         if stopping():
             code = code or exit_code
             continue

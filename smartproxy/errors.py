@@ -2,6 +2,7 @@
 
     SmartProxyError
     ├── ConfigError                 a config (file, SIGHUP, admin POST) is refused whole
+    ├── CannotListen                start-up: an address to serve on cannot be bound
     └── GatewayError                answered to a client: ``{"error": {message, type, code, param}}``
         ├── BadRequest              400  bad JSON, no model, bad field
         │   └── Untranslatable      400  a field the channel's API shape cannot express
@@ -46,6 +47,10 @@ class ConfigError(SmartProxyError):
 
     def __str__(self) -> str:
         return "\n".join(self.problems)
+
+
+class CannotListen(SmartProxyError):
+    """An address to serve on cannot be bound (taken, not local, not allowed): names it and why."""
 
 
 class GatewayError(SmartProxyError):

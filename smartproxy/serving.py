@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import ssl
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import Config, parse_listen
-from .errors import ConfigError
+from .errors import CannotListen, ConfigError
 from .gcpolicy import CyclePolicy
 from .metrics_merge import SOCKET_NAME
 
@@ -80,36 +81,37 @@ async def serve(
     await runner.setup()
     runners: list[web.BaseRunner] = [runner]
     ssl_ctx = _ssl_context(config)
-    sites: list[web.BaseSite] = [web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_ctx,
-                         reuse_port=reuse_port or None, backlog=4096)]
-    if config.monitor.enable and config.monitor.prometheus_listen:
-        mhost, mport = parse_listen(config.monitor.prometheus_listen)
-        if (mhost, mport) != (config.server.host, config.server.port):
-            # /metrics only: the samples put it on 0.0.0.0, the proxy and admin API stay on
-            # server.listen.
-            monitor = web.AppRunner(create_monitor_app(gw), handle_signals=False, access_log=None)
-            await monitor.setup()
-            runners.append(monitor)
-            sites.append(web.TCPSite(monitor, mhost, mport, reuse_port=reuse_port or None))
+    main, *more = listen_addresses(config)
+    sites: list[tuple[web.BaseSite, Listen]] = [
+        (web.TCPSite(runner, main.host, main.port, ssl_context=ssl_ctx,
+                     reuse_port=reuse_port or None, backlog=4096), main)
+    ]
+    for extra in more:  # monitor.prometheus_listen: /metrics only (the samples put it on
+        # 0.0.0.0; the proxy and admin API stay on server.listen)
+        monitor = web.AppRunner(create_monitor_app(gw), handle_signals=False, access_log=None)
+        await monitor.setup()
+        runners.append(monitor)
+        sites.append((web.TCPSite(monitor, extra.host, extra.port, reuse_port=reuse_port or None),
+                      extra))
     if peers is not None:
         gw.peers_dir, index = peers
         gw.peer_socket = os.path.join(gw.peers_dir, SOCKET_NAME.format(index))
         with contextlib.suppress(FileNotFoundError):  # left by the worker this one replaces
             os.unlink(gw.peer_socket)
-        sites.append(web.UnixSite(runner, gw.peer_socket))
-    try:
-        for site in sites:
+        peer = Listen("workers' metrics socket", "unix", 0, path=gw.peer_socket)
+        sites.append((web.UnixSite(runner, gw.peer_socket), peer))
+    for site, where in sites:
+        try:
             await site.start()
-    except OSError:  # e.g. the port is taken: release the session and store before failing
-        for r in reversed(runners):
-            await r.cleanup()
-        raise
+        except OSError as exc:  # e.g. the port is taken: release the session and store first
+            for r in reversed(runners):
+                await r.cleanup()
+            raise CannotListen(where.refusal(exc)) from exc
     cycles = CyclePolicy(lambda: gw.metrics.in_flight_now)
     cycles.start()
     collector = asyncio.ensure_future(cycles.run())
-    scheme = "https" if ssl_ctx else "http"
-    log.info("SmartProxy %s serving on %s://%s:%d (config: %s)", __version__, scheme,
-             config.server.host, config.server.port, path or "built-in default")
+    log.info("SmartProxy %s serving on %s (config: %s)", __version__, main.url(),
+             path or "built-in default")
     if announce and gw.jwt_secret and not config.security.jwt.secret:
         announce_admin_token(config, gw.jwt_secret)
 
@@ -127,10 +129,62 @@ async def serve(
         cycles.stop()
         log.info("shutting down: draining in-flight requests (up to %ss)",
                  config.server.shutdown_timeout)
-        await drain(gw, sites, config.server.shutdown_timeout)
+        await drain(gw, [site for site, _ in sites], config.server.shutdown_timeout)
         for r in reversed(runners):
             await cleanup_or_give_up(r, CUT_AFTER_DRAIN + SHUTDOWN_GRACE, hard_exit=hard_exit)
         log.info("stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """An address ``serve`` binds, and the config key it comes from (named when it cannot)."""
+
+    key: str
+    host: str
+    port: int
+    tls: bool = False
+    path: str | None = None  # a Unix socket
+
+    def url(self) -> str:
+        if self.path is not None:
+            return self.path
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    def refusal(self, exc: OSError) -> str:
+        """``cannot listen on URL (key): why``: one line, not the OSError's traceback."""
+        why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+        return f"cannot listen on {self.url()} ({self.key}): {why}"
+
+
+def listen_addresses(config: Config) -> list[Listen]:
+    """The TCP addresses ``serve`` binds: ``server.listen`` (or ``--listen``), then
+    ``monitor.prometheus_listen`` when it is another address."""
+    server = config.server
+    found = [Listen("server.listen", server.host, server.port, tls=server.enable_https)]
+    if config.monitor.enable and config.monitor.prometheus_listen:
+        mhost, mport = parse_listen(config.monitor.prometheus_listen)
+        if (mhost, mport) != (server.host, server.port):
+            found.append(Listen("monitor.prometheus_listen", mhost, mport))
+    return found
+
+
+def check_listen(config: Config) -> None:
+    """CannotListen if an address ``serve`` would bind with SO_REUSEPORT cannot be bound now:
+    ``--workers N`` asks once before starting N processes that would each fail alike."""
+
+    async def probe() -> None:
+        loop = asyncio.get_running_loop()
+        for where in listen_addresses(config):
+            try:
+                server = await loop.create_server(asyncio.Protocol, where.host, where.port,
+                                                  reuse_port=True)
+            except OSError as exc:
+                raise CannotListen(where.refusal(exc)) from exc
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(probe())
 
 
 SHUTDOWN_GRACE = 10.0  # seconds past server.shutdown_timeout before a stuck shutdown gives up

@@ -446,3 +446,80 @@ def test_check_config_and_run_refuse_files_that_cannot_be_read(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "4 problem(s)" in err and "duplicate" in err
     assert "server.cert_file: cannot read" in err and "public_key_file: cannot read" in err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("taken", ["server.listen", "monitor.prometheus_listen"])
+def test_a_taken_address_is_refused_in_one_line_with_exit_1(tmp_path, workers, taken):
+    """The port in use was an ``OSError`` traceback out of ``site.start()`` (audit finding); with
+    ``--workers`` each worker died and was restarted forever."""
+    import yaml
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy, free = holder.getsockname()[1], _free_port()
+        port, mport = (busy, free) if taken == "server.listen" else (free, busy)
+        cfg = {
+            "channels": [{"name": "m", "type": "mock"}],
+            "security": {"auth": {"jwt": {"secret": "x" * 32}}},
+            "storage": {"backend": "redis", "url": "redis://127.0.0.1:6379/0"},
+            "monitor": {"prometheus_listen": f"127.0.0.1:{mport}"},
+        }
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        proc = _spawn(["run", "--config", str(path), "--listen", f"127.0.0.1:{port}",
+                       "--workers", str(workers)], tmp_path)  # fmt: skip
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:  # still serving or restarting workers: the bug
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=20)
+    text = out.decode()
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text and "smartproxy: worker" not in text, text
+    refusals = [line for line in text.splitlines() if line.startswith("smartproxy:")]
+    assert refusals == [
+        f"smartproxy: cannot listen on http://127.0.0.1:{busy} ({taken}): Address already in use"
+    ]
+
+
+def test_a_worker_that_cannot_listen_stops_the_gateway_with_exit_1():
+    """A port taken between the parent's check and a worker's bind: the worker says so and exits
+    WORKER_CANNOT_LISTEN; the parent stops the other workers instead of restarting it."""
+    from smartproxy.cli import WORKER_CANNOT_LISTEN, _supervise
+
+    def spawn(index: int) -> int:
+        code = f"import os, time; time.sleep(30 if {index} == 0 else 0.1); os._exit({WORKER_CANNOT_LISTEN})"
+        return os.posix_spawn(sys.executable, [sys.executable, "-c", code], os.environ)
+
+    children = {spawn(i): i for i in range(2)}
+    stopped = []
+
+    def stop() -> None:
+        stopped.append(True)
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+
+    started = time.monotonic()
+    assert _supervise(children, spawn, lambda: bool(stopped), stop) == 1
+    assert stopped == [True] and not children
+    assert time.monotonic() - started < 10  # not restarted, the sleeping one stopped
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_an_ipv6_listen_address_is_logged_bracketed(tmp_path):
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+    except OSError:
+        pytest.skip("no ::1")
+    proc = _spawn(["run", "--listen", f"[::1]:{port}"], tmp_path)
+    try:
+        _wait_http(f"http://[::1]:{port}/healthz")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out.decode()
+    assert f"serving on http://[::1]:{port} (config:".encode() in out
