@@ -36,7 +36,12 @@ def test_smartaiproxy_samples_load_unchanged(name):
     assert cfg.server.listen == "0.0.0.0:8080"
     # keys without meaning here are accepted and listed once, not silently dropped
     if name.startswith("go"):
-        assert "admin" in cfg.ignored_keys and "error_handling" in cfg.ignored_keys
+        # each admin key by name (the whole section was named 'admin': audit finding)
+        assert cfg.ignored_keys == (
+            "log.max_size", "log.max_backups", "log.max_age",
+            "admin.enable", "admin.listen", "admin.username", "admin.password",
+            "error_handling",
+        )  # fmt: skip
         assert cfg.channels[1].type == "claude" and cfg.channels[1].provider == "anthropic"
         assert cfg.channels[1].discount_time == (
             TimeWindow(parse_hhmm("00:00"), parse_hhmm("06:00")),
@@ -45,6 +50,21 @@ def test_smartaiproxy_samples_load_unchanged(name):
     else:
         assert cfg.security.jwt.expiry_minutes == 60
         assert cfg.monitor.prometheus_listen == "0.0.0.0:9100"
+
+
+def test_ignored_admin_keys_are_named_never_their_values(tmp_path, capsys):
+    from smartproxy.cli import main
+
+    cfg = parse_config({"admin": {"username": "root", "password": "hunter2-secret"}})
+    assert cfg.ignored_keys == ("admin.username", "admin.password")
+    assert parse_config({"admin": None}).ignored_keys == ("admin",)
+    assert parse_config({}).ignored_keys == ()
+    path = tmp_path / "c.yaml"
+    path.write_text("admin: {enable: true, password: hunter2-secret}\nchannels: [{name: m, type: mock}]\n")
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ignored SmartAIProxy keys: admin.enable, admin.password" in out
+    assert "hunter2" not in out
 
 
 def test_env_expansion():

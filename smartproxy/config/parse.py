@@ -50,10 +50,13 @@ from .read import (
 
 # SmartAIProxy keys that load without meaning here (path of the section -> keys).
 _SMARTAIPROXY_IGNORED: dict[str, tuple[str, ...]] = {
-    "": ("admin", "error_handling"),
+    "": ("error_handling",),
     "log": ("max_size", "max_backups", "max_age", "format"),
     "monitor": ("metrics_path",),
 }
+# SmartAIProxy sections without meaning here whose keys are named one by one (``admin.username``):
+# the admin API here is on server.listen behind a JWT, not a second listener with a password.
+_SMARTAIPROXY_IGNORED_SECTIONS = ("admin",)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -200,6 +203,9 @@ def parse_config(doc: Any, *, source: str | None = None) -> Config:
         UsageConfig,
         {"default_max_tokens": _count, "chars_per_token": _positive},
     )
+    for name in _SMARTAIPROXY_IGNORED_SECTIONS:
+        if name in top.data:
+            _ignored_section(top.raw(name), name, ignored)
     top.finish(_SMARTAIPROXY_IGNORED, ignored)
     if problems:
         raise ConfigError(problems)
@@ -218,6 +224,15 @@ def parse_config(doc: Any, *, source: str | None = None) -> Config:
         ignored_keys=tuple(ignored),
         source=source,
     )
+
+
+def _ignored_section(data: Any, path: str, ignored: list[str]) -> None:
+    """Names each key of a section without meaning here (never its value: ``admin.password``);
+    the section itself when it holds none."""
+    if isinstance(data, dict) and data:
+        ignored.extend(f"{path}.{key}" for key in data)
+    else:
+        ignored.append(path)
 
 
 def _log(data: Any, problems: list[str], ignored: list[str]) -> LogConfig:
