@@ -142,7 +142,8 @@ def _file_problems(path: str | None) -> list[str]:
     from .config import expand_env, read_yaml
 
     try:  # the loader's own reader: alias bombs and deep nesting are refused, not expanded
-        doc = expand_env(read_yaml(Path(path).read_text(encoding="utf-8"), path)) if path else None
+        text = Path(path).read_text(encoding="utf-8") if path else None
+        doc = expand_env(read_yaml(text, str(path), doubled=[])) if text is not None else None
     except (OSError, ValueError, ConfigError):
         return []
     server, jwt = _section(doc, "server"), _section(_section(_section(doc, "security"), "auth"),

@@ -70,6 +70,7 @@ __all__ = [
     "StorageConfig",
     "TimeWindow",
     "UsageConfig",
+    "config_from_text",
     "default_config_text",
     "expand_env",
     "find_config",
@@ -85,15 +86,20 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- files
-def read_yaml(text: str, source: str = "<config>") -> Any:
-    """Parse config text (aliases, depth and duplicate keys bounded: ``yamlsafe``); ``ConfigError`` naming the problem."""
+def read_yaml(text: str, source: str = "<config>", *, doubled: list[str] | None = None) -> Any:
+    """Parse config text (aliases, depth and duplicate keys bounded: ``yamlsafe``); ``ConfigError``
+    naming the problem. A key named twice is one problem per such key (``channels[0].priority:
+    key appears twice (lines 4 and 9)``): raised, or with ``doubled`` added to it and the
+    document returned as YAML loaders read it (the last value wins), so that its other problems
+    can be listed beside them."""
     try:
         return yamlsafe.load(text)
-    except (
-        yamlsafe.AliasBombError,
-        yamlsafe.TooDeepError,
-        yamlsafe.DuplicateKeyError,
-    ) as exc:
+    except yamlsafe.DuplicateKeyError as exc:
+        if doubled is None:
+            raise ConfigError(exc.problems) from None
+        doubled += exc.problems
+        return exc.document
+    except (yamlsafe.AliasBombError, yamlsafe.TooDeepError) as exc:
         raise ConfigError([f"{source}: {exc}"]) from None
     except RecursionError:
         raise ConfigError([f"{source}: YAML nested too deeply"]) from None
@@ -117,8 +123,22 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         except OSError as exc:
             raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
         source = str(p)
-    doc = read_yaml(text, source or "<default>")
-    return parse_config(expand_env(doc), source=source)
+    return config_from_text(text, source)[1]
+
+
+def config_from_text(text: str, source: str | None) -> tuple[Any, Config]:
+    """The document as written (``${VAR}`` not expanded) and the config it loads as;
+    ``ConfigError`` listing every problem, a key named twice among them (such a file is refused
+    whole, with the problems of the rest of it)."""
+    doubled: list[str] = []
+    doc = read_yaml(text, source or "<default>", doubled=doubled)
+    try:
+        config = parse_config(expand_env(doc), source=source)
+    except ConfigError as exc:
+        raise ConfigError([*doubled, *exc.problems]) from None
+    if doubled:
+        raise ConfigError(doubled)
+    return doc, config
 
 
 def default_config_text() -> str:

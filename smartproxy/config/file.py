@@ -51,7 +51,7 @@ from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from ..errors import ConfigError, SmartProxyError
-from . import Config, default_config_text, expand_env, parse_config, read_yaml
+from . import Config, config_from_text, default_config_text, expand_env, parse_config, read_yaml
 
 
 class Kind(Protocol):
@@ -272,8 +272,8 @@ class Edit:
 def current_config(text: str, source: str | None) -> tuple[Any, Config]:
     """The file's document (PyYAML, unexpanded) and its config; ``FileInvalid`` if it won't load."""
     try:
-        plain = read_yaml(text, source or "<default>")
-        return (plain if plain is not None else {}), parse_config(expand_env(plain), source=source)
+        plain, config = config_from_text(text, source)
+        return (plain if plain is not None else {}), config
     except ConfigError as exc:
         raise FileInvalid(
             "the config file does not load as it is (fix it, then POST /api/reload): "

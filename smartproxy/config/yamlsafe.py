@@ -6,8 +6,10 @@ everything that walks the document afterwards (``${VAR}`` expansion, validation,
 editor) visits every one of them: minutes of CPU and gigabytes of memory. So the composed node
 graph is measured *before* anything is built from it: the nodes the document holds once every
 alias is expanded may exceed the nodes written in the file by at most ``ALIAS_BUDGET``. A file
-without aliases is never refused; an alias that refers to itself is. On the same walk a mapping
-that names a key twice is refused (PyYAML would keep the last value without a word).
+without aliases is never refused; an alias that refers to itself is. On the same walk mappings
+that name a key twice are found (PyYAML would keep the last value without a word): the document
+is still built (the last value wins, as YAML loaders read it) so that its other problems can be
+listed too, and ``DuplicateKeyError`` carries it with one problem per key named twice.
 """
 
 from __future__ import annotations
@@ -55,35 +57,86 @@ def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
 
 def load(text: str, *, budget: int = ALIAS_BUDGET) -> Any:
     """``yaml.safe_load(text)``, refusing documents whose aliases expand past ``budget`` nodes.
-    Raises ``yaml.YAMLError`` for bad YAML, ``AliasBombError`` for too much expansion and
-    ``TooDeepError`` past ``MAX_DEPTH`` levels."""
+    Raises ``yaml.YAMLError`` for bad YAML, ``AliasBombError`` for too much expansion,
+    ``TooDeepError`` past ``MAX_DEPTH`` levels and ``DuplicateKeyError`` (with the document)
+    when a mapping names a key twice."""
     check_depth(text)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        check_expansion(node, budget)
-        return loader.construct_document(node)
+        doubled: list[yaml.MappingNode] = []
+        check_expansion(node, budget, doubled)
+        document = loader.construct_document(node)
     finally:
         loader.dispose()
+    if doubled:
+        raise DuplicateKeyError(duplicate_keys(node, doubled), document)
+    return document
 
 
 class DuplicateKeyError(ValueError):
-    """A mapping names one key twice (YAML loaders keep the last silently)."""
+    """Mappings name a key twice (YAML loaders keep the last value silently). ``problems``: one
+    ``path: key appears twice (lines A and B)`` per such key, in file order; ``document``: the
+    document as loaders read it (the last value wins), whose other problems can be listed too."""
+
+    def __init__(self, problems: list[str], document: Any) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+        self.document = document
 
 
-def _refuse_duplicate_keys(node: yaml.MappingNode) -> None:
-    seen: set[str] = set()
-    for key, _ in node.value:
-        if isinstance(key, yaml.ScalarNode) and key.value != "<<":
-            if key.value in seen:
-                line = key.start_mark.line + 1
-                raise DuplicateKeyError(
-                    f"line {line}: key {key.value!r} appears twice in one mapping (the first "
-                    "value would be silently ignored)"
-                )
-            seen.add(key.value)
+def _keys(node: yaml.MappingNode) -> list[tuple[str, yaml.Node]]:
+    """The scalar keys of a mapping with their nodes (merge keys ``<<`` left out)."""
+    return [(k.value, k) for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.value != "<<"]
+
+
+def _has_duplicate_keys(node: yaml.MappingNode) -> bool:
+    keys = _keys(node)
+    return len({key for key, _ in keys}) != len(keys)
+
+
+def duplicate_keys(root: yaml.Node, doubled: list[yaml.MappingNode]) -> list[str]:
+    """``path: key appears twice (lines A and B)`` for each key named more than once in the
+    ``doubled`` mappings, in file order; paths are 0-based (``channels[0].priority``). Only
+    called for a document that has some: a second walk, in document order, for the paths."""
+    wanted = {id(node) for node in doubled}
+    found: list[tuple[int, int, str]] = []
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:  # an alias: reported where its anchor is
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((c, f"{path}[{i}]") for i, c in reversed(list(enumerate(node.value))))
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        if id(node) in wanted:
+            found += _doubled_keys(node, path)
+        children = [(v, f"{path}.{k.value}" if path else str(k.value)) for k, v in node.value
+                    if isinstance(k, yaml.ScalarNode)]
+        stack.extend(reversed(children))
+    return [problem for *_, problem in sorted(found)]
+
+
+def _doubled_keys(node: yaml.MappingNode, path: str) -> list[tuple[int, int, str]]:
+    lines: dict[str, list[yaml.Node]] = {}
+    for key, key_node in _keys(node):
+        lines.setdefault(key, []).append(key_node)
+    found = []
+    for key, nodes in lines.items():
+        if len(nodes) > 1:
+            numbers = [str(n.start_mark.line + 1) for n in nodes]
+            times = "twice" if len(nodes) == 2 else f"{len(nodes)} times"
+            where = f"{path}.{key}" if path else key
+            last = nodes[1].start_mark  # where it appears again
+            found.append((last.line, last.column, f"{where}: key appears {times} (lines "
+                          f"{', '.join(numbers[:-1])} and {numbers[-1]})"))
+    return found
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -94,8 +147,11 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def check_expansion(root: yaml.Node, budget: int) -> int:
+def check_expansion(
+    root: yaml.Node, budget: int, doubled: list[yaml.MappingNode] | None = None
+) -> int:
     """The expanded size of ``root``'s graph; ``AliasBombError`` past unique nodes + budget.
+    Mappings that name a key twice are added to ``doubled``.
 
     Iterative (a deeply nested file must not exhaust the stack) and memoised per node, so the
     cost is linear in the nodes written, not in what they expand to."""
@@ -119,8 +175,9 @@ def check_expansion(root: yaml.Node, budget: int) -> int:
             continue
         if key in open_:
             raise AliasBombError("a YAML alias refers to the node that contains it; refused")
-        if isinstance(node, yaml.MappingNode):
-            _refuse_duplicate_keys(node)
+        if isinstance(node, yaml.MappingNode) and doubled is not None:
+            if _has_duplicate_keys(node):
+                doubled.append(node)
         open_.add(key)
         stack.append((node, True))
         stack.extend((c, False) for c in _children(node) if id(c) not in size)
