@@ -66,3 +66,48 @@ async def test_slot_queue_has_one_deadline_and_says_why() -> None:
     assert queue.why_not({"c": 1}) == [
         "c: at max_concurrency (1 in flight); no slot freed within server.queue_timeout (0.05 s)"
     ]
+
+
+async def test_shared_store_lines_keep_arrival_order_and_wake_the_first_at_once() -> None:
+    """Shared store (redis): the count is elsewhere, the order here. Only the first of a
+    channel's line may try it; a slot freed here or a place at the front wakes it at once;
+    a slot whose admit was refused (``give_back``) wakes nobody."""
+    book = LocalSlots()
+    running = book.try_acquire("c", None)
+    assert running is not None
+    first, second = SlotQueue(book, 5), SlotQueue(book, 5)
+    t1 = asyncio.create_task(first.next_turn(["c"], 10))
+    assert await t1 == ["c"]  # new at the front of the line: tries at once
+    t2 = asyncio.create_task(second.next_turn(["c", "d"], 10))
+    await asyncio.sleep(0.01)
+    assert await t2 == ["d"]  # first in d's line only
+    assert book.queued() == 2
+    assert book.try_acquire("c", None) is None  # a newcomer does not overtake the line
+    assert book.try_acquire("c", None, second.turn) is None  # nor does the second
+    tried = book.try_acquire("c", None, first.turn)
+    assert tried is not None
+    tried.give_back()  # refused by the shared count: nothing freed
+    t1 = asyncio.create_task(first.next_turn(["c"], 10))
+    t2 = asyncio.create_task(second.next_turn(["c", "d"], 10))
+    await asyncio.sleep(0.01)
+    assert not t1.done() and not t2.done()
+    running.release()  # freed here: the first of c's line tries at once, the second waits
+    assert await t1 == ["c"] and not t2.done()
+    first.stop()  # served: the second is at the front of c's line now
+    assert sorted(await t2) == ["c", "d"]
+    assert book.try_acquire("c", None, second.turn) is not None
+    second.leave()
+    second.leave()  # idempotent
+    assert book.queued() == 0 and book.try_acquire("c", None) is not None
+
+
+async def test_shared_store_line_polls_and_gives_up_at_the_deadline() -> None:
+    book = LocalSlots()
+    queue = SlotQueue(book, 0.12)
+    assert await queue.next_turn(["c"], 0.05) == ["c"]  # at once
+    t0 = asyncio.get_running_loop().time()
+    assert await queue.next_turn(["c"], 0.05) == ["c"]  # its beat
+    assert 0.04 < asyncio.get_running_loop().time() - t0 < 0.1
+    assert await queue.next_turn(["c"], 0.05) == ["c"]
+    assert await queue.next_turn(["c"], 0.05) is None  # 0.12 s in all
+    assert book.queued() == 0 and queue.turn is None

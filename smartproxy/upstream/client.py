@@ -36,7 +36,7 @@ from .slots import Slot, SlotQueue
 
 log = logging.getLogger("smartproxy.upstream")
 
-SHARED_POLL = 0.05  # with redis, a waiting request looks for a freed slot this often (seconds)
+SHARED_POLL = 0.05  # with redis, the first in a line looks for a slot freed elsewhere this often
 
 _UNAVAILABLE = {
     "open": "circuit open",
@@ -122,7 +122,8 @@ class Dispatcher(AttemptRunner):
                         granted = None
                     continue
                 cap = None if gw.shared else ch.max_concurrency  # shared: Redis counts them all
-                slot, granted = granted or gw.slots.try_acquire(ch.name, cap), None
+                turn = queuing.turn if queuing is not None else None  # shared: its place in line
+                slot, granted = granted or gw.slots.try_acquire(ch.name, cap, turn), None
                 if slot is None:  # full: skipped like a used-up quota; waited for if all are full
                     health.release(permit)
                     full[ch.name] = queue.pop(0)
@@ -136,7 +137,10 @@ class Dispatcher(AttemptRunner):
                     raise
                 if reservation is None:
                     health.release(permit)
-                    slot.release()
+                    if gw.shared:
+                        slot.give_back()  # nothing freed: the line is not woken
+                    else:
+                        slot.release()
                     if why == shared.AT_MAX_CONCURRENCY:
                         full[ch.name] = queue.pop(0)
                     else:
@@ -171,10 +175,12 @@ class Dispatcher(AttemptRunner):
                 # was refused (401/403): retrying a broken key cannot help.
                 if len(queue) > 1 or (outcome is not None and outcome[1] in (401, 403)):
                     queue.pop(0)
-        finally:  # a client gone mid-wait leaves no slot taken
+        finally:  # a client gone mid-wait leaves no slot taken, no place in line
             for held in (granted, slot):
                 if held is not None:
                     held.release()
+            if queuing is not None:
+                queuing.leave()
         if refused is not None and not ex.attempts:
             raise refused  # nothing was sent anywhere: the client's field is the reason
         return self._all_failed(ex, last_reply, skipped)
@@ -184,12 +190,11 @@ class Dispatcher(AttemptRunner):
     ) -> tuple[list[Candidate], Slot | None] | None:
         """Every candidate is at max_concurrency: wait for a slot. The candidates to try next
         (and the slot the queue handed over), or None when ``server.queue_timeout`` is up."""
-        if self.gw.shared:  # the count is in Redis: look again every 50 ms
-            if not await queuing.pause(SHARED_POLL):
+        if self.gw.shared:  # the count is in Redis; the order is kept by this process's lines
+            heads = await queuing.next_turn(full, SHARED_POLL)
+            if heads is None:
                 return None
-            again = list(full.values())
-            full.clear()
-            return again, None
+            return [full.pop(name) for name in [n for n in full if n in heads]], None
         granted = await queuing.wait(_caps(full))
         if granted is None:
             return None

@@ -9,8 +9,13 @@ Fairness: a freed slot is handed straight to the oldest waiter that can use it (
 does not drop in between), and ``try_acquire`` refuses a channel while anyone waits for it, so a
 newcomer never overtakes the queue.
 
-``SlotBook`` is the interface; ``LocalSlots`` keeps the counts in this process. A shared
-implementation (redis) keeps the same interface.
+With a shared store (redis) the count is in Redis (its admit script refuses a full channel), so no
+slot can be handed over here; the order is kept here instead: the requests waiting for a channel
+stand in one line (``join``, ``next_turn``), only the first of a channel's line tries it, on its
+own beat (``SHARED_POLL``) or at once when a slot frees in this process or it comes to the front,
+and ``try_acquire`` refuses a channel to anyone else while its line is not empty.
+
+``SlotBook`` is the interface; ``LocalSlots`` keeps the counts and the lines of this process.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,18 +44,43 @@ class Slot:
             if self._book is not None:
                 self._book.release(self.channel)
 
+    def give_back(self) -> None:
+        """Release a slot that carried no request (shared: the admit refused it), waking none:
+        nothing freed for the line."""
+        if not self._released:
+            self._released = True
+            if self._book is not None:
+                self._book.release(self.channel, wake=False)
+
 
 class SlotBook(Protocol):
     def in_flight(self, channel: str) -> int: ...
 
     def queued(self) -> int: ...
 
-    def try_acquire(self, channel: str, cap: int | None) -> Slot | None:
-        """A slot now, or None when ``cap`` requests are in flight (or others wait for it)."""
+    def try_acquire(self, channel: str, cap: int | None, turn: Turn | None = None) -> Slot | None:
+        """A slot now, or None when ``cap`` requests are in flight or others wait for it (but
+        ``turn``, the first in its line)."""
         ...
 
     async def wait_any(self, caps: Mapping[str, int], timeout: float) -> Slot | None:
         """The first slot freed on any of ``caps``' channels, or None after ``timeout`` s."""
+        ...
+
+    def join(self, channels: Iterable[str]) -> Turn:
+        """Stand in the line of each of ``channels`` (shared store)."""
+        ...
+
+    def rewant(self, turn: Turn, channels: Iterable[str]) -> None:
+        """``turn`` now waits for ``channels`` only (it keeps its place)."""
+        ...
+
+    def heads(self, turn: Turn) -> list[str]:
+        """The channels whose line ``turn`` is the first of."""
+        ...
+
+    def leave(self, turn: Turn) -> None:
+        """Out of every line; the next of each is told at once."""
         ...
 
 
@@ -61,6 +91,16 @@ class _Waiter:
     since: float = field(default_factory=time.monotonic)
 
 
+@dataclass(eq=False)
+class Turn:
+    """A request in the lines of a shared store's full channels; ``ready``: it may try now
+    (it came to the front of a line, or a slot freed in this process)."""
+
+    channels: set[str]
+    since: float = field(default_factory=time.monotonic)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class LocalSlots:
     """In-flight counts of this process, and its FIFO queue of waiting requests."""
 
@@ -69,29 +109,36 @@ class LocalSlots:
         self._counts: dict[str, int] = {}
         self._waiters: deque[_Waiter] = deque()
         self._wanted: dict[str, int] = {}  # channel -> requests waiting for it
+        self._line: deque[Turn] = deque()  # shared store: the waiting requests, oldest first
 
     def in_flight(self, channel: str) -> int:
         return self._counts.get(channel, 0)
 
     def queued(self) -> int:
-        return len(self._waiters)
+        return len(self._waiters) + len(self._line)
 
-    def try_acquire(self, channel: str, cap: int | None) -> Slot | None:
+    def try_acquire(self, channel: str, cap: int | None, turn: Turn | None = None) -> Slot | None:
         counts = self._counts
         count = counts.get(channel, 0)
-        if cap is not None and (count >= cap or self._wanted.get(channel)):
-            return None
+        if cap is not None:
+            if count >= cap or self._wanted.get(channel):
+                return None
+        elif self._line and self._wanted.get(channel) and self._first(channel) is not turn:
+            return None  # shared store: others of this process wait for it, ``turn`` not first
         counts[channel] = count + 1
         return Slot(channel, self)
 
-    def release(self, channel: str) -> None:
+    def release(self, channel: str, wake: bool = True) -> None:
         count = self._counts.get(channel, 0) - 1
         if count > 0:
             self._counts[channel] = count
         else:
             self._counts.pop(channel, None)  # names come and go with reloads: keep it small
-        if self._wanted.get(channel):
-            self._hand_over(channel)
+        if wake and self._wanted.get(channel):
+            if self._line:
+                self._wake(channel)
+            else:
+                self._hand_over(channel)
 
     def _hand_over(self, channel: str) -> None:
         """Give the freed slot on ``channel`` to the oldest waiter that can use it."""
@@ -104,6 +151,63 @@ class LocalSlots:
             self._dequeue(waiter)
             waiter.future.set_result(Slot(channel, self))
             return
+
+    # ------------------------------------------------------------ the lines of a shared store
+    def join(self, channels: Iterable[str]) -> Turn:
+        turn = Turn(set(channels))
+        self._line.append(turn)
+        self._want(turn.channels, 1)
+        if self.heads(turn):  # at the front of a line: it tries at once
+            turn.ready.set()
+        return turn
+
+    def rewant(self, turn: Turn, channels: Iterable[str]) -> None:
+        new = set(channels)
+        if new != turn.channels:
+            dropped = turn.channels - new
+            self._want(dropped, -1)
+            self._want(new - turn.channels, 1)
+            turn.channels = new
+            for name in dropped:
+                self._wake(name)
+
+    def heads(self, turn: Turn) -> list[str]:
+        ahead: set[str] = set()
+        for other in self._line:
+            if other is turn:
+                return [name for name in turn.channels if name not in ahead]
+            ahead |= other.channels
+        return []
+
+    def leave(self, turn: Turn) -> None:
+        try:
+            self._line.remove(turn)
+        except ValueError:
+            return
+        self._want(turn.channels, -1)
+        for name in turn.channels:
+            self._wake(name)
+
+    def _first(self, channel: str) -> Turn | None:
+        for turn in self._line:
+            if channel in turn.channels:
+                return turn
+        return None
+
+    def _wake(self, channel: str) -> None:
+        """The first in ``channel``'s line tries at once (a slot freed here, or it is new there)."""
+        first = self._first(channel)
+        if first is not None:
+            first.ready.set()
+
+    def _want(self, channels: Iterable[str], step: int) -> None:
+        wanted = self._wanted
+        for name in channels:
+            left = wanted.get(name, 0) + step
+            if left > 0:
+                wanted[name] = left
+            else:
+                wanted.pop(name, None)
 
     def _dequeue(self, waiter: _Waiter) -> None:
         try:
@@ -149,7 +253,7 @@ class SlotQueue:
     """One request's waits for a slot: one ``queue_timeout`` in all, however often it queues.
     ``observe`` is told the time waited once, when the request is served or gives up."""
 
-    __slots__ = ("_book", "_timeout", "_observe", "_started", "_deadline", "_timed_out")
+    __slots__ = ("_book", "_timeout", "_observe", "_started", "_deadline", "_timed_out", "turn")
 
     def __init__(
         self, book: SlotBook, timeout: float, observe: Callable[[float], None] | None = None
@@ -160,6 +264,7 @@ class SlotQueue:
         self._started: float | None = None
         self._deadline = 0.0
         self._timed_out = False
+        self.turn: Turn | None = None  # its place in the lines of a shared store's channels
 
     def _left(self) -> float:
         now = time.monotonic()
@@ -174,18 +279,43 @@ class SlotQueue:
             self.stop()
         return slot
 
-    async def pause(self, interval: float) -> bool:
-        """Wait ``interval`` before looking again (the count is elsewhere: redis); False when
-        the time is up."""
-        left = self._left()
-        if left <= 0:
-            self.stop()
-            return False
-        await asyncio.sleep(min(interval, left))
-        return True
+    async def next_turn(self, channels: Iterable[str], interval: float) -> list[str] | None:
+        """Shared store: the channels of ``channels`` (all full) whose line this request is
+        the first of, once it may try them: at once when it comes to the front or a slot frees
+        in this process, else every ``interval`` (a slot freed elsewhere); None when the time is
+        up. It keeps its place until ``leave``."""
+        turn = self.turn
+        if turn is None:
+            turn = self.turn = self._book.join(channels)
+        else:
+            self._book.rewant(turn, channels)
+        while True:
+            left = self._left()
+            if left <= 0:
+                self.stop()
+                return None
+            heads = self._book.heads(turn)
+            if heads and turn.ready.is_set():
+                turn.ready.clear()
+                return heads
+            turn.ready.clear()  # (set for a channel it no longer waits for)
+            try:
+                async with asyncio.timeout(min(interval, left) if heads else left):
+                    await turn.ready.wait()
+            except TimeoutError:
+                if heads and (heads := self._book.heads(turn)) and self._left() > 0:
+                    turn.ready.clear()
+                    return heads
+
+    def leave(self) -> None:
+        """Out of the lines (served, timed out, or the client went away)."""
+        if self.turn is not None:
+            self._book.leave(self.turn)
+            self.turn = None
 
     def stop(self) -> None:
         """The waiting is over (served, or timed out): observe how long it took, once."""
+        self.leave()
         if self._started is None:
             return
         now = time.monotonic()
