@@ -101,3 +101,29 @@ async def test_one_process_on_redis_serves_its_waiters_in_arrival_order(
         assert waiting == 6 and gw.gateway.slots.queued() == 0  # /health's "queued"
     finally:
         delete_prefix(url, prefix)
+
+
+async def test_two_processes_serve_their_waiters_in_arrival_order(
+    held: Any, http: Any, procs: Any, shared_redis: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    """Audit finding: across processes a freed slot went to whichever process looked first (a
+    slot freed in a woke its own waiter at once; with --workers 2 the earliest waiters got 503
+    while later ones were served). Now Redis keeps the channel's line: one place per process,
+    at its first waiter's arrival, and the admit script serves the places in that order."""
+    up, url = held
+    redis_url, prefix = shared_redis
+    server = {"listen": "127.0.0.1:0", "timeout": 5, "queue_timeout": 4}
+    a, b = await two_gateways(http, procs, tmp_path, [channel("c", url, max_concurrency=1)],
+                              redis_url, prefix, server=server)
+    tasks = [asyncio.create_task(a.chat(http, **ask("r0")))]
+    await until(lambda: up.arrived == ["r0"], "r0 running through a")
+    for i in range(1, 6):  # r1 b, r2 a, r3 b, r4 a, r5 b: each in line before the next comes
+        tasks.append(asyncio.create_task((b if i % 2 else a).chat(http, **ask(f"r{i}"))))
+        await asyncio.sleep(0.15)
+    assert up.arrived == ["r0"]
+    for i in range(5):
+        up.let_go(f"r{i}")
+        await until(lambda i=i: len(up.arrived) == i + 2, f"the request after r{i}")
+        assert up.arrived[-1] == f"r{i + 1}", up.arrived
+    up.let_go("r5")
+    assert [status for status, _, _ in await asyncio.gather(*tasks)] == [200] * 6

@@ -18,6 +18,7 @@ from smartproxy.config import StorageConfig
 from smartproxy.storage import create_store
 from smartproxy.storage.base import KeyCheck, Limits, RequestRecord
 from smartproxy.storage.redis import RedisStore, SharedReservation, StorageUnavailable, safe_url
+from smartproxy.storage.redis_scripts import LINE_TTL_MS
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 BREAKER = (3, 30.0)
@@ -327,6 +328,50 @@ async def test_admit_refuses_at_max_concurrency_counting_every_process(stores: A
             break
         await asyncio.sleep(0.01)
     assert again.code == 0
+
+
+async def test_max_concurrency_is_first_come_first_served_across_processes(stores: Any) -> None:
+    """Audit finding: a waiter of one process and a newcomer (or a waiter) of another raced for a
+    freed slot. Now the script keeps one place per process in the channel's line, at the arrival
+    of its first waiter; a slot goes to a request only when the places ahead of it leave one
+    free, and a place no process renews is gone within LINE_TTL_MS (a dead process)."""
+    one, two, three = await stores(), await stores(), await stores()
+    cap = Limits(concurrency=1)
+
+    async def at(store: RedisStore, line: tuple[int, int] = (-1, -1)) -> Any:
+        return await store.admit("c", 5, cap, now=NOW, ttl=30, breaker=BREAKER, line=line)
+
+    running = await at(one)
+    assert running.code == 0
+    assert (await at(two, (300, -1))).code == 5  # two's waiter, there 300 ms: takes its place
+    assert (await at(three, (100, 50))).code == 5  # three's, 100 ms: behind two's
+    await one.release(running.reservation)
+    assert (await at(one)).code == 5  # a newcomer: behind both, though the slot is free
+    assert (await at(three, (110, 60))).code == 5  # not the first in line
+    served = await at(two, (310, -1))  # the first: served, its place given up
+    assert served.code == 0
+    await two.release(served.reservation)
+    served = await at(three, (120, 70))  # served; its process's next waiter keeps the place
+    assert served.code == 0
+    await three.release(served.reservation)
+    assert (await at(one)).code == 5  # three's next waiter (70 ms) is ahead of a newcomer
+    assert len(await one._redis.hgetall(f"{one._k}q:c")) == 1
+    # Three dies with its waiter in line: the place lapses, a newcomer gets the slot.
+    await asyncio.sleep(LINE_TTL_MS / 1000 + 0.05)
+    alone = await at(two)
+    assert alone.code == 0
+    await two.release(alone.reservation)
+    assert await one._redis.hgetall(f"{one._k}q:c") == {}
+    # A process whose last waiter gave up leaves the line at once (``vacate``).
+    assert (await at(two, (0, -1))).code == 0  # a slot free, no line: served
+    assert (await at(three, (0, -1))).code == 5
+    assert (await at(one)).code == 5
+    three.vacate("c")
+    for _ in range(100):
+        if not await one._redis.hgetall(f"{one._k}q:c"):
+            break
+        await asyncio.sleep(0.01)
+    assert await one._redis.hgetall(f"{one._k}q:c") == {}
 
 
 async def test_zero_token_reservations_settle_release_and_expire(stores):

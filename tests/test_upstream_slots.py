@@ -111,3 +111,24 @@ async def test_shared_store_line_polls_and_gives_up_at_the_deadline() -> None:
     assert await queue.next_turn(["c"], 0.05) == ["c"]
     assert await queue.next_turn(["c"], 0.05) is None  # 0.12 s in all
     assert book.queued() == 0 and queue.turn is None
+
+
+async def test_a_process_gives_up_its_shared_place_when_none_of_its_requests_waits() -> None:
+    """The shared line (redis) has one place per process: given up when its last waiter for the
+    channel leaves unserved there (``on_vacate``), not when the admit that served it passed the
+    place on, nor while another of its requests still waits."""
+    book = LocalSlots()
+    vacated: list[str] = []
+    book.on_vacate = vacated.append
+    first, second = SlotQueue(book, 5), SlotQueue(book, 5)
+    assert sorted(await first.next_turn(["c", "d"], 1)) == ["c", "d"]
+    assert book.place("c", first.turn) == (0, -1) and book.place("d", first.turn) == (0, -1)
+    waiting = asyncio.create_task(second.next_turn(["c"], 1))
+    await asyncio.sleep(0)  # in c's line, behind first
+    assert second.turn is not None and not waiting.done()
+    first.stop("d")  # served on d: d's place was passed on by the admit; c: second still waits
+    assert vacated == []
+    assert await waiting == ["c"]  # at the front now: at once
+    assert book.place("c", second.turn)[1] == -1
+    second.leave()  # timed out / gone: the last of c's line here
+    assert vacated == ["c"]

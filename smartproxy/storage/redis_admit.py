@@ -24,6 +24,7 @@ from .redis_values import (
 from .redis_view import RedisView
 
 NO_KEY_CHECK = (0, 0, 0, 0, 0, 0)  # the script's key fields when the key is not checked
+NOT_WAITING = (-1, -1)  # ``line`` of a request that is not waiting for a slot (a newcomer)
 
 
 class RedisAdmitter(RedisView):
@@ -39,9 +40,13 @@ class RedisAdmitter(RedisView):
         ttl: float,
         breaker: tuple[int, float],
         check: KeyCheck | None = None,
+        line: tuple[int, int] = NOT_WAITING,
     ) -> Admission:
         """Check the key (once per request), the channel's breaker, cool-down and quota, and
-        reserve ``tokens``: one script call. Offline: this process's own counting (or 503)."""
+        reserve ``tokens``: one script call. Offline: this process's own counting (or 503).
+        ``line``: for the first of this process's requests waiting for the channel, the ms it
+        and the next one have waited (-1: none); the script keeps the channel's line across
+        processes in that order."""
         if tokens < 0:
             raise ValueError(f"cannot reserve a negative number of tokens ({tokens})")
         if not self.online:
@@ -57,7 +62,8 @@ class RedisAdmitter(RedisView):
             )
         else:
             key_name, key_day, key_args = "", day, NO_KEY_CHECK
-        keys = (ud, uh, rz, rs, cb, cd, *self._key_keys(key_name, key_day))
+        queue = f"{self._k}q:{channel}"
+        keys = (ud, uh, rz, rs, cb, cd, *self._key_keys(key_name, key_day), queue)
         args = (
             f"{self._inst}.{rid}",
             tokens,
@@ -67,6 +73,8 @@ class RedisAdmitter(RedisView):
             ttl_ms,
             *key_args,
             limits.concurrency,
+            self._inst,
+            *line,
         )
         done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._admits.append((keys, args, done))
@@ -163,6 +171,22 @@ class RedisAdmitter(RedisView):
         task = asyncio.ensure_future(self.release(res))
         self._abandoned_tasks.add(task)
         task.add_done_callback(self._abandoned_tasks.discard)
+
+    def vacate(self, channel: str) -> None:
+        """No request of this process waits for ``channel`` any more (timed out, gone, served
+        on another channel): give up its place in the channel's line now rather than let it
+        lapse (``LINE_TTL_MS``) while it keeps others from a free slot."""
+        if self.online:
+            task = asyncio.ensure_future(self._vacate(channel))
+            self._abandoned_tasks.add(task)
+            task.add_done_callback(self._abandoned_tasks.discard)
+
+    async def _vacate(self, channel: str) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._redis.hdel(f"{self._k}q:{channel}", self._inst)
+        except REDIS_ERRORS:
+            pass  # it lapses by itself
 
     def _admit_offline(self, channel: str, tokens: int, limits: Limits, now: datetime) -> Admission:
         if self.on_error == "closed":

@@ -12,6 +12,10 @@ Redis Cluster slot, since one script touches a channel's keys and a client key's
     K cb:<channel>                  hash until (ms: open until), trial, texp: the shared breaker
     K cf:<channel>                  consecutive failures while closed
     K cd:<channel>                  429 cool-down, expires when it ends
+    K q:<channel>                   hash: the line of requests waiting for a slot (max_concurrency),
+                                    one field per process: "<its first waiter's arrival ms>:<the
+                                    field's expiry ms>" (kept fresh while it waits, so a dead
+                                    process's place is gone within ``LINE_TTL_MS``)
     K kb:<key name>                 the key's request bucket: hash l (level), s (stamp ms)
     K kt:<key name>                 its tokens-per-minute bucket
     K kd:<key name>:<YYYY-MM-DD>    its spend (USD) that day
@@ -24,6 +28,8 @@ themselves: every admit first drops the channel's expired members from ``r`` and
 """
 
 from __future__ import annotations
+
+LINE_TTL_MS = 1000  # a process's place in a channel's line lasts this long unless renewed
 
 # Shared prologue: now in ms from Redis' own clock.
 _NOW = """
@@ -48,11 +54,19 @@ end
 """
 
 # One call admits a batch (the admits of one event-loop turn), in order. For admit i,
-# KEYS[9i+1..9i+9] and ARGV[13i+1..13i+13]; the result is a list of one result per admit.
-# KEYS: 1 ud, 2 uh, 3 r, 4 rs, 5 cb, 6 cd, 7 kb, 8 kt, 9 kd
+# KEYS[10i+1..10i+10] and ARGV[16i+1..16i+16]; the result is a list of one result per admit.
+# KEYS: 1 ud, 2 uh, 3 r, 4 rs, 5 cb, 6 cd, 7 kb, 8 kt, 9 kd, 10 q
 # ARGV: 1 reservation id, 2 tokens, 3 day limit, 4 hour limit, 5 request limit, 6 ttl ms,
 #       7 check the key (0/1), 8 rpm, 9 burst, 10 tpm, 11 tokens for tpm, 12 budget (USD),
-#       13 max concurrency (0: none; compared with the live reservations' count ``rs.r``)
+#       13 max concurrency (0: none; compared with the live reservations' count ``rs.r``),
+#       14 the process (its field in ``q``), 15 ms the process's first waiter for the channel
+#       has waited (-1: the request is not waiting, a newcomer), 16 the same for its next
+#       waiter (-1: none)
+# Max concurrency is first come first served across processes: a slot goes to a request only
+# when the live places in the line ahead of it leave one free (a newcomer is behind them all);
+# a waiter refused takes or renews its process's place; one admitted hands the place to the
+# process's next waiter (or gives it up). A channel nobody waits for costs one HGETALL of an
+# absent key.
 # Returns {code, trial, day tokens, hour tokens, day requests, held tokens, held requests,
 #          req remaining, req limit, req reset ms, tok remaining, tok limit, tok reset ms,
 #          retry/remaining ms, spent (string)}
@@ -61,6 +75,7 @@ end
 ADMIT = (
     _NOW
     + _BUCKET
+    + f"local LINE_TTL = {LINE_TTL_MS}\n"
     + """
 local function admit(K, A)
   local rq = {0, 0, 0}
@@ -130,8 +145,28 @@ local function admit(K, A)
   local dr = tonumber(d[2]) or 0
   local hh = tonumber(redis.call('HGET', K[2], 'tokens') or '0')
   local mc = tonumber(A[13]) or 0
-  if mc > 0 and hr >= mc then
-    return {5, 0, dt, hh, dr, ht, hr, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0, '0'}
+  local waited = tonumber(A[15])
+  if mc > 0 then
+    local mine = now - waited
+    local ahead = 0
+    local line = redis.call('HGETALL', K[10])
+    for j = 1, #line, 2 do
+      local who = line[j]
+      local at, til = string.match(line[j + 1], '^(%-?%d+):(%d+)$')
+      at = tonumber(at)
+      if tonumber(til) <= now then
+        redis.call('HDEL', K[10], who)
+      elseif who ~= A[14] and (waited < 0 or at < mine or (at == mine and who < A[14])) then
+        ahead = ahead + 1
+      end
+    end
+    if hr + ahead >= mc then
+      if waited >= 0 then
+        redis.call('HSET', K[10], A[14], string.format('%d:%d', mine, now + LINE_TTL))
+        redis.call('PEXPIRE', K[10], LINE_TTL + 1000)
+      end
+      return {5, 0, dt, hh, dr, ht, hr, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0, '0'}
+    end
   end
   local dl, hl, rl = tonumber(A[3]), tonumber(A[4]), tonumber(A[5])
   if (dl > 0 and dt + ht >= dl) or (hl > 0 and hh + ht >= hl) or (rl > 0 and dr + hr >= rl) then
@@ -147,14 +182,23 @@ local function admit(K, A)
   if trial == 1 then
     redis.call('HSET', K[5], 'trial', A[1] .. ':' .. tokens, 'texp', now + ttl)
   end
+  if waited >= 0 then
+    local next_waited = tonumber(A[16])
+    if next_waited >= 0 then
+      redis.call('HSET', K[10], A[14], string.format('%d:%d', now - next_waited, now + LINE_TTL))
+      redis.call('PEXPIRE', K[10], LINE_TTL + 1000)
+    else
+      redis.call('HDEL', K[10], A[14])
+    end
+  end
   return {0, trial, dt, hh, dr, ht + tokens, hr + 1, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0,
           '0'}
 end
 local out = {}
-for i = 0, #KEYS / 9 - 1 do
+for i = 0, #KEYS / 10 - 1 do
   local K, A = {}, {}
-  for j = 1, 9 do K[j] = KEYS[i * 9 + j] end
-  for j = 1, 13 do A[j] = ARGV[i * 13 + j] end
+  for j = 1, 10 do K[j] = KEYS[i * 10 + j] end
+  for j = 1, 16 do A[j] = ARGV[i * 16 + j] end
   out[i + 1] = admit(K, A)
 end
 return out

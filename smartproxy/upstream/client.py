@@ -24,6 +24,7 @@ from ..providers.base import Timeouts
 from ..routing.router import Candidate
 from ..state import Gateway, Snapshot
 from ..storage.base import Limits, Reservation
+from ..storage.redis_admit import NOT_WAITING
 from . import shared
 from .attempt import AttemptRunner, _Plan
 from .exchange import AttemptLog as AttemptLog
@@ -32,7 +33,7 @@ from .exchange import Verdict as Verdict
 from .exchange import header_safe as header_safe
 from .proxyconf import proxy_route
 from .retry import RetryPolicy
-from .slots import Slot, SlotQueue
+from .slots import Slot, SlotQueue, Turn
 
 log = logging.getLogger("smartproxy.upstream")
 
@@ -131,7 +132,7 @@ class Dispatcher(AttemptRunner):
                 # The first attempt starts at the request's start; a retry may be seconds later.
                 now = gw.clock() if tried or waited else ex.started
                 try:
-                    reservation, why = await self._reserve(ex, ch, plan, now)
+                    reservation, why = await self._reserve(ex, ch, plan, now, turn)
                 except BaseException:
                     health.release(permit)
                     raise
@@ -148,7 +149,7 @@ class Dispatcher(AttemptRunner):
                         skipped.append(f"{ch.name}: {why}")
                     continue
                 if queuing is not None:
-                    queuing.stop()  # served after waiting: how long it waited
+                    queuing.stop(ch.name)  # served after waiting: how long it waited
                 if tried:
                     gw.metrics.retry(ex.attempts[-1].channel)  # the channel whose failure cost a retry
                 tried += 1
@@ -201,9 +202,11 @@ class Dispatcher(AttemptRunner):
         return [full.pop(granted.channel)], granted
 
     async def _reserve(
-        self, ex: Exchange, ch: ChannelConfig, plan: _Plan, now: datetime
+        self, ex: Exchange, ch: ChannelConfig, plan: _Plan, now: datetime, turn: Turn | None
     ) -> tuple[Reservation | None, str]:
-        """Quota tokens for one attempt: (reservation, "") or (None, why the channel is skipped)."""
+        """Quota tokens for one attempt: (reservation, "") or (None, why the channel is skipped).
+        ``turn``: the request's place in this process's lines (shared store: the script keeps
+        the channel's line across processes)."""
         gw = self.gw
         counters = gw.counters
         if counters is not None:
@@ -211,8 +214,9 @@ class Dispatcher(AttemptRunner):
                 "quota used"
             )
         if gw.shared:  # one round trip: key limits (first attempt), breaker, quota
+            line = gw.slots.place(ch.name, turn) if turn is not None else NOT_WAITING
             return await shared.admit(
-                gw, ex, ch, plan.limits, plan.timeouts.total, plan.breaker, now
+                gw, ex, ch, plan.limits, plan.timeouts.total, plan.breaker, now, line
             )
         reservation = await gw.store.try_reserve(ch.name, ex.reserve_on(ch), plan.limits, now)
         return reservation, "quota used"

@@ -27,10 +27,12 @@ from ..config import ChannelConfig, Config
 from ..state import GATEWAY, KEY_CHECK, PRINCIPAL, Gateway
 from ..storage.base import KeyCheck, Limits, RequestRecord, Reservation
 from ..storage.redis import RedisStore, SharedReservation
+from ..storage.redis_admit import NOT_WAITING
 from .breaker import Permit
 from .exchange import Exchange, Verdict
 from .health import ChannelHealth
 from .retry import MAX_RETRY_AFTER
+from .slots import LocalSlots
 
 log = logging.getLogger("smartproxy.upstream")
 
@@ -63,14 +65,16 @@ async def admit(
     attempt_timeout: float,
     breaker: tuple[int, float],
     now: datetime,
+    line: tuple[int, int] = NOT_WAITING,
 ) -> tuple[Reservation | None, str]:
     """Reserve on ``ch`` through the shared store; (reservation, "") or (None, why skipped).
-    Raises the key's 429 when its limits refuse the request."""
+    Raises the key's 429 when its limits refuse the request. ``line``: the request is the first
+    of this process's waiters for ``ch`` (``LocalSlots.place``)."""
     store = shared_store(gw)
     assert store is not None
     check = ex.request.pop(KEY_CHECK, None)
     try:
-        return await _admit(gw, store, ch, ex, limits, attempt_timeout, breaker, now, check)
+        return await _admit(gw, store, ch, ex, limits, attempt_timeout, breaker, now, check, line)
     finally:
         if check is not None:
             check.drop()
@@ -86,6 +90,7 @@ async def _admit(
     breaker: tuple[int, float],
     now: datetime,
     check: KeyCheck | None,
+    line: tuple[int, int],
 ) -> tuple[Reservation | None, str]:
     if check is not None and not store.online and store.on_error == "open":
         for local_check in check.local or ():
@@ -99,6 +104,7 @@ async def _admit(
         ttl=attempt_timeout + store.grace,
         breaker=breaker,
         check=check,
+        line=line,
     )
     if check is not None and check.answer is not None:
         if adm.offline:  # Redis went away during this very call
@@ -248,6 +254,8 @@ def sync_ctx(app: web.Application) -> AsyncIterator[None]:
             yield
             return
         store.on_breaker = _on_breaker(gw)
+        if isinstance(gw.slots, LocalSlots):
+            gw.slots.on_vacate = store.vacate
         store.on_error_count = gw.metrics.storage_error
         await sync_once(gw)
 

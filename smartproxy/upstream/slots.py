@@ -79,8 +79,14 @@ class SlotBook(Protocol):
         """The channels whose line ``turn`` is the first of."""
         ...
 
-    def leave(self, turn: Turn) -> None:
-        """Out of every line; the next of each is told at once."""
+    def leave(self, turn: Turn, served: str | None = None) -> None:
+        """Out of every line; the next of each is told at once. ``served``: the channel whose
+        slot it got."""
+        ...
+
+    def place(self, channel: str, turn: Turn) -> tuple[int, int]:
+        """For the shared line: the ms ``turn`` (the first in ``channel``'s line) and the next
+        one in it have waited (-1: not in it, no next one)."""
         ...
 
 
@@ -99,6 +105,7 @@ class Turn:
     channels: set[str]
     since: float = field(default_factory=time.monotonic)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    placed: set[str] = field(default_factory=set)  # channels whose shared line it stands in
 
 
 class LocalSlots:
@@ -110,6 +117,8 @@ class LocalSlots:
         self._waiters: deque[_Waiter] = deque()
         self._wanted: dict[str, int] = {}  # channel -> requests waiting for it
         self._line: deque[Turn] = deque()  # shared store: the waiting requests, oldest first
+        # Told the channels whose shared line this process leaves (``RedisStore.vacate``).
+        self.on_vacate: Callable[[str], None] | None = None
 
     def in_flight(self, channel: str) -> int:
         return self._counts.get(channel, 0)
@@ -179,7 +188,7 @@ class LocalSlots:
             ahead |= other.channels
         return []
 
-    def leave(self, turn: Turn) -> None:
+    def leave(self, turn: Turn, served: str | None = None) -> None:
         try:
             self._line.remove(turn)
         except ValueError:
@@ -187,6 +196,24 @@ class LocalSlots:
         self._want(turn.channels, -1)
         for name in turn.channels:
             self._wake(name)
+        turn.placed.discard(served)  # the admit that served it passed its place on
+        if self.on_vacate is not None:
+            for name in turn.placed:
+                if not self._wanted.get(name):
+                    self.on_vacate(name)
+
+    def place(self, channel: str, turn: Turn) -> tuple[int, int]:
+        if channel not in turn.channels:
+            return -1, -1
+        turn.placed.add(channel)
+        now = time.monotonic()
+        seen = False
+        for other in self._line:
+            if other is turn:
+                seen = True
+            elif seen and channel in other.channels:
+                return _ms(now - turn.since), _ms(now - other.since)
+        return _ms(now - turn.since), -1
 
     def _first(self, channel: str) -> Turn | None:
         for turn in self._line:
@@ -307,15 +334,16 @@ class SlotQueue:
                     turn.ready.clear()
                     return heads
 
-    def leave(self) -> None:
-        """Out of the lines (served, timed out, or the client went away)."""
+    def leave(self, served: str | None = None) -> None:
+        """Out of the lines (served on ``served``, timed out, or the client went away)."""
         if self.turn is not None:
-            self._book.leave(self.turn)
+            self._book.leave(self.turn, served)
             self.turn = None
 
-    def stop(self) -> None:
-        """The waiting is over (served, or timed out): observe how long it took, once."""
-        self.leave()
+    def stop(self, served: str | None = None) -> None:
+        """The waiting is over (served on ``served``, or timed out): observe how long it took,
+        once."""
+        self.leave(served)
         if self._started is None:
             return
         now = time.monotonic()
@@ -330,3 +358,7 @@ class SlotQueue:
                   if self._timed_out else "")
         return [f"{name}: at max_concurrency ({cap} in flight){waited}"
                 for name, cap in caps.items()]
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
