@@ -152,7 +152,8 @@ async def test_env_references_in_the_file_survive_a_get_edit_post_round_trip(
     up, url = await upstream_factory("a")
     monkeypatch.setenv("CHAN_A_KEY", "sk-from-the-environment-42")
     path = tmp_path / "smartproxy.yaml"
-    doc = base_config(channels=[channel("a", url, api_key="${CHAN_A_KEY}")])
+    doc = base_config(channels=[channel("a", url, api_key="${CHAN_A_KEY}")],
+                      storage={"backend": "memory", "path": str(tmp_path / "x.db")})
     path.write_text("# hand-written\n" + yaml.safe_dump(doc, sort_keys=False))
     gw = await gateway_factory(path)
     admin = gw.admin_headers()
@@ -369,7 +370,8 @@ async def test_a_key_named_by_a_variable_in_the_file_is_edited_and_deleted_by_wh
     edits it in place (the file keeps ``${TEAM}``) and deletes it."""
     monkeypatch.setenv("TEAM", "team-b")
     path = tmp_path / "smartproxy.yaml"
-    doc = base_config(channels=[{"name": "m", "type": "mock"}])
+    doc = base_config(channels=[{"name": "m", "type": "mock"}],
+                      storage={"backend": "memory", "path": str(tmp_path / "x.db")})
     doc["security"]["auth"]["api_keys"]["${TEAM}"] = {"key": "sk-gw-team-b-0123456789", "burst": 7}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     gw = await gateway_factory(path)

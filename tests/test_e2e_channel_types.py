@@ -36,7 +36,7 @@ async def test_go_sample_config_routes_to_its_claude_channel(
     doc["monitor"] = {"enable": True}
     doc["log"] = {"level": "info"}
     doc["security"] = {"auth": {"api_keys": {"dev": DEV_KEY}}}
-    doc["storage"] = {"backend": "memory"}
+    doc["storage"] = {"backend": "memory", "path": str(tmp_path / "x.db")}  # audit.log there
     path = tmp_path / "go.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True))
     gw = await gateway_factory(path, clock=Clock(datetime(2026, 11, 26, 3, 0, tzinfo=UTC)))
