@@ -511,3 +511,55 @@ async def test_a_large_body_read_whole(pool: H1Pool, stream: bool) -> None:
         assert len(await reply.read()) == size
     finally:
         await server.close()
+
+
+async def test_push_mode_hands_each_chunk_over_as_it_comes(pool: H1Pool, scripted) -> None:
+    """``push``: queued chunks first, then every chunk in the connection's callback (no
+    coroutine woken per chunk), ``on_end`` once whole, and the connection reused."""
+    events = [b"data: %d\n\n" % i for i in range(5)]
+    go = asyncio.Event()
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await read_request(r)
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i, event in enumerate(events):
+                w.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await w.drain()
+                if i == 1:
+                    await go.wait()  # two chunks wait in the queue before push() is called
+                await asyncio.sleep(0.01)
+            w.write(b"0\r\n\r\n")
+
+    url = await scripted(script)
+    reply = await pool.send("POST", url, {}, b"{}", stream=True, timeouts=T)
+    await asyncio.sleep(0.05)
+    got: list[bytes] = []
+    ended = asyncio.Event()
+    reply.push(got.append, ended.set)
+    assert b"".join(got) == b"".join(events[:2])  # what was queued, at once
+    go.set()
+    await asyncio.wait_for(ended.wait(), 5)
+    assert b"".join(got) == b"".join(events) and reply.error is None
+    assert pool.open_connections == 1  # whole: back in the pool
+    # A break mid-stream: on_end, with the error said.
+    reply = await pool.send("POST", url, {}, b"{}", stream=True, timeouts=T)
+    reply.close()  # detached: neither sink nor on_end is called any more
+    assert reply.error is not None
+
+
+async def test_push_mode_reports_a_broken_stream(pool: H1Pool, scripted) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.transport.abort()
+
+    url = await scripted(script)
+    reply = await pool.send("POST", url, {}, b"{}", stream=True, timeouts=T)
+    got: list[bytes] = []
+    ended = asyncio.Event()
+    reply.push(got.append, ended.set)
+    await asyncio.wait_for(ended.wait(), 5)
+    assert got == [b"abc"] and isinstance(reply.error, UpstreamConnectError)

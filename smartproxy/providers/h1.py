@@ -33,7 +33,7 @@ import os
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from multidict import CIMultiDict
@@ -245,6 +245,8 @@ class H1Reply:
         "_deadline",
         "_last",
         "_got_chunk",
+        "_sink",
+        "_on_end",
     )
 
     def __init__(
@@ -279,6 +281,8 @@ class H1Reply:
         self._timeouts = timeouts
         self._last = started
         self._got_chunk = False
+        self._sink: Callable[[bytes], None] | None = None  # push mode (``push``)
+        self._on_end: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind = _FIRST
         self._deadline = 0.0
@@ -453,14 +457,17 @@ class H1Reply:
             self._deliver(b"".join(out) if len(out) > 1 else out[0])
 
     def _deliver(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
         if self._stream:
             self._last = self._loop.time()
             if not self._got_chunk:
                 self._got_chunk = True
                 self._disarm()  # the first chunk came: from now on, silence is what counts
                 self._arm(_IDLE, self._last + self._timeouts.total)
+        if self._sink is not None:
+            self._sink(data)
+            return
+        self._chunks.append(data)
+        self._size += len(data)
         if self._size > HIGH_WATER and not (self._paused or self._whole):
             # A reader taking chunks (a stream) is slower than the upstream: stop reading until
             # it has taken them (``iter_chunks``).
@@ -482,6 +489,7 @@ class H1Reply:
                 self._paused = False
             self._pool.release(conn, self._keep)
         self._wake()
+        self._end_push()
 
     def ended(self, exc: Exception | None) -> None:
         """The connection ended (EOF or lost) while this answer was on it."""
@@ -504,6 +512,13 @@ class H1Reply:
             conn.reply = None
             conn.abort()
         self._wake()
+        self._end_push()
+
+    def _end_push(self) -> None:
+        on_end = self._on_end
+        if on_end is not None:
+            self._on_end = self._sink = None
+            on_end()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -541,6 +556,37 @@ class H1Reply:
                 return
             await self._wait()
 
+    def push(self, sink: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+        """Push mode, for a relay that writes each chunk on at once: from now on every body
+        chunk goes to ``sink`` in the connection's own callback, with no queue and no wake-up of
+        a coroutine, and ``on_end()`` is called once the answer is whole or broken (``error``
+        says which). Chunks already queued go to ``sink`` first. The caller owns flow control
+        (``pause_reading``/``resume_reading``) and must not iterate the chunks any more."""
+        chunks, self._chunks, self._size = self._chunks, [], 0
+        self.resume_reading()
+        for chunk in chunks:
+            sink(chunk)
+        if self._state == _DONE:
+            on_end()
+        else:
+            self._sink, self._on_end = sink, on_end
+
+    @property
+    def error(self) -> AttemptError | None:
+        """What broke the answer (None while it runs or once it is whole)."""
+        return self._error
+
+    def pause_reading(self) -> None:
+        if not self._paused and self._conn is not None and self._conn.transport is not None:
+            self._conn.transport.pause_reading()
+            self._paused = True
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._conn is not None and self._conn.transport is not None:
+                self._conn.transport.resume_reading()
+
     async def read(self) -> bytes:
         self._whole = True  # the reader takes it all: holding back would only stall it
         if self._paused:
@@ -558,6 +604,7 @@ class H1Reply:
 
     def close(self) -> None:
         """Abort an answer not yet whole (its connection is not reused); safe to call again."""
+        self._sink = self._on_end = None  # nobody listens any more
         if self._state != _DONE:
             self._fail(UpstreamConnectError("closed by the gateway"))
         self._chunks = []

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -81,28 +83,32 @@ async def relay_stream(
             pending = None
             if first_out:
                 await resp.write(b"".join(first_out))
+        # Push mode (the lean client's answers, read as they come): after the first chunk,
+        # each chunk is relayed in the upstream connection's own callback (``_Pump``).
+        push = getattr(reply, "push", None) if coding is None else None
+        pump: _Pump | None = None
         while True:
-            if pending is None:
+            if pending is not None:
+                if opaque:
+                    await resp.write(pending)
+                    pending = None
+                    continue
+                out = _events(pending, splitter, translate, inspect, tally, strip_usage)
+                pending = None
+                if tally.response_id is not None and ex.on_answer_id is not None:
+                    ex.on_answer_id(ch.name, tally.response_id)  # before the client knows it
+                    ex.on_answer_id = None
+            elif pump is not None:
+                got = await pump.next()  # the upstream's AttemptError propagates
+                if got is None:
+                    break
+                out = got
+            else:
                 try:
                     pending = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
-            if opaque:
-                await resp.write(pending)
-                pending = None
                 continue
-            out = []
-            for event in splitter.feed(pending):
-                if translate is not None:
-                    out.extend(translate.feed(event))
-                elif inspect(event, tally) and strip_usage:
-                    continue
-                else:
-                    out.append(event)
-            pending = None
-            if tally.response_id is not None and ex.on_answer_id is not None:
-                ex.on_answer_id(ch.name, tally.response_id)  # before the client can know it
-                ex.on_answer_id = None
             if out:
                 if tally.done and not settled:
                     # The stream's end is in these events: settle first, so that a client
@@ -116,6 +122,12 @@ async def relay_stream(
                     if written is not None:
                         await asyncio.shield(written)
                 await resp.write(b"".join(out))
+            if push is not None and pump is None:
+                pump = _Pump.start(resp, reply, push, ex, ch, splitter, translate, tally,
+                                   strip_usage)
+                aclose = getattr(chunks, "aclose", None)
+                if pump is not None and aclose is not None:
+                    await aclose()  # its chunks go to the pump from now on
         rest = splitter.rest()
         if rest and translate is not None:  # a last event without its blank line
             rest = b"".join(translate.feed(rest))
@@ -148,6 +160,140 @@ async def relay_stream(
     if not settled:
         _finish_stream(dispatcher, ex, ch, health, reservation, tally, status, error, t0)
     return resp
+
+
+def _events(
+    data: bytes,
+    splitter: EventSplitter,
+    translate: StreamAdapter | None,
+    inspect: Callable[[bytes, StreamTally], bool],
+    tally: StreamTally,
+    strip_usage: bool,
+) -> list[bytes]:
+    """The events of ``data`` as the client gets them (translated; the usage chunk the
+    client did not ask for left out)."""
+    out: list[bytes] = []
+    for event in splitter.feed(data):
+        if translate is not None:
+            out.extend(translate.feed(event))
+        elif inspect(event, tally) and strip_usage:
+            continue
+        else:
+            out.append(event)
+    return out
+
+
+BACKLOG_HIGH = 256 * 1024  # bytes held for the relay coroutine before the upstream is paused
+CLIENT_HIGH = 64 * 1024  # bytes waiting in the client's socket buffer: leave it to the coroutine
+
+
+class _Pump:
+    """Push mode: each upstream chunk is split into events, inspected (usage, the answer's
+    id) and written to the client in the upstream connection's ``data_received``, without a
+    wake-up of the relay coroutine per chunk (at 1,000 streams of 64 events that wake-up was
+    a large share of the gateway's CPU, issue [8]). What needs the coroutine is left to it in
+    ``backlog``, in order: the events that end the stream (settled before the client sees
+    them), events while the client's buffer is full (it drains), and what comes while it holds
+    earlier events. An error is raised by ``next``."""
+
+    __slots__ = (
+        "_transport", "_writer", "_chunked", "_reply", "_ex", "_channel", "_splitter",
+        "_translate", "_inspect", "_tally", "_strip", "_backlog", "_size", "_held", "_error",
+        "_ended", "_kick", "_loop",
+    )  # fmt: skip
+
+    def __init__(self, transport: Any, writer: Any, reply: Any, ex: Exchange, ch: ChannelConfig,
+                 splitter: EventSplitter, translate: StreamAdapter | None, tally: StreamTally,
+                 strip_usage: bool) -> None:  # fmt: skip
+        self._transport, self._writer, self._chunked = transport, writer, bool(writer.chunked)
+        self._reply, self._ex, self._channel = reply, ex, ch.name
+        self._splitter, self._translate, self._tally = splitter, translate, tally
+        self._inspect, self._strip = ex.wire.inspect, strip_usage
+        self._backlog: list[bytes] = []
+        self._size = 0
+        self._held = False  # the coroutine is writing events: later ones queue behind them
+        self._error: Exception | None = None
+        self._ended = False
+        self._kick: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    @classmethod
+    def start(cls, resp: web.StreamResponse, reply: Any, push: Callable[..., None],
+              ex: Exchange, ch: ChannelConfig, splitter: EventSplitter,
+              translate: StreamAdapter | None, tally: StreamTally,
+              strip_usage: bool) -> _Pump | None:  # fmt: skip
+        """A pump on ``reply``, or None when the response's writer is not one it can write
+        past (compressed, or with a length)."""
+        writer = getattr(resp, "_payload_writer", None)
+        transport = ex.request.transport
+        if (writer is None or transport is None or getattr(writer, "_compress", None) is not None
+                or getattr(writer, "length", None) is not None):  # fmt: skip
+            return None
+        writer.send_headers()  # the headers go first (they wait for the first body write)
+        pump = cls(transport, writer, reply, ex, ch, splitter, translate, tally, strip_usage)
+        push(pump.sink, pump.end)
+        return pump
+
+    def sink(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        try:
+            out = _events(data, self._splitter, self._translate, self._inspect, self._tally,
+                          self._strip)  # fmt: skip
+        except Exception as exc:  # a translation's upstream error event (or a bug): raised
+            self._error = exc  # by the coroutine, as it would have raised it reading the chunk
+            self._wake()
+            return
+        ex, tally = self._ex, self._tally
+        if tally.response_id is not None and ex.on_answer_id is not None:
+            ex.on_answer_id(self._channel, tally.response_id)  # before the client knows it
+            ex.on_answer_id = None
+        if not out:
+            return
+        t = self._transport
+        if (self._held or self._backlog or tally.done or t.is_closing()
+                or t.get_write_buffer_size() > CLIENT_HIGH):  # fmt: skip
+            self._backlog.extend(out)
+            self._size += sum(map(len, out))
+            if self._size > BACKLOG_HIGH:
+                self._reply.pause_reading()
+            self._wake()
+            return
+        payload = out[0] if len(out) == 1 else b"".join(out)
+        if self._chunked:
+            payload = b"%x\r\n%b\r\n" % (len(payload), payload)
+        self._writer.output_size += len(payload)
+        t.write(payload)
+
+    def end(self) -> None:
+        self._ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        kick = self._kick
+        if kick is not None:
+            self._kick = None
+            if not kick.done():
+                kick.set_result(None)
+
+    async def next(self) -> list[bytes] | None:
+        """The events the coroutine writes next; None at the stream's end."""
+        while True:
+            if self._backlog:
+                out, self._backlog, self._size = self._backlog, [], 0
+                self._held = True
+                return out
+            self._held = False
+            self._reply.resume_reading()
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                error = self._reply.error
+                if error is not None:
+                    raise error
+                return None
+            self._kick = self._loop.create_future()
+            await self._kick
 
 
 def _finish_stream(
