@@ -532,3 +532,24 @@ async def test_a_batch_that_ran_but_whose_answer_was_lost_is_written_back_once(s
     assert await b.recover()
     u = (await b.usage(["free"], NOW))["free"]
     assert (u.day_tokens, u.day_requests) == (83, 3)
+
+
+async def test_only_settlements_that_free_a_limit_go_before_the_next_admit(stores):
+    """A settlement on a channel (and key) with no limit changes nothing an admit may be granted:
+    the next admit does not wait for it (it cost every admit a round trip, issue [8]); one on a
+    channel with a quota is written first, so the quota it frees counts at once."""
+    a = await stores()
+    a.SETTLE_PACE = 60.0  # type: ignore[misc]  # a paced settlement would wait a minute
+    free, quota = Limits(), Limits(day_tokens=1000)
+    warm = await admit(a, "free", 1, free)
+    await a.settle(warm.reservation, rec(channel="free"), NOW)  # sets the pace clock
+    plain = await admit(a, "free", 5, free)
+    done = a.settle_nowait(plain.reservation, rec(channel="free"), NOW)
+    assert done is not None
+    assert (await asyncio.wait_for(admit(a, "free", 5, free), 5)).code == 0
+    assert not done.done()  # still waiting for its pace: the admit did not wait for it
+    limited = await admit(a, "q", 600, quota)
+    freed = a.settle_nowait(limited.reservation, rec(channel="q", prompt=10, completion=10), NOW)
+    assert freed is not None
+    again = await asyncio.wait_for(admit(a, "q", 600, quota), 5)
+    assert freed.done() and again.code == 0  # 20 used + 600 reserved: the 600 freed counted

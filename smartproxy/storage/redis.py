@@ -160,6 +160,7 @@ class RedisStore(RedisAdmitter):
             item.member, item.outcome, item.cooldown_ms = res.member, res.outcome, res.cooldown_ms
             item.breaker, item.key_name, item.tpm = res.breaker, res.key_name, res.tpm
             item.urgent = res.trial or res.outcome in ("f", "c")
+            item.ordered = res.ordered
         elif record is not None:
             item.key_name = record.api_key_name
         return item

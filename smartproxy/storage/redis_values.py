@@ -43,6 +43,9 @@ class SharedReservation(Reservation):
     breaker: tuple[int, float] = (5, 30.0)
     key_name: str = ""
     tpm: int = 0
+    # Its settlement changes what this process's next admits may be granted (a channel quota or
+    # cap, a key's tokens per minute or budget): it is written before them (``_flush_admits``).
+    ordered: bool = False
 
 
 @dataclass(slots=True)
@@ -60,6 +63,7 @@ class Settlement:
     budget_day: str = ""
     seq: int = 0  # this process's number for it, given when first sent (see redis_scripts.SETTLE)
     urgent: bool = False  # changes a breaker (a failure, a cool-down, a trial's end): no pacing
+    ordered: bool = False  # written before this process's next admits (``SharedReservation``)
     done: asyncio.Future[None] | None = field(default=None, repr=False)
 
 
