@@ -631,16 +631,21 @@ def plot(points: list[dict[str, Any]], path: str) -> None:
 # ---------------------------------------------------------------- stream client (S4)
 
 
-def stream_client(addr: str, streams: int, seconds: float, cpu: int | None) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_streams", addr,
-           "--streams", str(streams), "--s4-seconds", str(seconds)]
+def client_process(what: str, args: list[str], timeout: float, cpu: int | None) -> dict[str, Any]:
+    """Run this script as one of its load clients (``--_streams``, ``--_closed``) on ``cpu``;
+    its result is the JSON line it prints last."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    proc = subprocess.run(cmd, capture_output=True, timeout=seconds + 120,
-                          preexec_fn=_die_with_parent)
+    proc = subprocess.run(cmd, capture_output=True, timeout=timeout, preexec_fn=_die_with_parent)
     if proc.returncode != 0:
-        sys.exit(f"stream client failed: {proc.stderr.decode()[-2000:]}")
+        sys.exit(f"{what} failed: {proc.stderr.decode()[-2000:]}")
     return dict(json.loads(proc.stdout.decode().strip().splitlines()[-1]))
+
+
+def stream_client(addr: str, streams: int, seconds: float, cpu: int | None) -> dict[str, Any]:
+    args = ["--_streams", addr, "--streams", str(streams), "--s4-seconds", str(seconds)]
+    return client_process("stream client", args, seconds + 120, cpu)
 
 
 class _StreamConn(asyncio.Protocol):
@@ -734,15 +739,8 @@ async def _streams_main(addr: str, streams: int, seconds: float) -> dict[str, An
 
 
 def closed_client(addr: str, conns: int, seconds: float, cpu: int | None) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_closed", addr,
-           "--connections", str(conns), "--steady-seconds", str(seconds)]
-    if cpu is not None:
-        cmd = ["taskset", "-c", str(cpu), *cmd]
-    proc = subprocess.run(cmd, capture_output=True, timeout=seconds + 240,
-                          preexec_fn=_die_with_parent)
-    if proc.returncode != 0:
-        sys.exit(f"closed-loop client failed: {proc.stderr.decode()[-2000:]}")
-    return dict(json.loads(proc.stdout.decode().strip().splitlines()[-1]))
+    args = ["--_closed", addr, "--connections", str(conns), "--steady-seconds", str(seconds)]
+    return client_process("closed-loop client", args, seconds + 240, cpu)
 
 
 class _ClosedConn(asyncio.Protocol):
