@@ -7,6 +7,7 @@ appends those as ``key=value`` so they can be grepped and parsed without a JSON 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import re
 import sys
 
@@ -58,7 +59,8 @@ def setup_logging(config: Config) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config.log.file:
         ensure_private_file(config.log.file, 0o640)  # readable by the service's group (logs)
-        handlers.append(logging.FileHandler(config.log.file, encoding="utf-8"))
+        # Watched: a file logrotate moved away is reopened at the next line (no restart).
+        handlers.append(logging.handlers.WatchedFileHandler(config.log.file, encoding="utf-8"))
     formatter = FieldsFormatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     for handler in handlers:
         handler.setFormatter(formatter)

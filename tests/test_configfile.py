@@ -257,3 +257,16 @@ def test_masked_headers_round_trip_and_a_changed_header_is_written() -> None:
                          CHANNELS.get(edit.config, "paid")) == {
         "headers": {"old": {"OpenAI-Organization": "...cdef"},
                     "new": {"OpenAI-Organization": "...cdef", "X-Team": "****"}}}
+
+
+def test_writing_its_own_file_makes_no_chown_call(tmp_path: Path, monkeypatch: Any) -> None:
+    """The shipped unit filters chown out (``SystemCallFilter=~@privileged``): a gateway
+    writing a file it owns must not call it (every admin write killed the process with SIGSYS,
+    audit finding)."""
+    calls: list[Any] = []
+    monkeypatch.setattr(os, "chown", lambda *a: calls.append(a))
+    path = tmp_path / "smartproxy.yaml"
+    path.write_text("channels: []\n")
+    f = cf.ConfigFile(str(path))
+    f.write("rules: []\n", expected=f.read())
+    assert path.read_text() == "rules: []\n" and calls == []

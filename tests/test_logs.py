@@ -107,3 +107,22 @@ async def test_database_log_and_audit_files_are_owner_only(tmp_path: Path, umask
         for h in root.handlers:
             h.close()
         root.handlers[:], root.level = handlers, level
+
+
+def test_a_log_file_moved_away_by_logrotate_is_reopened(tmp_path: Path) -> None:
+    """logrotate's default moves the file and creates none: the next line starts a new file
+    (it went on into the moved one until a restart, audit finding)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    log_file = tmp_path / "sp.log"
+    try:
+        setup_logging(parse_config({"log": {"file": str(log_file), "level": "info"}}))
+        logging.getLogger("smartproxy.test").info("before rotation")
+        log_file.rename(tmp_path / "sp.log.1")
+        logging.getLogger("smartproxy.test").info("after rotation")
+        assert "after rotation" in log_file.read_text()
+        assert "after rotation" not in (tmp_path / "sp.log.1").read_text()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:], root.level = handlers, level

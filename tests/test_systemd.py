@@ -32,3 +32,9 @@ def test_state_and_umask() -> None:
     assert service["StateDirectory"] == "smartproxy"
     assert service["UMask"] == "0027"
     assert service["Environment"].endswith("/etc/smartproxy/smartproxy.yaml")
+
+
+def test_a_filtered_system_call_fails_instead_of_killing_the_gateway() -> None:
+    service = unit()["Service"]
+    assert "@privileged" in service["SystemCallFilter"]  # the last line of it is what parses
+    assert service["SystemCallErrorNumber"] == "EPERM"

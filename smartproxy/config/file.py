@@ -160,10 +160,14 @@ class ConfigFile:
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, st.st_mode & 0o7777)  # it may hold secrets: keep its permissions
-            try:
-                os.chown(tmp, st.st_uid, st.st_gid)
-            except OSError:
-                pass  # not ours to give away; the new file stays ours
+            made = os.stat(tmp)
+            if (made.st_uid, made.st_gid) != (st.st_uid, st.st_gid):
+                # Only when the owner differs: the shipped systemd unit filters the chown
+                # calls out (@privileged), and a gateway writing its own file needs none.
+                try:
+                    os.chown(tmp, st.st_uid, st.st_gid)
+                except OSError:
+                    pass  # not ours to give away; the new file stays ours
             os.replace(tmp, target)
         except OSError as exc:
             try:
