@@ -6,6 +6,7 @@ import difflib
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
