@@ -553,3 +553,19 @@ async def test_only_settlements_that_free_a_limit_go_before_the_next_admit(store
     assert freed is not None
     again = await asyncio.wait_for(admit(a, "q", 600, quota), 5)
     assert freed.done() and again.code == 0  # 20 used + 600 reserved: the 600 freed counted
+
+
+async def test_a_request_running_past_its_timeout_keeps_its_reservation(stores: Any) -> None:
+    """A long stream outlives its attempt's timeout (which bounds silence, not length): its
+    reservation is renewed while it runs, so the channel's cap and quota still count it (it
+    expired at timeout + grace and a second request got the capped channel, audit finding).
+    A process that dies stops renewing: its reservation still expires."""
+    one, other = await stores(reservation_grace=0.3), await stores(reservation_grace=0.3)
+    cap = Limits(concurrency=1)
+    running = await admit(one, "c", 5, cap, ttl=0.6)  # an attempt timeout of 0.3 s, + grace
+    assert running.code == 0
+    await asyncio.sleep(1.5)  # well past its first expiry
+    assert (await admit(other, "c", 5, cap, ttl=0.6)).code == 5  # still held
+    one._renewals.clear()  # as if its process died: nobody renews it any more
+    await asyncio.sleep(1.0)
+    assert (await admit(other, "c", 5, cap, ttl=0.6)).code == 0

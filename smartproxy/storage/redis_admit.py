@@ -116,6 +116,7 @@ class RedisAdmitter(RedisView):
                     limits.day_tokens or limits.hour_tokens or limits.day_requests
                     or limits.concurrency or (check and (check.tpm or check.budget))
                 ),
+                ttl_ms=ttl_ms,
             )
             self._hold(res)
             adm.reservation = res

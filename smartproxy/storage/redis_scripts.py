@@ -345,3 +345,30 @@ end
 return out
 """
 )
+
+# A request that outlives its attempt's timeout (a long stream: its timeout bounds silence, not
+# length) keeps its reservation: its process pushes the expiry on before it passes. KEYS per
+# reservation (3): r rs cb; ARGV per reservation (2): member, ttl ms. A member already gone
+# (expired, or settled meanwhile) is not brought back. Returns 1 per member renewed, else 0.
+RENEW = (
+    _NOW
+    + """
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = i * 3, i * 2
+  local member, ttl = ARGV[a + 1], tonumber(ARGV[a + 2])
+  local renewed = 0
+  if redis.call('ZSCORE', KEYS[k + 1], member) then
+    redis.call('ZADD', KEYS[k + 1], now + ttl, member)
+    redis.call('PEXPIRE', KEYS[k + 1], ttl + 60000)
+    redis.call('PEXPIRE', KEYS[k + 2], ttl + 60000)
+    if redis.call('HGET', KEYS[k + 3], 'trial') == member then
+      redis.call('HSET', KEYS[k + 3], 'texp', now + ttl)
+    end
+    renewed = 1
+  end
+  out[i + 1] = renewed
+end
+return out
+"""
+)

@@ -46,6 +46,7 @@ class SharedReservation(Reservation):
     # Its settlement changes what this process's next admits may be granted (a channel quota or
     # cap, a key's tokens per minute or budget): it is written before them (``_flush_admits``).
     ordered: bool = False
+    ttl_ms: int = 0  # its expiry in Redis, from the admit (renewed while it lasts: ``_renew``)
 
 
 @dataclass(slots=True)

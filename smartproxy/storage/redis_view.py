@@ -12,6 +12,7 @@ The value objects both sides use are in ``redis_values``.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 import os
@@ -84,12 +85,16 @@ class RedisView:
         self._admit = self._redis.register_script(lua.ADMIT)
         self._settle = self._redis.register_script(lua.SETTLE)
         self._poll = self._redis.register_script(lua.POLL)
+        self._renew_script = self._redis.register_script(lua.RENEW)
         self.log = RequestLog(cfg.path, tz, clock=clock)
         self._book = CounterBook(tz)  # window keys; counting while Redis is away
         self._inst = f"{os.getpid():x}{os.urandom(3).hex()}"
         self._ids = itertools.count(1)
         self._settle_seq = itertools.count(1)  # settlements in the order they are sent
         self._live: dict[int, SharedReservation] = {}
+        # (loop time, id): when each held reservation is renewed if it still runs (``_renew``)
+        self._renewals: list[tuple[float, int]] = []
+        self._renewer: asyncio.Task[None] | None = None
         self._own_tokens: dict[str, int] = {}  # per channel: tokens of ``_live``
         self._view: dict[str, tuple[str, str, Usage]] = {}
         self._pending: list[Settlement] = []
@@ -272,6 +277,46 @@ class RedisView:
     def _hold(self, res: SharedReservation) -> None:
         self._live[res.id] = res
         self._own_tokens[res.channel] = self._own_tokens.get(res.channel, 0) + res.tokens
+        if res.ttl_ms:
+            # Due once its attempt's timeout has passed (its ttl is that plus ``grace``).
+            due = asyncio.get_running_loop().time() + max(res.ttl_ms / 1000 - self.grace, 0.5)
+            heapq.heappush(self._renewals, (due, res.id))
+            if self._renewer is None or self._renewer.done():
+                self._renewer = asyncio.ensure_future(self._renew())
+
+    async def _renew(self) -> None:
+        """Push on the expiry of the reservations of requests still running past their
+        attempt's timeout (a long stream), ``grace`` seconds before it passes; one script call
+        for all that are due. Runs while there are reservations to look after."""
+        loop = asyncio.get_running_loop()
+        heap = self._renewals
+        while heap:
+            wait = heap[0][0] - loop.time()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 1.0))  # an earlier one may be pushed meanwhile
+                continue
+            now = loop.time()
+            due: list[SharedReservation] = []
+            while heap and heap[0][0] <= now:
+                res = self._live.get(heapq.heappop(heap)[1])
+                if res is not None:  # else settled or released: nothing to renew
+                    due.append(res)
+            if not due or not self.online:
+                continue  # offline, this process counts alone: nothing in Redis to renew
+            keys: list[str] = []
+            args: list[Any] = []
+            for res in due:
+                k = self._k
+                keys += (f"{k}r:{res.channel}", f"{k}rs:{res.channel}", f"{k}cb:{res.channel}")
+                args += (res.member, res.ttl_ms)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._renew_script(keys=keys, args=args)
+            except REDIS_ERRORS:
+                pass  # Redis away: the outage handling counts; try again in a second
+            for res in due:
+                step = max(res.ttl_ms / 1000 - self.grace, 0.5) if self.online else 1.0
+                heapq.heappush(heap, (now + step, res.id))
 
     def _unhold(self, rid: int) -> bool:
         """Take reservation ``rid`` out of this process's books; False if it was not there."""
