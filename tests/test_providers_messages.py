@@ -336,10 +336,9 @@ def test_stream_translation_event_by_event() -> None:
         "content_block_start", "content_block_delta", "content_block_delta",
         "content_block_stop",
         "content_block_start", "content_block_delta", "content_block_delta",
-        "content_block_stop",
-        "content_block_start", "content_block_stop",
+        "content_block_start", "content_block_stop", "content_block_stop",
         "message_delta", "message_stop",
-    ]  # fmt: skip
+    ]  # fmt: skip  (tool blocks stay open to the end: parallel calls' deltas may interleave)
     start = events[0][1]["message"]
     assert start["role"] == "assistant" and start["model"] == "claude-x"
     assert start["content"] == [] and start["id"] == "msg_c1"
@@ -351,11 +350,62 @@ def test_stream_translation_event_by_event() -> None:
     assert events[6][1] == {"type": "content_block_delta", "index": 1,
                             "delta": {"type": "input_json_delta", "partial_json": "{\"city\":"}}  # fmt: skip
     # The call without arguments streams no empty partial_json.
-    assert events[9][1]["index"] == 2 and events[9][1]["content_block"]["name"] == "now"
+    assert events[8][1]["index"] == 2 and events[8][1]["content_block"]["name"] == "now"
+    assert [e[1]["index"] for e in events[9:11]] == [1, 2]
     assert events[11][1]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
     assert events[11][1]["usage"]["output_tokens"] == 12
     assert events[11][1]["usage"]["input_tokens"] == 30
     assert stream.finish() == []
+
+
+def _tool_blocks(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What an SDK assembles from the translated events: each tool_use block by its index."""
+    stream = ChatToMessagesStream("m")
+    raw = [b for chunk in chunks for b in stream.feed(chunk)] + stream.finish()
+    blocks: dict[int, dict[str, Any]] = {}
+    for name, event in _events(raw):
+        if name == "content_block_start":
+            blocks[event["index"]] = {**event["content_block"], "json": ""}
+        elif name == "content_block_delta" and event["delta"]["type"] == "input_json_delta":
+            blocks[event["index"]]["json"] += event["delta"]["partial_json"]
+    return [{"id": b["id"], "name": b["name"], "input": json.loads(b["json"] or "{}")}
+            for _, b in sorted(blocks.items()) if b["type"] == "tool_use"]
+
+
+def test_parallel_calls_without_index_in_one_chunk_stay_apart() -> None:
+    """Gemini's OpenAI endpoint sends whole calls with no ``index``: two calls in one chunk
+    were merged into one block with both argument strings (audit finding)."""
+    calls = [{"id": "g1", "type": "function",
+              "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+             {"id": "g2", "type": "function",
+              "function": {"name": "get_time", "arguments": '{"city":"Rome"}'}}]  # fmt: skip
+    chunks = [{"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": calls}}]},
+              {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
+    assert _tool_blocks(chunks) == [
+        {"id": "g1", "name": "get_weather", "input": {"city": "Paris"}},
+        {"id": "g2", "name": "get_time", "input": {"city": "Rome"}},
+    ]
+    # ... and one call per chunk, each without index: told apart by its id
+    one_each = [{"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [c]}}]}
+                for c in calls]
+    assert [b["id"] for b in _tool_blocks(one_each)] == ["g1", "g2"]
+
+
+def test_interleaved_deltas_of_parallel_calls_reach_their_own_block() -> None:
+    """index 0 started, index 1 whole, then index 0's arguments: they made a third, nameless
+    block (audit finding)."""
+    def chunk(**call: Any) -> dict[str, Any]:
+        return {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
+
+    chunks = [
+        chunk(index=0, id="c1", type="function", function={"name": "get_weather", "arguments": ""}),
+        chunk(index=1, id="c2", type="function", function={"name": "get_time", "arguments": "{}"}),
+        chunk(index=0, function={"arguments": '{"city":"P"}'}),
+    ]
+    assert _tool_blocks(chunks) == [
+        {"id": "c1", "name": "get_weather", "input": {"city": "P"}},
+        {"id": "c2", "name": "get_time", "input": {}},
+    ]
 
 
 def test_claude_code_hints_are_left_out() -> None:

@@ -110,15 +110,20 @@ def sse(event: str, payload: Json) -> bytes:
 
 class ChatToMessagesStream:
     """OpenAI chat chunks in, Anthropic stream events out (``feed`` each chunk's JSON, then
-    ``finish`` once ``[DONE]`` or the end is seen). Blocks are numbered in the order they open;
-    a new text or tool call closes the one before."""
+    ``finish`` once ``[DONE]`` or the end is seen). Blocks are numbered in the order they open.
+    A tool call's block stays open until text follows or the stream ends, so that the deltas
+    of parallel calls may interleave (each delta names its block's index, which is how the
+    SDKs assemble them); a call is told by its ``index``, or, from providers that send none
+    (Gemini), by its place in the chunk and its ``id``."""
 
     def __init__(self, model: str) -> None:
         self.model = model
         self.started = False
         self.finished = False
-        self._index = -1  # the open block's index, -1 when none is open
-        self._open: str | None = None  # "text" | "tool:<openai index>"
+        self._index = -1  # the last block opened, -1 when none
+        self._text_open = False
+        self._tools: dict[object, tuple[int, object]] = {}  # call key -> (block index, its id)
+        self._open_tools: list[int] = []
         self._finish_reason: str | None = None
         self._usage: Json | None = None
 
@@ -132,11 +137,14 @@ class ChatToMessagesStream:
             delta = choice.get("delta") or {}
             text = delta.get("content")
             if text:
-                if self._open != "text":
-                    out += self._open_block("text", {"type": "text", "text": ""})
-                out.append(self._delta({"type": "text_delta", "text": text}))
-            for call in delta.get("tool_calls") or []:
-                out += self._tool_delta(call)
+                if not self._text_open:
+                    out += self._close_blocks()
+                    out.append(self._start_block({"type": "text", "text": ""}))
+                    self._text_open = True
+                out.append(self._delta(self._index, {"type": "text_delta", "text": text}))
+            for position, call in enumerate(delta.get("tool_calls") or []):
+                if isinstance(call, dict):
+                    out += self._tool_delta(call, position)
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
         return out
@@ -146,7 +154,7 @@ class ChatToMessagesStream:
             return []
         self.finished = True
         out = [] if self.started else [self._start({})]
-        out += self._close_block()
+        out += self._close_blocks()
         usage = usage_to_anthropic(self._usage)
         stop = STOP_REASONS.get(self._finish_reason or "stop", "end_turn")
         out.append(
@@ -176,37 +184,47 @@ class ChatToMessagesStream:
         }
         return sse("message_start", {"type": "message_start", "message": message})
 
-    def _tool_delta(self, call: Json) -> list[bytes]:
+    def _tool_delta(self, call: Json, position: int) -> list[bytes]:
         out: list[bytes] = []
-        key = f"tool:{call.get('index', 0)}"
+        key = call.get("index")
+        key = ("i", key) if isinstance(key, int) else ("p", position)
+        ident = call.get("id")
         function = call.get("function") or {}
-        if self._open != key:
+        known = self._tools.get(key)
+        if known is not None and ident and known[1] and ident != known[1]:
+            known = None  # another call at the same place (a provider that sends no index)
+        if known is None:
+            if self._text_open:
+                out += self._close_blocks()
             block: Json = {
                 "type": "tool_use",
-                "id": call.get("id") or f"toolu_{self._index + 1}",
+                "id": ident or f"toolu_{self._index + 1}",
                 "name": function.get("name") or "",
                 "input": {},
             }
-            out += self._open_block(key, block)
+            out.append(self._start_block(block))
+            self._tools[key] = known = (self._index, ident)
+            self._open_tools.append(self._index)
         arguments = function.get("arguments")
         if arguments:
-            out.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
+            out.append(self._delta(known[0], {"type": "input_json_delta", "partial_json": arguments}))
         return out
 
-    def _open_block(self, kind: str, block: Json) -> list[bytes]:
-        out = self._close_block()
+    def _start_block(self, block: Json) -> bytes:
         self._index += 1
-        self._open = kind
         payload = {"type": "content_block_start", "index": self._index, "content_block": block}
-        out.append(sse("content_block_start", payload))
-        return out
+        return sse("content_block_start", payload)
 
-    def _close_block(self) -> list[bytes]:
-        if self._open is None:
-            return []
-        self._open = None
-        return [sse("content_block_stop", {"type": "content_block_stop", "index": self._index})]
+    def _close_blocks(self) -> list[bytes]:
+        """Close the open text block, or the open tool blocks (in the order they opened)."""
+        if self._text_open:
+            self._text_open = False
+            closing = [self._index]
+        else:
+            closing, self._open_tools, self._tools = self._open_tools, [], {}
+        return [sse("content_block_stop", {"type": "content_block_stop", "index": i})
+                for i in closing]
 
-    def _delta(self, delta: Json) -> bytes:
-        payload = {"type": "content_block_delta", "index": self._index, "delta": delta}
+    def _delta(self, index: int, delta: Json) -> bytes:
+        payload = {"type": "content_block_delta", "index": index, "delta": delta}
         return sse("content_block_delta", payload)
