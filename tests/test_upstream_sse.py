@@ -110,3 +110,17 @@ def test_error_event_is_an_sse_error_with_an_openai_shaped_body() -> None:
             "param": None,
         }
     }
+
+
+def test_many_events_in_one_chunk_with_every_separator() -> None:
+    """A chunk holding thousands of events (a burst the upstream wrote at once) is split in one
+    pass; LF, CRLF and CR blank lines each end an event, mixed or not."""
+    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        events = [b": keep-alive" + sep] * 5000 + [b"data: [DONE]" + sep]
+        splitter = EventSplitter()
+        assert splitter.feed(b"".join(events)) == events
+        assert splitter.rest() == b""
+    mixed = [b"data: 1\n\n", b"data: 2\r\n\r\n", b"data: 3\r\r", b"data: 4\n\n"]
+    splitter = EventSplitter()
+    got = splitter.feed(b"".join(mixed) + b"data: 5")
+    assert got == mixed and splitter.rest() == b"data: 5"

@@ -7,12 +7,13 @@ one usage chunk the gateway asked for without touching a byte of the others.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from .. import fastjson
 
-_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+_SEPARATOR = re.compile(rb"\r\n\r\n|\n\n|\r\r")  # the blank line that ends an event
 
 
 class EventSplitter:
@@ -24,21 +25,21 @@ class EventSplitter:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        """One pass over the bytes however many events they hold (looking for each of the three
+        separators from every event's start cost the square of a chunk's events: 80,000 small
+        events in one read held the event loop for 10 s)."""
         buf = self._buf + chunk if self._buf else chunk
         events: list[bytes] = []
         start = 0
-        while True:
-            end = -1
-            sep_len = 0
-            for sep in _SEPARATORS:
-                pos = buf.find(sep, start)
-                if pos != -1 and (end == -1 or pos < end):
-                    end, sep_len = pos, len(sep)
-            if end == -1:
-                break
-            events.append(buf[start : end + sep_len])
-            start = end + sep_len
-        self._buf = buf[start:]
+        if b"\r" not in buf:  # the usual LF-only stream: the fast path
+            while (end := buf.find(b"\n\n", start)) != -1:
+                events.append(buf[start : end + 2])
+                start = end + 2
+        else:
+            for m in _SEPARATOR.finditer(buf):
+                events.append(buf[start : m.end()])
+                start = m.end()
+        self._buf = buf[start:] if start else buf
         return events
 
     def rest(self) -> bytes:
