@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
+from typing import Any
 
 import aiohttp
 import openai
@@ -416,3 +417,75 @@ async def test_a_compressed_stream_cut_short_never_ends_cleanly(upstream_factory
     gw = await gateway_factory(base_config(channels=[channel("b", url)]))
     with pytest.raises(aiohttp.ClientPayloadError):
         await post_undecoded(gw, body)
+
+
+CHUNK = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+
+
+async def ending_upstream(tail: bytes) -> Any:
+    """An upstream whose stream is one whole event, then ``tail``, then a clean close."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(CHUNK)
+        await resp.write(tail)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    server = TestServer(app)
+    await server.start_server()
+    return server
+
+
+@pytest.mark.parametrize(
+    ("tail", "ends"),
+    [
+        (b'data: {"id":"c1","object":"chat.comp', b"event: error"),  # cut mid-event
+        (b"data: [DONE]\n", b"data: [DONE]\n\n"),  # the end, without its blank line
+    ],
+)
+async def test_a_stream_ending_mid_event_ends_cleanly_for_sse_clients(gateway_factory, tail, ends):
+    """A piece cut off mid-event is left out before the error event (it ran into it: the SDK
+    raised JSONDecodeError instead of APIError); a last event missing its blank line gets it
+    (audit finding)."""
+    server = await ending_upstream(tail)
+    try:
+        gw = await gateway_factory(
+            base_config(channels=[channel("a", str(server.make_url("/v1")))])
+        )
+        raw = json.dumps({"model": "m", "stream": True, "messages": []}).encode()
+        status, body = await post_raw(gw, raw)
+        assert status == 200 and body.startswith(CHUNK)
+        assert body[len(CHUNK):].startswith(ends)
+        assert b"chat.comp\n" not in body and b"chat.compevent" not in body
+        stream = await gw.openai().chat.completions.create(model="m", messages=[], stream=True)
+        if ends == b"event: error":
+            with pytest.raises(openai.APIError):
+                _ = [c async for c in stream]
+        else:
+            assert [c.choices[0].delta.content async for c in stream] == ["a"]
+    finally:
+        await server.close()
+
+
+async def test_an_http_1_0_stream_ends_with_the_connection(upstream_factory, gateway_factory):
+    """HTTP/1.0 has no chunked encoding: a stream must end by closing the connection, even when
+    the client asked for keep-alive (it stayed open after [DONE], audit finding)."""
+    up, url = await upstream_factory("a")
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": []}).encode()
+    reader, writer = await asyncio.open_connection(gw.client.host, gw.client.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+        b"Authorization: Bearer " + DEV_KEY.encode() + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    answer = await asyncio.wait_for(reader.read(), 5)  # EOF: the connection was closed
+    writer.close()
+    assert answer.startswith(b"HTTP/1.") and b"data: [DONE]" in answer

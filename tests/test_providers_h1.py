@@ -563,3 +563,33 @@ async def test_push_mode_reports_a_broken_stream(pool: H1Pool, scripted) -> None
     reply.push(got.append, ended.set)
     await asyncio.wait_for(ended.wait(), 5)
     assert got == [b"abc"] and isinstance(reply.error, UpstreamConnectError)
+
+
+async def test_a_pause_for_a_slow_reader_is_not_the_upstreams_silence(pool: H1Pool) -> None:
+    """Reading paused because the reader is behind is the gateway's doing: the stream's idle
+    deadline does not run out on the upstream meanwhile (a client that stopped reading for
+    longer than the timeout got 'no data for 3s' and the channel a failure, audit finding)."""
+    size = 4 * HIGH_WATER
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(size // 8192):
+            await resp.write(b"x" * 8192)
+        await resp.write_eof()
+        return resp
+
+    server = await app_server([web.post("/big", big)])
+    short = Timeouts(total=0.3, connect=2, first_byte=2)
+    try:
+        reply = await pool.send(
+            "POST", str(server.make_url("/big")), {}, b"", stream=True, timeouts=short
+        )
+        await asyncio.sleep(1.0)  # more than three idle timeouts while paused
+        assert reply._paused
+        total = 0
+        async for chunk in reply.iter_chunks():
+            total += len(chunk)
+        assert total == size
+    finally:
+        await server.close()

@@ -311,6 +311,9 @@ class H1Reply:
         kind = self._timer_kind
         t = self._timeouts
         if kind == _IDLE:
+            if self._paused:  # the gateway stopped reading for a slow client: not silence
+                self._arm(_IDLE, self._loop.time() + t.total)
+                return
             due = self._last + t.total
             if due > self._loop.time():  # data came since it was armed: look again then
                 self._arm(_IDLE, due)
@@ -544,10 +547,7 @@ class H1Reply:
             if chunks := self._chunks:  # all that came since the last look, as one chunk
                 self._chunks = []
                 self._size = 0
-                if self._paused:
-                    self._paused = False
-                    if self._conn is not None and self._conn.transport is not None:
-                        self._conn.transport.resume_reading()
+                self.resume_reading()
                 yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 continue
             if self._state == _DONE:
@@ -584,6 +584,7 @@ class H1Reply:
     def resume_reading(self) -> None:
         if self._paused:
             self._paused = False
+            self._last = self._loop.time()  # the upstream's silence is counted from now on
             if self._conn is not None and self._conn.transport is not None:
                 self._conn.transport.resume_reading()
 

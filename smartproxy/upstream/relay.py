@@ -72,6 +72,10 @@ async def relay_stream(
     if coding is not None and not opaque:
         headers.popall("Content-Encoding", None)
     resp = web.StreamResponse(status=reply.status, headers=headers)
+    if ex.request.version < (1, 1):
+        # HTTP/1.0 has no chunked encoding: the stream ends when the connection does (aiohttp
+        # kept a keep-alive HTTP/1.0 connection open after the last event).
+        resp.force_close()
     ex.attempts.append(AttemptLog(ch.name, reply.status, None, seconds_to_first))
     status = reply.status
     error: str | None = None
@@ -131,6 +135,13 @@ async def relay_stream(
         rest = splitter.rest()
         if rest and translate is not None:  # a last event without its blank line
             rest = b"".join(translate.feed(rest))
+        elif rest and not opaque:
+            # A last event without its blank line: completed when it ends the stream (a bare
+            # "data: [DONE]\n"); else a piece cut off mid-event, which an SSE client discards
+            # anyway, left out so that it cannot run into the error event below.
+            rest = rest.rstrip(b"\r\n") + b"\n\n"
+            if (inspect(rest, tally) and strip_usage) or not tally.done:
+                rest = b""
         if rest:
             await resp.write(rest)
         if not tally.done and wire.ends_with_marker and not opaque:
