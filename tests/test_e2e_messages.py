@@ -520,3 +520,14 @@ async def test_a_field_chat_cannot_say_goes_to_a_native_anthropic_channel(
     )  # fmt: skip
     assert msg.content[0].type == "text"
     assert chat.seen == [] and fake.seen[0].body["top_k"] == 5  # the cheaper chat one skipped
+    # The dry run says the same (it listed the chat channel first, audit finding).
+    dry = await gw.client.post(
+        "/api/route",
+        json={"path": "/v1/messages", "model": "m1", "max_tokens": 5, "top_k": 5,
+              "messages": [{"role": "user", "content": "hi"}]},
+        headers=gw.admin_headers(),
+    )  # fmt: skip
+    route = await dry.json()
+    assert [c["channel"] for c in route["candidates"]] == ["claude"]
+    reasons = {e["channel"]: e["reason"] for e in route["excluded"]}
+    assert "top_k" in reasons["gpt"]

@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from ..audit import Actor
-from ..errors import BadRequest, ConfigError, GatewayError
+from ..errors import BadRequest, ConfigError, GatewayError, Untranslatable
+from ..providers import adapter_for
 from ..routing.pricing import effective_price
 from ..routing.router import Candidate
 from ..security.authlog import left_out_note
@@ -163,7 +164,19 @@ async def route_dry_run(request: web.Request) -> web.Response:
     slots = gw.slots
     candidates: list[Candidate] = []
     full: list[Candidate] = []
+    untranslatable: list[dict[str, str]] = []
+    request = {k: v for k, v in body.items() if k not in ("path", "endpoint")}  # the dry run's
     for c in decision.candidates:
+        # A channel of another API shape gets the body translated per attempt; a field it
+        # cannot express skips it there (failover), so here too.
+        adapter = adapter_for(c.channel.provider, path)
+        if adapter is not None:
+            try:
+                model = c.channel.upstream_model(facts.model)
+                adapter.request(request, model=model, channel=c.channel)
+            except Untranslatable as exc:
+                untranslatable.append({"channel": c.channel.name, "reason": exc.message})
+                continue
         cap = c.channel.max_concurrency
         (full if cap and slots.in_flight(c.channel.name) >= cap else candidates).append(c)
     return web.json_response(
@@ -194,6 +207,7 @@ async def route_dry_run(request: web.Request) -> web.Response:
                 }
                 for c in full
             ]
+            + untranslatable
             + [{"channel": e.channel, "reason": e.reason} for e in decision.excluded],
             "queued": slots.queued(),
             "queue_timeout": snap.config.server.queue_timeout,
