@@ -165,7 +165,7 @@ async def route_dry_run(request: web.Request) -> web.Response:
     candidates: list[Candidate] = []
     full: list[Candidate] = []
     untranslatable: list[dict[str, str]] = []
-    request = {k: v for k, v in body.items() if k not in ("path", "endpoint")}  # the dry run's
+    sent = {k: v for k, v in body.items() if k not in ("path", "endpoint")}  # the dry run's
     for c in decision.candidates:
         # A channel of another API shape gets the body translated per attempt; a field it
         # cannot express skips it there (failover), so here too.
@@ -173,7 +173,7 @@ async def route_dry_run(request: web.Request) -> web.Response:
         if adapter is not None:
             try:
                 model = c.channel.upstream_model(facts.model)
-                adapter.request(request, model=model, channel=c.channel)
+                adapter.request(sent, model=model, channel=c.channel)
             except Untranslatable as exc:
                 untranslatable.append({"channel": c.channel.name, "reason": exc.message})
                 continue
