@@ -30,6 +30,7 @@ from .api.ops import create_ops_app
 from .api.proxy import create_proxy_app
 from .config import Config
 from .metrics import Metrics
+from .metrics_merge import asked_by_a_peer
 from .providers import make_providers
 from .providers.h1 import H1Pool
 from .security.clientaddr import client_address
@@ -81,7 +82,10 @@ def observer(gateway: Gateway) -> Any:
             route = request.match_info.route
             resource = route.resource if route is not None else None
             endpoint = resource.canonical if resource is not None else "other"
-            metrics.observe_request(endpoint, status, time.perf_counter() - started)
+            # A sibling worker gathering this one's metrics for a scrape is not a request: one
+            # scrape counted once per worker otherwise.
+            if endpoint != "/metrics" or not asked_by_a_peer(request):
+                metrics.observe_request(endpoint, status, time.perf_counter() - started)
 
     return observe
 

@@ -21,6 +21,7 @@ import asyncio
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
@@ -116,3 +117,9 @@ async def peer_text(path: str, timeout: float = PEER_TIMEOUT) -> str | None:
         return None
     return body.decode("utf-8", "replace")
 
+
+def asked_by_a_peer(request: Any) -> bool:
+    """A sibling worker asking for this one's own metrics: the header, on the Unix socket."""
+    if PEER_HEADER not in request.headers or request.transport is None:
+        return False
+    return isinstance(request.transport.get_extra_info("sockname"), str)

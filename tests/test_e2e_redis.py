@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import channel
-from gatewayprocs import DEV_KEY, MESSAGES, GatewayProcess, gateway_config
+from gatewayprocs import ADMIN_SECRET, DEV_KEY, MESSAGES, GatewayProcess, gateway_config
 from redisutil import PrivateRedis, delete_prefix, require_redis, unique_prefix
 
 import smartproxy
@@ -156,6 +156,29 @@ async def test_back_to_back_requests_alternating_processes_spend_a_small_quota_t
             assert body.endswith(b"data: [DONE]\n\n") if stream else b"choices" in body
             served.append(resp.headers["x-smartproxy-channel"])
     assert served == ["rq"] * 7 + ["rfb"] * 2  # 7 x 15 = 105: the 7th is the one past 100
+
+
+async def test_back_to_back_requests_alternating_processes_spend_a_key_budget_to_its_end(
+    tmp_path, http, procs, shared_redis, upstream_factory
+):
+    """A key's daily budget on a channel with no quota of its own: each answer waits for its
+    spend to reach Redis, so the next request, through the other process, sees it (it went
+    out first and 6 or 7 requests of $0.01 passed a $0.05 budget, audit finding)."""
+    url, prefix = shared_redis
+    usage = {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
+    _, up_url = await upstream_factory("paid", usage=usage)
+    keys = {"dev": DEV_KEY, "b": {"key": "sk-budget-0000000001", "daily_budget_usd": 0.05}}
+    security = {"auth": {"api_keys": keys, "jwt": {"secret": ADMIN_SECRET}},
+                "rate_limit": {"requests_per_minute": 1_000_000, "burst": 1_000_000}}
+    a, b = await two_gateways(http, procs, tmp_path,
+                              [channel("paid", up_url, price_per_token=0.001)], url, prefix,
+                              security=security)  # fmt: skip
+    statuses = []
+    for i in range(8):
+        gw = a if i % 2 else b
+        status, _, _ = await gw.chat(http, key="sk-budget-0000000001")
+        statuses.append(status)
+    assert statuses == [200] * 5 + [429] * 3
 
 
 async def test_a_burst_of_10_lets_exactly_10_through_two_processes(
@@ -491,8 +514,14 @@ async def test_metrics_with_workers_count_every_worker(tmp_path, http, procs, sh
                     return s.value
         raise AssertionError(f"{name}{labels} not in the scrape")
 
+    def scrapes(text: str) -> float:
+        try:
+            return value(text, "smartproxy_requests_total", endpoint="/metrics", status="200")
+        except AssertionError:
+            return 0.0
+
     # Each scrape on a new connection: the kernel picks either worker (SO_REUSEPORT).
-    seen = []
+    seen, scraped = [], []
     for headers in ({}, {}, {}, {}, {}, {"X-SmartProxy-Peer": "1"}):  # the header: TCP ignores it
         async with aiohttp.ClientSession() as fresh:
             async with fresh.get(f"{gw.base}/metrics", headers=headers) as resp:
@@ -500,10 +529,13 @@ async def test_metrics_with_workers_count_every_worker(tmp_path, http, procs, sh
                 text = await resp.text()
         seen.append(value(text, "smartproxy_requests_total",
                           endpoint="/v1/chat/completions", status="200"))
+        scraped.append(scrapes(text))
         assert value(text, "smartproxy_upstream_requests_total", channel="up", status="200") == 40
         assert value(text, "smartproxy_request_duration_seconds_count",
                      endpoint="/v1/chat/completions") == 40
         assert value(text, "smartproxy_build_info", version=smartproxy.__version__) == 1
     assert seen == [40] * 6
+    # A scrape is one request, however many workers answer it (each counted it, audit finding).
+    assert scraped == [0, 1, 2, 3, 4, 5]
     assert gw.stop() == 0
     assert set(Path(tempfile.gettempdir()).glob("smartproxy-workers-*")) <= before  # removed

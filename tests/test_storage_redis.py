@@ -562,10 +562,12 @@ async def test_a_request_running_past_its_timeout_keeps_its_reservation(stores: 
     A process that dies stops renewing: its reservation still expires."""
     one, other = await stores(reservation_grace=0.3), await stores(reservation_grace=0.3)
     cap = Limits(concurrency=1)
-    running = await admit(one, "c", 5, cap, ttl=0.6)  # an attempt timeout of 0.3 s, + grace
+    running = await admit(one, "c", 5, cap, ttl=1.0)  # an attempt timeout of 0.7 s, + grace
     assert running.code == 0
-    await asyncio.sleep(1.5)  # well past its first expiry
-    assert (await admit(other, "c", 5, cap, ttl=0.6)).code == 5  # still held
-    one._renewals.clear()  # as if its process died: nobody renews it any more
-    await asyncio.sleep(1.0)
-    assert (await admit(other, "c", 5, cap, ttl=0.6)).code == 0
+    await asyncio.sleep(2.5)  # well past its first expiry
+    assert (await admit(other, "c", 5, cap, ttl=1.0)).code == 5  # still held
+    assert one._renewer is not None
+    one._renewer.cancel()  # as if its process died: nobody renews it any more
+    one._renewals.clear()
+    await asyncio.sleep(1.6)  # past the last expiry it was given
+    assert (await admit(other, "c", 5, cap, ttl=1.0)).code == 0

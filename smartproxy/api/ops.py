@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..metrics_merge import PEER_HEADER, merge, peer_sockets, peer_text
+from ..metrics_merge import asked_by_a_peer, merge, peer_sockets, peer_text
 from ..state import GATEWAY, Gateway, quota_left
 
 
@@ -113,20 +113,13 @@ async def metrics(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     await refresh_gauges(gw)
     body, content_type = gw.metrics.render()
-    if gw.peers_dir is not None and not _asked_by_a_peer(request):  # --workers N: all of them
+    if gw.peers_dir is not None and not asked_by_a_peer(request):  # --workers N: all of them
         peers = peer_sockets(gw.peers_dir, gw.peer_socket)
         texts = await asyncio.gather(*(peer_text(path) for path in peers))
         body = merge([body.decode(), *(t for t in texts if t is not None)])
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = content_type
     return resp
-
-
-def _asked_by_a_peer(request: web.Request) -> bool:
-    """A sibling worker asking for this one's own metrics: the header, on the Unix socket."""
-    if PEER_HEADER not in request.headers or request.transport is None:
-        return False
-    return isinstance(request.transport.get_extra_info("sockname"), str)
 
 
 async def refresh_gauges(gw: Gateway) -> None:

@@ -101,7 +101,12 @@ class Answerer:
         if counters is not None:  # in-process counters: no task, nothing to cancel
             counters.settle_now(reservation, record, gw.clock())
         elif gw.shared:  # queued for the shared store's next batch: no task either
-            limited = ch.has_quota or bool(ch.max_concurrency)  # other processes check these
+            # What other processes check (a channel's quota or cap, the key's tokens per
+            # minute or budget): written before the client sees the end, so that its next
+            # request, through any process, finds it counted.
+            limited = (
+                ch.has_quota or bool(ch.max_concurrency) or getattr(reservation, "ordered", False)
+            )
             written = shared.settle(gw, reservation, record, urgent=limited)
             if not limited:
                 written = None
