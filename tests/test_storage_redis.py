@@ -338,20 +338,20 @@ async def test_max_concurrency_is_first_come_first_served_across_processes(store
     one, two, three = await stores(), await stores(), await stores()
     cap = Limits(concurrency=1)
 
-    async def at(store: RedisStore, line: tuple[int, int] = (-1, -1)) -> Any:
+    async def at(store: RedisStore, line: tuple[int, str] = (-1, "")) -> Any:
         return await store.admit("c", 5, cap, now=NOW, ttl=30, breaker=BREAKER, line=line)
 
     running = await at(one)
     assert running.code == 0
-    assert (await at(two, (300, -1))).code == 5  # two's waiter, there 300 ms: takes its place
-    assert (await at(three, (100, 50))).code == 5  # three's, 100 ms: behind two's
+    assert (await at(two, (300, ""))).code == 5  # two's waiter, there 300 ms: takes its place
+    assert (await at(three, (100, "50"))).code == 5  # three's, 100 ms: behind two's
     await one.release(running.reservation)
     assert (await at(one)).code == 5  # a newcomer: behind both, though the slot is free
-    assert (await at(three, (110, 60))).code == 5  # not the first in line
-    served = await at(two, (310, -1))  # the first: served, its place given up
+    assert (await at(three, (110, "60"))).code == 5  # not the first in line
+    served = await at(two, (310, ""))  # the first: served, its place given up
     assert served.code == 0
     await two.release(served.reservation)
-    served = await at(three, (120, 70))  # served; its process's next waiter keeps the place
+    served = await at(three, (120, "70"))  # served; its process's next waiter keeps the place
     assert served.code == 0
     await three.release(served.reservation)
     assert (await at(one)).code == 5  # three's next waiter (70 ms) is ahead of a newcomer
@@ -363,8 +363,8 @@ async def test_max_concurrency_is_first_come_first_served_across_processes(store
     await two.release(alone.reservation)
     assert await one._redis.hgetall(f"{one._k}q:c") == {}
     # A process whose last waiter gave up leaves the line at once (``vacate``).
-    assert (await at(two, (0, -1))).code == 0  # a slot free, no line: served
-    assert (await at(three, (0, -1))).code == 5
+    assert (await at(two, (0, ""))).code == 0  # a slot free, no line: served
+    assert (await at(three, (0, ""))).code == 5
     assert (await at(one)).code == 5
     three.vacate("c")
     for _ in range(100):
@@ -372,6 +372,34 @@ async def test_max_concurrency_is_first_come_first_served_across_processes(store
             break
         await asyncio.sleep(0.01)
     assert await one._redis.hgetall(f"{one._k}q:c") == {}
+
+
+async def test_several_free_slots_go_to_the_earliest_waiters_of_any_process(stores: Any) -> None:
+    """A process's place counted as one request however many of its requests waited: with three
+    slots freed at once, a process whose single waiter came later took two of them before the
+    nine that came first in another (audit finding). The place lists every waiter's arrival."""
+    one, two, three = await stores(), await stores(), await stores()
+    cap = Limits(concurrency=3)
+
+    async def at(store: RedisStore, line: tuple[int, str] = (-1, "")) -> Any:
+        return await store.admit("c", 5, cap, now=NOW, ttl=30, breaker=BREAKER, line=line)
+
+    running = [await at(one) for _ in range(3)]
+    assert all(r.code == 0 for r in running)
+    assert (await at(two, (300, "290,280"))).code == 5  # three waiters, the earliest
+    assert (await at(three, (100, ""))).code == 5  # one waiter, later
+    for r in running:
+        await one.release(r.reservation)
+    assert (await at(three, (110, ""))).code == 5  # three slots free, three earlier waiters
+    assert (await at(two, (310, "300,290"))).code == 0
+    assert (await at(three, (111, ""))).code == 5
+    assert (await at(two, (301, "291"))).code == 0
+    assert (await at(three, (112, ""))).code == 5
+    last = await at(two, (292, ""))
+    assert last.code == 0
+    assert (await at(three, (113, ""))).code == 5  # now full
+    await two.release(last.reservation)
+    assert (await at(three, (120, ""))).code == 0  # its turn
 
 
 async def test_zero_token_reservations_settle_release_and_expire(stores):

@@ -122,13 +122,13 @@ async def test_a_process_gives_up_its_shared_place_when_none_of_its_requests_wai
     book.on_vacate = vacated.append
     first, second = SlotQueue(book, 5), SlotQueue(book, 5)
     assert sorted(await first.next_turn(["c", "d"], 1)) == ["c", "d"]
-    assert book.place("c", first.turn) == (0, -1) and book.place("d", first.turn) == (0, -1)
+    assert book.place("c", first.turn) == (0, "") and book.place("d", first.turn) == (0, "")
     waiting = asyncio.create_task(second.next_turn(["c"], 1))
     await asyncio.sleep(0)  # in c's line, behind first
     assert second.turn is not None and not waiting.done()
     first.stop("d")  # served on d: d's place was passed on by the admit; c: second still waits
     assert vacated == []
     assert await waiting == ["c"]  # at the front now: at once
-    assert book.place("c", second.turn)[1] == -1
+    assert book.place("c", second.turn)[1] == ""
     second.leave()  # timed out / gone: the last of c's line here
     assert vacated == ["c"]

@@ -24,7 +24,7 @@ from .redis_values import (
 from .redis_view import RedisView
 
 NO_KEY_CHECK = (0, 0, 0, 0, 0, 0)  # the script's key fields when the key is not checked
-NOT_WAITING = (-1, -1)  # ``line`` of a request that is not waiting for a slot (a newcomer)
+NOT_WAITING = (-1, "")  # ``line`` of a request that is not waiting for a slot (a newcomer)
 
 
 class RedisAdmitter(RedisView):
@@ -40,7 +40,7 @@ class RedisAdmitter(RedisView):
         ttl: float,
         breaker: tuple[int, float],
         check: KeyCheck | None = None,
-        line: tuple[int, int] = NOT_WAITING,
+        line: tuple[int, str] = NOT_WAITING,
     ) -> Admission:
         """Check the key (once per request), the channel's breaker, cool-down and quota, and
         reserve ``tokens``: one script call. Offline: this process's own counting (or 503).

@@ -60,13 +60,14 @@ end
 #       7 check the key (0/1), 8 rpm, 9 burst, 10 tpm, 11 tokens for tpm, 12 budget (USD),
 #       13 max concurrency (0: none; compared with the live reservations' count ``rs.r``),
 #       14 the process (its field in ``q``), 15 ms the process's first waiter for the channel
-#       has waited (-1: the request is not waiting, a newcomer), 16 the same for its next
-#       waiter (-1: none)
+#       has waited (-1: the request is not waiting, a newcomer), 16 the ms each of its next
+#       waiters has waited, oldest first, comma-separated (up to 15; "": none)
 # Max concurrency is first come first served across processes: a slot goes to a request only
-# when the live places in the line ahead of it leave one free (a newcomer is behind them all);
-# a waiter refused takes or renews its process's place; one admitted hands the place to the
-# process's next waiter (or gives it up). A channel nobody waits for costs one HGETALL of an
-# absent key.
+# when the requests waiting in other processes that came before it leave one free (a newcomer
+# is behind them all). A process's place in the line (``q``, field: the process, value:
+# "expiry:arrival,arrival,...") lists its waiters' arrival times; a waiter refused takes or
+# renews it; one admitted leaves the rest (or gives the place up). A channel nobody waits for
+# costs one HGETALL of an absent key.
 # Returns {code, trial, day tokens, hour tokens, day requests, held tokens, held requests,
 #          req remaining, req limit, req reset ms, tok remaining, tok limit, tok reset ms,
 #          retry/remaining ms, spent (string)}
@@ -152,17 +153,21 @@ local function admit(K, A)
     local line = redis.call('HGETALL', K[10])
     for j = 1, #line, 2 do
       local who = line[j]
-      local at, til = string.match(line[j + 1], '^(%-?%d+):(%d+)$')
-      at = tonumber(at)
-      if tonumber(til) <= now then
+      local til, ats = string.match(line[j + 1], '^(%d+):(.*)$')
+      if not til or tonumber(til) <= now then
         redis.call('HDEL', K[10], who)
-      elseif who ~= A[14] and (waited < 0 or at < mine or (at == mine and who < A[14])) then
-        ahead = ahead + 1
+      elseif who ~= A[14] then
+        for at in string.gmatch(ats, '%-?%d+') do
+          at = tonumber(at)
+          if waited < 0 or at < mine or (at == mine and who < A[14]) then ahead = ahead + 1 end
+        end
       end
     end
     if hr + ahead >= mc then
       if waited >= 0 then
-        redis.call('HSET', K[10], A[14], string.format('%d:%d', mine, now + LINE_TTL))
+        local ats = {tostring(mine)}
+        for w in string.gmatch(A[16], '%d+') do ats[#ats + 1] = tostring(now - tonumber(w)) end
+        redis.call('HSET', K[10], A[14], (now + LINE_TTL) .. ':' .. table.concat(ats, ','))
         redis.call('PEXPIRE', K[10], LINE_TTL + 1000)
       end
       return {5, 0, dt, hh, dr, ht, hr, rq[1], rq[2], rq[3], tk[1], tk[2], tk[3], 0, '0'}
@@ -183,9 +188,10 @@ local function admit(K, A)
     redis.call('HSET', K[5], 'trial', A[1] .. ':' .. tokens, 'texp', now + ttl)
   end
   if waited >= 0 then
-    local next_waited = tonumber(A[16])
-    if next_waited >= 0 then
-      redis.call('HSET', K[10], A[14], string.format('%d:%d', now - next_waited, now + LINE_TTL))
+    local ats = {}
+    for w in string.gmatch(A[16], '%d+') do ats[#ats + 1] = tostring(now - tonumber(w)) end
+    if #ats > 0 then
+      redis.call('HSET', K[10], A[14], (now + LINE_TTL) .. ':' .. table.concat(ats, ','))
       redis.call('PEXPIRE', K[10], LINE_TTL + 1000)
     else
       redis.call('HDEL', K[10], A[14])

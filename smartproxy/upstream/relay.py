@@ -126,9 +126,10 @@ async def relay_stream(
                     if written is not None:
                         await asyncio.shield(written)
                 await resp.write(b"".join(out))
-            if push is not None and pump is None:
+            if push is not None:  # once, after the first chunk
                 pump = _Pump.start(resp, reply, push, ex, ch, splitter, translate, tally,
                                    strip_usage)
+                push = None
                 aclose = getattr(chunks, "aclose", None)
                 if pump is not None and aclose is not None:
                     await aclose()  # its chunks go to the pump from now on

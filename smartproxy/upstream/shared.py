@@ -65,7 +65,7 @@ async def admit(
     attempt_timeout: float,
     breaker: tuple[int, float],
     now: datetime,
-    line: tuple[int, int] = NOT_WAITING,
+    line: tuple[int, str] = NOT_WAITING,
 ) -> tuple[Reservation | None, str]:
     """Reserve on ``ch`` through the shared store; (reservation, "") or (None, why skipped).
     Raises the key's 429 when its limits refuse the request. ``line``: the request is the first
@@ -90,7 +90,7 @@ async def _admit(
     breaker: tuple[int, float],
     now: datetime,
     check: KeyCheck | None,
-    line: tuple[int, int],
+    line: tuple[int, str],
 ) -> tuple[Reservation | None, str]:
     if check is not None and not store.online and store.on_error == "open":
         for local_check in check.local or ():

@@ -84,10 +84,14 @@ class SlotBook(Protocol):
         slot it got."""
         ...
 
-    def place(self, channel: str, turn: Turn) -> tuple[int, int]:
-        """For the shared line: the ms ``turn`` (the first in ``channel``'s line) and the next
-        one in it have waited (-1: not in it, no next one)."""
+    def place(self, channel: str, turn: Turn) -> tuple[int, str]:
+        """For the shared line: the ms ``turn`` (the first in ``channel``'s line) has waited
+        (-1: not in it), and those after it in that line, oldest first ("1200,830"; "": none;
+        at most ``LINE_SHOWN``)."""
         ...
+
+
+LINE_SHOWN = 15  # a process's waiters after its first that it tells the shared line of
 
 
 @dataclass(eq=False)
@@ -202,18 +206,21 @@ class LocalSlots:
                 if not self._wanted.get(name):
                     self.on_vacate(name)
 
-    def place(self, channel: str, turn: Turn) -> tuple[int, int]:
+    def place(self, channel: str, turn: Turn) -> tuple[int, str]:
         if channel not in turn.channels:
-            return -1, -1
+            return -1, ""
         turn.placed.add(channel)
         now = time.monotonic()
         seen = False
+        after: list[str] = []
         for other in self._line:
             if other is turn:
                 seen = True
             elif seen and channel in other.channels:
-                return _ms(now - turn.since), _ms(now - other.since)
-        return _ms(now - turn.since), -1
+                after.append(str(_ms(now - other.since)))
+                if len(after) == LINE_SHOWN:
+                    break
+        return _ms(now - turn.since), ",".join(after)
 
     def _first(self, channel: str) -> Turn | None:
         for turn in self._line:
