@@ -75,6 +75,20 @@ async def app_server(routes: list[web.RouteDef]) -> TestServer:
     return server
 
 
+async def big_server(size: int) -> TestServer:
+    """POST /big answers ``size`` bytes as fast as the reader takes them."""
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(size // 8192):
+            await resp.write(b"x" * 8192)
+        await resp.write_eof()
+        return resp
+
+    return await app_server([web.post("/big", big)])
+
+
 # -- requests -----------------------------------------------------------------------------------
 
 
@@ -362,15 +376,7 @@ async def test_headers_by_first_byte_then_the_body_until_the_end(pool: H1Pool, s
 async def test_a_slow_reader_pauses_the_upstream(pool: H1Pool) -> None:
     size = 4 * HIGH_WATER
 
-    async def big(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        for _ in range(size // 8192):
-            await resp.write(b"x" * 8192)
-        await resp.write_eof()
-        return resp
-
-    server = await app_server([web.post("/big", big)])
+    server = await big_server(size)
     try:
         reply = await pool.send(
             "POST", str(server.make_url("/big")), {}, b"", stream=True, timeouts=T
@@ -571,15 +577,7 @@ async def test_a_pause_for_a_slow_reader_is_not_the_upstreams_silence(pool: H1Po
     longer than the timeout got 'no data for 3s' and the channel a failure, audit finding)."""
     size = 4 * HIGH_WATER
 
-    async def big(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        for _ in range(size // 8192):
-            await resp.write(b"x" * 8192)
-        await resp.write_eof()
-        return resp
-
-    server = await app_server([web.post("/big", big)])
+    server = await big_server(size)
     short = Timeouts(total=0.3, connect=2, first_byte=2)
     try:
         reply = await pool.send(
