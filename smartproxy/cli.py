@@ -5,29 +5,27 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import logging
 import os
+import pickle
 import shutil
-import signal
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, find_config, load_config, parse_listen
 from .errors import CannotListen, ConfigError
-from .serving import check_files, check_listen, config_mtime, serve
+from .serving import check_files, check_listen, config_mtime
+from .supervisor import Workers, WorkerSpec, hand_over, serve_process, worker
 
 if TYPE_CHECKING:
     pass
-from .logs import setup_logging
+from .logs import log_level, setup_logging
 from .security.jwt import generate_secret
 
 log = logging.getLogger("smartproxy")
@@ -210,19 +208,16 @@ def run(path: str | None, listen: str | None, workers: int) -> int:
         if workers > 1:
             check_listen(config)  # once here, not once per worker
             return _run_workers(path, config, workers)
-        return _serve_process(path, config, reuse_port=False)
+        return serve_process(path, config, reuse_port=False)
     except CannotListen as exc:
         print(f"smartproxy: {exc}", file=sys.stderr)
         return 1
 
 
-RESTART_PAUSE = 1.0  # seconds between restarts of a worker that keeps dying at once
-WORKER_CANNOT_LISTEN = 3  # a worker's exit code: its port could not be bound; no restart helps
-
-
 def _run_workers(path: str | None, config: Config, workers: int) -> int:
     """Fork N processes that each bind the port with SO_REUSEPORT. The parent forwards SIGHUP,
-    SIGTERM and SIGINT to them and restarts a worker that dies (not one that exits on a stop)."""
+    SIGTERM and SIGINT to them and restarts a worker that dies (not one that exits on a stop);
+    once they run, it becomes the lean ``supervisor`` (``hand_over``)."""
     # One generated admin secret for all workers, so a token is accepted by whichever one answers.
     secret = None if config.security.jwt.secret else generate_secret()
     # Load the whole application here, once: the workers then share its memory copy-on-write
@@ -231,7 +226,6 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
 
     gc.collect()
     gc.freeze()
-    stopping = False
     parent = os.getpid()
     loaded = config_mtime(path)  # the file as ``config`` was read from it
     # Each worker also listens on a Unix socket here (mode 0700): a scrape of /metrics reaching
@@ -242,122 +236,29 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
         log.warning("no folder for the workers' metrics sockets (%s): /metrics will show "
                     "only the worker a scrape reaches", exc)
         peers_dir = None
+    spec = WorkerSpec(path, config, secret, loaded, peers_dir)
 
     def spawn(index: int) -> int:
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the parent's loop
             code = 1
             try:
-                # Until serve() installs its own handlers: a stop ends a starting worker quietly.
-                signal.signal(signal.SIGTERM, _stop_starting_worker)
-                signal.signal(signal.SIGINT, _stop_starting_worker)
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the config is being read anyway
-                _stop_with_parent(parent)
-                code = _serve_process(path, config, reuse_port=True, jwt_secret=secret,
-                                      announce=index == 0, loaded=loaded,
-                                      peers=None if peers_dir is None else (peers_dir, index))
-            except CannotListen as exc:  # taken since the parent's check_listen
-                print(f"smartproxy: worker {index}: {exc}", file=sys.stderr)
-                code = WORKER_CANNOT_LISTEN
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 0
+                code = worker(index, parent, spec)
             finally:
                 os._exit(code)
         return pid
 
     children = {spawn(index): index for index in range(workers)}
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if signum != signal.SIGHUP:
-            stopping = True
-        for child in list(children):
-            try:
-                os.kill(child, signum)
-            except ProcessLookupError:
-                pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    hand_over({
+        "children": children,
+        "log_level": log_level(config),
+        "log_file": config.log.file,
+        "peers_dir": peers_dir,
+        "worker": pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL),
+    })
+    # Still here: exec failed (logged); this process supervises as it is.
     try:
-        return _supervise(children, spawn, lambda: stopping, partial(forward, signal.SIGTERM, None))
+        return Workers(children, spawn).run()
     finally:
         if peers_dir is not None:
             shutil.rmtree(peers_dir, ignore_errors=True)
-
-
-def _supervise(
-    children: dict[int, int],
-    spawn: Callable[[int], int],
-    stopping: Callable[[], bool],
-    stop: Callable[[], None],
-) -> int:
-    """Wait for the workers; restart one that dies unless the gateway is stopping. A worker
-    that could not bind its port stops the gateway (exit code 1): the others are told to stop."""
-    code = 0
-    last_restart = 0.0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        index = children.pop(pid, None)
-        if index is None:
-            continue
-        exit_code = os.waitstatus_to_exitcode(status)
-        if exit_code == WORKER_CANNOT_LISTEN:
-            code = 1
-            if not stopping():
-                stop()
-            continue
-        if stopping():
-            code = code or exit_code
-            continue
-        log.error("worker %d (pid %d) died (%s); starting a new one", index, pid,
-                  f"signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}")
-        pause = RESTART_PAUSE - (time.monotonic() - last_restart)
-        if pause > 0:
-            time.sleep(pause)
-        last_restart = time.monotonic()
-        if not stopping():
-            children[spawn(index)] = index
-    return code
-
-
-def _stop_starting_worker(_signum: int, _frame: object) -> None:
-    raise SystemExit(0)
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _stop_with_parent(parent: int) -> None:
-    """A worker is told SIGTERM (drain, exit) when the parent dies, even by kill -9 (Linux), so
-    no orphan keeps serving the shared port with the old config beside a restarted gateway."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before that took effect
-        raise SystemExit(0)
-
-
-def _serve_process(
-    path: str | None,
-    config: Config,
-    *,
-    reuse_port: bool,
-    jwt_secret: str | None = None,
-    announce: bool = True,
-    loaded: int | None = None,
-    peers: tuple[str, int] | None = None,
-) -> int:
-    main = serve(path, config, reuse_port=reuse_port, jwt_secret=jwt_secret, announce=announce,
-                 loaded=loaded, hard_exit=True, peers=peers)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
-    return 0

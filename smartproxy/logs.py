@@ -10,9 +10,12 @@ import logging
 import logging.handlers
 import re
 import sys
+from typing import TYPE_CHECKING
 
-from .config import Config
 from .files import ensure_private_file
+
+if TYPE_CHECKING:  # importing the config would load the application (the lean supervisor
+    from .config import Config  # logs through this module too)
 
 FIELDS = (
     "request_id",
@@ -54,15 +57,24 @@ class FieldsFormatter(logging.Formatter):
         return f"{line} {' '.join(extras)}" if extras else line
 
 
-def setup_logging(config: Config) -> None:
-    level = {"warn": "WARNING"}.get(config.log.level, config.log.level.upper())
+def log_level(config: Config) -> str:
+    return {"warn": "WARNING"}.get(config.log.level, config.log.level.upper())
+
+
+def log_handlers(file: str | None) -> list[logging.Handler]:
+    """Standard error, and ``file`` if set, each writing ``FieldsFormatter`` lines."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if config.log.file:
-        ensure_private_file(config.log.file, 0o640)  # readable by the service's group (logs)
+    if file:
+        ensure_private_file(file, 0o640)  # readable by the service's group (logs)
         # Watched: a file logrotate moved away is reopened at the next line (no restart).
-        handlers.append(logging.handlers.WatchedFileHandler(config.log.file, encoding="utf-8"))
+        handlers.append(logging.handlers.WatchedFileHandler(file, encoding="utf-8"))
     formatter = FieldsFormatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     for handler in handlers:
         handler.setFormatter(formatter)
-    logging.basicConfig(level=level, handlers=handlers, force=True)
+    return handlers
+
+
+def setup_logging(config: Config) -> None:
+    logging.basicConfig(level=log_level(config), handlers=log_handlers(config.log.file),
+                        force=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
