@@ -10,14 +10,16 @@ with ``GuardedConnection``, which closes (like nginx):
 - ``server.client_body_timeout``: a request whose body receives nothing for this long while the
   handler still waits for it (a handler working on a complete body, or streaming an answer, is
   never timed out here);
-- ``server.keepalive_timeout``: an idle connection between requests (aiohttp's own timer).
+- ``server.keepalive_timeout``: an idle connection between requests (here too, in place of
+  aiohttp's own keep-alive timer, which each connection would otherwise hold).
 
 Closing the transport cancels the handler (``handler_cancellation``), which drops the partial
 body it was reading. Bytes buffered for a request that is not yet authenticated are bounded by
 aiohttp's flow control (the transport is paused past ~128 KiB until the handler reads): the proxy
 authenticates before reading the body.
 
-One watchdog timer per connection, re-armed lazily (never per chunk received). Malformed HTTP
+One watchdog per connection, re-armed lazily (never per chunk received), on the loop's coarse
+``deadlines`` (no loop timer per connection). Malformed HTTP
 (a bad request line, oversized headers, TLS sent to the plain port...) is logged as one WARNING
 line without traceback, at most ``MALFORMED_LOG_BURST`` per minute (then a count of the rest),
 and answered like every error the gateway makes (contract §3): JSON, OpenAI-shaped, or
@@ -42,6 +44,7 @@ from aiohttp.web_request import BaseRequest
 
 from .api.proxy import ANTHROPIC_PREFIX
 from .config import ServerConfig
+from .deadlines import Cancellable, for_loop
 from .errors import BadRequest, GatewayError, HeadersTooLarge, RequestLineTooLong
 
 log = logging.getLogger("smartproxy.server")
@@ -88,6 +91,18 @@ class _LogBudget:
 MALFORMED = _LogBudget(MALFORMED_LOG_BURST)
 
 
+class _NoTimer:
+    """Stands in for aiohttp's keep-alive timer handle, so that aiohttp arms none."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+
+_NO_TIMER = _NoTimer()
+
+
 class GuardedConnection(RequestHandler):
     """aiohttp's connection handler with header and body timeouts (see the module docstring)."""
 
@@ -98,14 +113,22 @@ class GuardedConnection(RequestHandler):
         self._idle_since = 0.0  # connected, or the last request ended
         self._head_start: float | None = None  # first byte of the next request's headers
         self._last_data = 0.0
-        self._watch: asyncio.TimerHandle | None = None
+        self._watch: Cancellable | None = None
+        self._deadlines = for_loop(self._loop)
         # The first bytes of the next request (a reference, no copy): should its head turn out
         # malformed, its request line says which shape the error takes.
         self._head: bytes | None = None
 
     # -- connection events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        # aiohttp arms a keep-alive timer here and after each response unless one is set: the
+        # watchdog closes idle connections itself, so aiohttp's is never armed (``_NO_TIMER``).
+        timeout, self._keepalive_timeout = self._keepalive_timeout, 0.0
+        try:
+            super().connection_made(transport)
+        finally:
+            self._keepalive_timeout = timeout
+        self._keepalive_handle = _NO_TIMER  # type: ignore[assignment]
         now = self._loop.time()
         self._idle_since = self._last_data = now
         self._arm(now + min(self._limits.header, self._limits.keepalive))
@@ -137,7 +160,7 @@ class GuardedConnection(RequestHandler):
 
     # -- the watchdog
     def _arm(self, when: float) -> None:
-        self._watch = self._loop.call_at(when, self._check)
+        self._watch = self._deadlines.at(when, self._check)
 
     def _check(self) -> None:
         self._watch = None

@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "smartproxy.localtime",
         "smartproxy.gcpolicy",
         "smartproxy.files",
+        "smartproxy.deadlines",
     ),
     ("smartproxy.config",),
     (
@@ -48,7 +49,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("smartproxy.upstream",),
     ("smartproxy.api",),
     ("smartproxy.app", "smartproxy.server", "smartproxy.serving"),
-    ("smartproxy.cli", "smartproxy.__main__"),
+    ("smartproxy.cli", "smartproxy.supervisor", "smartproxy.__main__"),
 )
 
 ROOT = Path(smartproxy.__file__).resolve().parent

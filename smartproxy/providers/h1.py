@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from multidict import CIMultiDict
 
+from ..deadlines import Cancellable, for_loop
 from ..upstream.errors import AttemptError, UpstreamConnectError, UpstreamTimeoutError
 
 if TYPE_CHECKING:
@@ -283,7 +284,7 @@ class H1Reply:
         self._got_chunk = False
         self._sink: Callable[[bytes], None] | None = None  # push mode (``push``)
         self._on_end: Callable[[], None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
         self._timer_kind = _FIRST
         self._deadline = 0.0
         # One deadline for headers (and a stream's first chunk) when it is sooner than the
@@ -297,7 +298,7 @@ class H1Reply:
     def _arm(self, kind: int, when: float) -> None:
         self._timer_kind = kind
         self._deadline = when
-        self._timer = self._loop.call_at(when, self._expired)
+        self._timer = for_loop(self._loop).at(when, self._expired)
 
     def _disarm(self) -> None:
         if self._timer is not None:
