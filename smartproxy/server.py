@@ -46,6 +46,7 @@ from .api.proxy import ANTHROPIC_PREFIX
 from .config import ServerConfig
 from .deadlines import Cancellable, for_loop
 from .errors import BadRequest, GatewayError, HeadersTooLarge, RequestLineTooLong
+from .lean import shrink
 
 log = logging.getLogger("smartproxy.server")
 
@@ -106,6 +107,9 @@ _NO_TIMER = _NoTimer()
 class GuardedConnection(RequestHandler):
     """aiohttp's connection handler with header and body timeouts (see the module docstring)."""
 
+    __slots__ = ("_deadlines", "_head", "_head_start", "_idle_since", "_last_data", "_limits",
+                 "_served", "_watch")  # no __dict__ per connection
+
     def __init__(self, manager: Any, *, timeouts: ClientTimeouts, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._limits = timeouts
@@ -114,6 +118,7 @@ class GuardedConnection(RequestHandler):
         self._head_start: float | None = None  # first byte of the next request's headers
         self._last_data = 0.0
         self._watch: Cancellable | None = None
+        shrink(self, "_messages")  # aiohttp's queue of parsed requests (``lean``)
         self._deadlines = for_loop(self._loop)
         # The first bytes of the next request (a reference, no copy): should its head turn out
         # malformed, its request line says which shape the error takes.

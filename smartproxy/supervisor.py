@@ -159,7 +159,7 @@ def _respawn(index: int, spec: bytes) -> int:
     if pid == 0:  # never returns into the supervisor's loop
         code = 1
         try:
-            code = worker(index, parent, pickle.loads(spec))
+            code = worker(index, parent, spec)
         finally:
             os._exit(code)
     return pid
@@ -186,16 +186,23 @@ class WorkerSpec:
     peers_dir: str | None
 
 
-def worker(index: int, parent: int, spec: WorkerSpec) -> int:
-    """Serve as worker ``index`` of ``parent``; returns the exit code."""
-    from .errors import CannotListen
-
+def worker(index: int, parent: int, spec: WorkerSpec | bytes) -> int:
+    """Serve as worker ``index`` of ``parent``; returns the exit code. ``spec`` pickled: a
+    restart by the lean supervisor, which opens it here (that loads the application)."""
+    # First of all, the parent's handlers (which forward to the workers) are replaced: until
+    # serve() installs its own, a stop ends a starting worker quietly.
+    signal.signal(signal.SIGTERM, _stop_starting_worker)
+    signal.signal(signal.SIGINT, _stop_starting_worker)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the config is being read anyway
     try:
-        # Until serve() installs its own handlers: a stop ends a starting worker quietly.
-        signal.signal(signal.SIGTERM, _stop_starting_worker)
-        signal.signal(signal.SIGINT, _stop_starting_worker)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the config is being read anyway
         _stop_with_parent(parent)
+        if isinstance(spec, bytes):
+            spec = pickle.loads(spec)
+            assert isinstance(spec, WorkerSpec)
+        from .errors import CannotListen
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
         return serve_process(spec.path, spec.config, reuse_port=True, jwt_secret=spec.secret,
                              announce=index == 0, loaded=spec.loaded,
                              peers=None if spec.peers_dir is None else (spec.peers_dir, index))

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "smartproxy.gcpolicy",
         "smartproxy.files",
         "smartproxy.deadlines",
+        "smartproxy.lean",
     ),
     ("smartproxy.config",),
     (

@@ -13,6 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import PayloadTooLarge
+from ..lean import shrink
 
 ADMIN_MAX_BODY = 1024 * 1024  # config entries are small; a larger admin body is a mistake
 
@@ -41,6 +42,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         if size > limit:
             raise _too_large(limit, f"more than {limit}")
         chunks.append(chunk)
+    shrink(content, "_buffer")  # read to its end: the deque's block need not stay (``lean``)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
