@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from . import __version__
 from .config import Config, find_config, load_config, parse_listen
 from .errors import CannotListen, ConfigError
 from .serving import check_files, check_listen, config_mtime
-from .supervisor import Workers, WorkerSpec, hand_over, serve_process, worker
+from .supervisor import Workers, WorkerSpec, hand_over, serve_process, spawn_worker
 
 if TYPE_CHECKING:
     pass
@@ -226,7 +227,6 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
 
     gc.collect()
     gc.freeze()
-    parent = os.getpid()
     loaded = config_mtime(path)  # the file as ``config`` was read from it
     # Each worker also listens on a Unix socket here (mode 0700): a scrape of /metrics reaching
     # one worker adds the others' counts (``metrics_merge``).
@@ -237,17 +237,7 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
                     "only the worker a scrape reaches", exc)
         peers_dir = None
     spec = WorkerSpec(path, config, secret, loaded, peers_dir)
-
-    def spawn(index: int) -> int:
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns into the parent's loop
-            code = 1
-            try:
-                code = worker(index, parent, spec)
-            finally:
-                os._exit(code)
-        return pid
-
+    spawn = partial(spawn_worker, spec=spec)
     children = {spawn(index): index for index in range(workers)}
     hand_over({
         "children": children,

@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ def main(fd: int) -> int:
     with os.fdopen(fd, "rb") as f:
         state: dict[str, Any] = pickle.load(f)
     _setup_logging(state["log_level"], state["log_file"])
-    workers = Workers(dict(state["children"]), lambda index: _respawn(index, state["worker"]))
+    workers = Workers(dict(state["children"]), partial(spawn_worker, spec=state["worker"]))
     try:
         for sig in FORWARDED:
             signal.signal(sig, workers.forward)
@@ -152,11 +153,12 @@ def main(fd: int) -> int:
             shutil.rmtree(state["peers_dir"], ignore_errors=True)
 
 
-def _respawn(index: int, spec: bytes) -> int:
-    """A new worker: forked from this lean process, it loads the application itself."""
+def spawn_worker(index: int, spec: WorkerSpec | bytes) -> int:
+    """Fork worker ``index``; returns its pid. From the lean supervisor (``spec`` pickled) the
+    new worker loads the application itself."""
     parent = os.getpid()
     pid = os.fork()
-    if pid == 0:  # never returns into the supervisor's loop
+    if pid == 0:  # the worker: never returns into the parent's loop
         code = 1
         try:
             code = worker(index, parent, spec)
