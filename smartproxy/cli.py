@@ -8,7 +8,6 @@ import argparse
 import gc
 import logging
 import os
-import pickle
 import shutil
 import sys
 import tempfile
@@ -244,8 +243,7 @@ def _run_workers(path: str | None, config: Config, workers: int) -> int:
         "log_level": log_level(config),
         "log_file": config.log.file,
         "peers_dir": peers_dir,
-        "worker": pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL),
-    })
+    }, spec)
     # Still here: exec failed (logged); this process supervises as it is.
     try:
         return Workers(children, spawn).run()

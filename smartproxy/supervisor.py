@@ -100,6 +100,8 @@ class Workers:
     def run(self) -> int:
         for sig in FORWARDED:
             signal.signal(sig, self.forward)
+        # After ``hand_over`` they were blocked across the exec: those sent meanwhile arrive now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         return supervise(self.children, self.spawn, lambda: self.stopping,
                          lambda: self.forward(signal.SIGTERM))
 
@@ -107,9 +109,16 @@ class Workers:
 # ---------------------------------------------------------------- the exec'd parent
 
 
-def hand_over(state: dict[str, Any]) -> None:
-    """Replace this process with the lean supervisor (``main``), handing it ``state``. Returns
-    only if that could not be done (the caller then supervises in this process)."""
+def hand_over(state: dict[str, Any], spec: WorkerSpec) -> None:
+    """Replace this process with the lean supervisor (``main``), handing it ``state`` and the
+    workers' ``spec``. Returns only if that could not be done (the caller then supervises in
+    this process)."""
+    try:
+        state = {**state, "worker": pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)}
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        log.warning("the parent process stays as loaded (%s): the config cannot be handed over",
+                    exc)
+        return
     try:
         fd = os.memfd_create("smartproxy-supervisor", 0)  # not inherited by default
     except (AttributeError, OSError):  # not Linux: an unlinked private temporary file
@@ -144,9 +153,6 @@ def main(fd: int) -> int:
     _setup_logging(state["log_level"], state["log_file"])
     workers = Workers(dict(state["children"]), partial(spawn_worker, spec=state["worker"]))
     try:
-        for sig in FORWARDED:
-            signal.signal(sig, workers.forward)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         return workers.run()
     finally:
         if state["peers_dir"]:

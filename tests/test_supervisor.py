@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from smartproxy.supervisor import WORKER_CANNOT_LISTEN, supervise
 
 
@@ -43,3 +45,31 @@ def test_importing_the_supervisor_loads_no_application():
             "'yaml', 'jwt', 'cryptography', 'redis', 'asteval'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['smartproxy.supervisor']"
+
+
+def test_hand_over_returns_when_exec_fails_and_leaves_no_signal_blocked(monkeypatch, caplog):
+    """Where the exec cannot be done, the loaded parent supervises as it is: the signals it
+    blocked for the exec are unblocked again, and it says why."""
+    from smartproxy import supervisor
+
+    def refuse(*_args: object) -> None:
+        raise PermissionError("exec refused here")
+
+    monkeypatch.setattr(supervisor.os, "execv", refuse)
+    spec = supervisor.WorkerSpec(None, None, None, None, None)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="smartproxy"):
+        supervisor.hand_over({"children": {}, "log_level": "INFO", "log_file": None,
+                              "peers_dir": None}, spec)
+    assert not set(supervisor.FORWARDED) & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert "exec failed" in caplog.text
+
+
+def test_hand_over_returns_when_the_config_cannot_be_pickled(monkeypatch, caplog):
+    from smartproxy import supervisor
+
+    monkeypatch.setattr(supervisor.os, "execv", lambda *_: pytest.fail("exec'd"))
+    spec = supervisor.WorkerSpec(None, lambda: None, None, None, None)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="smartproxy"):
+        supervisor.hand_over({"children": {}, "log_level": "INFO", "log_file": None,
+                              "peers_dir": None}, spec)
+    assert "cannot be handed over" in caplog.text
