@@ -15,18 +15,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import __version__
 from .config import Config, find_config, load_config, parse_listen
 from .errors import CannotListen, ConfigError
-from .serving import check_files, check_listen, config_mtime
-from .supervisor import Workers, WorkerSpec, hand_over, serve_process, spawn_worker
-
-if TYPE_CHECKING:
-    pass
 from .logs import log_level, setup_logging
 from .security.jwt import generate_secret
+from .serving import check_files, check_listen, config_mtime
+from .supervisor import Workers, WorkerSpec, hand_over, serve_process, spawn_worker
 
 log = logging.getLogger("smartproxy")
 
