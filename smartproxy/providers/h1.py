@@ -538,8 +538,9 @@ class H1Reply:
     # ------------------------------------------------------------------ for the caller
     async def head(self) -> None:
         """Wait for status and headers; raises the AttemptError that stopped them."""
-        while self._state == _HEAD:
-            await self._wait()
+        while self._state == _HEAD:  # ``_wait`` inlined: one coroutine less per request waiting
+            waiter = self._waiter = self._loop.create_future()
+            await waiter
         if self.status == 0 and self._error is not None:
             raise self._error
 
@@ -675,6 +676,9 @@ class H1Pool:
             transport.writelines((head, body))
         else:
             transport.write(head)
+        # Sent: this frame waits as long as the upstream takes, holding nothing it no longer
+        # needs (the head and the headers copied for this attempt: ~0.9 KB per request).
+        del head, headers
         try:
             await reply.head()
         except BaseException:
