@@ -35,6 +35,7 @@ from .base import (
     Usage,
 )
 from .counters import Counter, CounterBook
+from .redis_pack import pack_in_c
 from .redis_values import (
     POLL_INTERVAL,
     REDIS_ERRORS,
@@ -81,6 +82,7 @@ class RedisView:
             socket_timeout=cfg.timeout,
             socket_connect_timeout=cfg.timeout,
         )
+        pack_in_c(self._pool)  # hiredis packs each command (``redis_pack``)
         self._redis = aioredis.Redis(connection_pool=self._pool, retry=Retry(NoBackoff(), 0))
         self._admit = self._redis.register_script(lua.ADMIT)
         self._settle = self._redis.register_script(lua.SETTLE)
