@@ -19,6 +19,7 @@ from smartproxy.storage import create_store
 from smartproxy.storage.base import KeyCheck, Limits, RequestRecord
 from smartproxy.storage.redis import RedisStore, SharedReservation, StorageUnavailable, safe_url
 from smartproxy.storage.redis_scripts import LINE_TTL_MS
+from smartproxy.storage.redis_view import RENEWALS_SLACK
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 BREAKER = (3, 30.0)
@@ -599,3 +600,23 @@ async def test_a_request_running_past_its_timeout_keeps_its_reservation(stores: 
     one._renewals.clear()
     await asyncio.sleep(1.6)  # past the last expiry it was given
     assert (await admit(other, "c", 5, cap, ttl=1.0)).code == 0
+
+
+async def test_renewals_follow_the_requests_in_flight_not_the_request_rate(stores: Any) -> None:
+    """Each reservation's renewal entry used to stay until its due time (the attempt's timeout)
+    even when its request had ended long before: at 450 requests/s and a 120 s timeout, ~54,000
+    entries per process. Ended requests' entries are dropped once they outnumber the live ones."""
+    store = await stores()
+    limits = Limits(day_tokens=0, hour_tokens=0, day_requests=0)
+    live = [(await admit(store, "c", 1, limits, ttl=120)).reservation for _ in range(10)]
+    for _ in range(15):  # requests that come and go (100 at a time), 10 in flight all along
+        batch = await asyncio.gather(*(admit(store, "c", 1, limits, ttl=120) for _ in range(100)))
+        await asyncio.gather(
+            *(store.settle(a.reservation, rec(prompt=1, completion=1), NOW) for a in batch)
+        )
+    assert len(store._live) == 10
+    assert len(store._renewals) <= 2 * 110 + RENEWALS_SLACK  # was 1,510
+    assert {rid for _, rid in store._renewals} >= {res.id for res in live}  # still renewed
+    for res in live:
+        await store.settle(res, rec(prompt=1, completion=1), NOW)
+
