@@ -35,11 +35,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import ERROR, RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .api.proxy import ANTHROPIC_PREFIX
@@ -104,6 +105,21 @@ class _NoTimer:
 _NO_TIMER = _NoTimer()
 
 
+class _Sent:
+    """What aiohttp's connection loop keeps of an answered response until the next one is
+    answered: whether to keep the connection open (the only attribute it reads). The response
+    itself (headers, body, writer) is freed as soon as it is sent, instead of staying alive
+    through the next request on the same connection."""
+
+    __slots__ = ("keep_alive",)
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+
+
+_KEEP, _CLOSE = _Sent(True), _Sent(False)
+
+
 class GuardedConnection(RequestHandler):
     """aiohttp's connection handler with header and body timeouts (see the module docstring)."""
 
@@ -152,16 +168,24 @@ class GuardedConnection(RequestHandler):
             self._head = data
         super().data_received(data)
 
-    async def _handle_request(self, request: Any, start_time: Any, handler: Any) -> Any:
+    def request_started(self, message: Any) -> None:
+        """aiohttp's connection loop is about to run a handler for ``message`` (``_started``)."""
         self._head_start = None
-        if handler is self._request_handler:  # parsed: only a malformed head needs its bytes
+        if message is not ERROR:  # parsed: only a malformed head needs its bytes
             self._head = None
+
+    async def finish_response(self, request: Any, resp: Any, start_time: Any) -> Any:
+        # Called for every answer but a cancelled one (the connection closes then). aiohttp's
+        # connection loop keeps what this returns until the next answer is sent: a ``_Sent``,
+        # not the response, so that the response is freed once sent. Instead of wrapping
+        # ``_handle_request`` (one coroutine more for every request in flight).
         try:
-            return await super()._handle_request(request, start_time, handler)
+            resp, reset = await super().finish_response(request, resp, start_time)
         finally:
             self._head = None
             self._served += 1
             self._idle_since = self._loop.time()
+        return (_KEEP if resp.keep_alive else _CLOSE), reset
 
     # -- the watchdog
     def _arm(self, when: float) -> None:
@@ -311,4 +335,11 @@ class GatewayRunner(web.AppRunner):
         server.__class__ = GuardedServer
         assert isinstance(server, GuardedServer)
         server._timeouts = self._timeouts
+        server.request_factory = partial(_started, server.request_factory)
         return server
+
+
+def _started(factory: Any, message: Any, payload: Any, protocol: Any, *rest: Any) -> BaseRequest:
+    """The request factory of ``GatewayRunner``'s connections: tells the connection."""
+    protocol.request_started(message)
+    return factory(message, payload, protocol, *rest)  # type: ignore[no-any-return]
