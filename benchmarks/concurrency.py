@@ -618,7 +618,7 @@ def plot(points: list[dict[str, Any]], path: str) -> None:
         ax.annotate(f"{p['rps']:.0f} req/s", (x, y), textcoords="offset points", xytext=(0, 6),
                     ha="center", fontsize=8)
     ax.set_xscale("log")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0, top=max(ys) * 1.15)  # room for the labels above the points
     ax.set_xlabel("connections (requests in flight)")
     ax.set_ylabel("gateway CPU µs per request")
     ax.set_title("SmartProxy: CPU per request vs requests in flight")
