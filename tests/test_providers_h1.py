@@ -272,6 +272,53 @@ async def test_chunks_split_anywhere_with_extensions_and_trailers(pool: H1Pool, 
     assert pool.open_connections == 1
 
 
+async def test_one_chunk_per_read_and_the_odd_ones(pool: H1Pool, scripted) -> None:
+    """Each chunk written (and so, mostly, read) on its own, as a stream's come: sizes in upper
+    case and with leading zeros, an extension, two chunks and the last chunk in one read."""
+    writes = [
+        b"9\r\ndata: 1\n\n\r\n",
+        b"A\r\ndata: 22\n\n\r\n",
+        b"000b\r\ndata: 333\n\n\r\n",
+        b"9;x=y\r\ndata: 4\n\n\r\n",
+        b"9\r\ndata: 5\n\n\r\n9\r\ndata: 6\n\n\r\n",
+        b"9\r\ndata: 7\n\n\r\n0\r\n\r\n",
+    ]
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await read_request(r)
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for chunk in writes:
+                await asyncio.sleep(0.01)
+                w.write(chunk)
+                await w.drain()
+
+    url = await scripted(script)
+    for _ in range(2):
+        reply = await pool.send("POST", url, {}, b"{}", stream=True, timeouts=T)
+        got = [c async for c in reply.iter_chunks()]
+        assert b"".join(got) == b"".join(b"data: %s\n\n" % n for n in (
+            b"1", b"22", b"333", b"4", b"5", b"6", b"7"))  # fmt: skip
+    assert pool.open_connections == 1
+
+
+async def test_a_chunk_not_ended_by_crlf_breaks_the_answer(pool: H1Pool, scripted) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await w.drain()
+        await asyncio.sleep(0.01)
+        w.write(b"9\r\ndata: 1\n\nXY\r\n")  # 9 bytes of data, then not CRLF
+        await w.drain()
+        await r.read()
+
+    url = await scripted(script)
+    reply = await pool.send("POST", url, {}, b"{}", stream=True, timeouts=T)
+    with pytest.raises(UpstreamConnectError):
+        async for _ in reply.iter_chunks():
+            pass
+
+
 async def test_a_body_ended_by_the_close(pool: H1Pool, scripted) -> None:
     async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await read_request(r)

@@ -214,6 +214,7 @@ class _Conn(asyncio.Protocol):
 
 # Reply states
 _HEAD, _BODY, _DONE = 0, 1, 2
+_HEX = b"0123456789abcdefABCDEF"
 # Timer kinds
 _FIRST, _TOTAL, _IDLE = 0, 1, 2
 
@@ -414,6 +415,14 @@ class H1Reply:
             self._deliver(data)
 
     def _dechunk(self, data: bytes) -> None:
+        if self._left == 0 and not self._buf:
+            # The usual read of a stream: exactly one whole chunk (``<hex size>\r\n<data>\r\n``).
+            end = data.find(b"\r\n", 0, 10)
+            if 0 < end and not data[:end].strip(_HEX):
+                size = int(data[:end], 16)
+                if size and len(data) == end + size + 4 and data.endswith(b"\r\n"):
+                    self._deliver(data[end + 2 : end + 2 + size])
+                    return
         buf = self._buf + data if self._buf else data
         pos, n = 0, len(buf)
         out: list[bytes] = []
