@@ -512,6 +512,41 @@ async def test_529_fails_over_to_openai_and_counts_against_the_breaker(
                         status="529") == 1  # fmt: skip
 
 
+async def test_a_failover_builds_the_next_channels_request_from_the_whole_body(
+    anthropic_factory, gateway_factory, upstream_factory
+):
+    """The parsed body is let go once the first attempt is sent (``Exchange.rereadable``): the
+    next channel's request, translated or with its members changed, comes from the body as the
+    client sent it, each way round."""
+    up, url = await upstream_factory("oa")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x"}]
+    # Anthropic first (free), then the openai channel: its model mapped, the stream's usage asked.
+    fake, gw = await start(
+        anthropic_factory, gateway_factory,
+        extra=[channel("oa", url, price_per_token=1.0, model_mapping={"gpt-4o": "gpt-4o-2024"})],
+    )  # fmt: skip
+    fake.script = ["fail-529"]
+    resp = await gw.client.post("/v1/chat/completions", headers=AUTH, json={
+        "model": "gpt-4o", "messages": messages, "stream": True, "temperature": 0.5})  # fmt: skip
+    assert resp.status == 200 and resp.headers["x-smartproxy-channel"] == "oa"
+    await resp.read()
+    assert fake.seen[-1].body["model"] == "claude-sonnet-4-5"
+    assert up.seen[-1].json == {"model": "gpt-4o-2024", "messages": messages, "stream": True,
+                                "temperature": 0.5, "stream_options": {"include_usage": True}}
+    # The openai channel first (free), then Anthropic: the translation reads the body again.
+    fake, url_ant = await anthropic_factory()
+    up.script = ["fail-500"]
+    gw = await gateway_factory(base_config(channels=[
+        channel("oa", url),
+        ant_channel(url_ant, price_per_token=1.0, model_mapping={"gpt-4o": "claude-sonnet-4-5"}),
+    ]))  # fmt: skip
+    resp = await gw.client.post("/v1/chat/completions", headers=AUTH, json={
+        "model": "gpt-4o", "messages": messages, "max_tokens": 50})  # fmt: skip
+    assert resp.status == 200 and resp.headers["x-smartproxy-channel"] == "claude"
+    assert fake.seen[-1].body == {"model": "claude-sonnet-4-5", "system": "Be brief.",
+                                  "messages": [{"role": "user", "content": "x"}], "max_tokens": 50}
+
+
 async def test_429_fails_over_and_cools_the_channel_down(
     anthropic_factory, gateway_factory, upstream_factory
 ):

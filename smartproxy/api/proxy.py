@@ -123,8 +123,11 @@ async def _proxy(request: web.Request, front: Front) -> web.StreamResponse:
         wire=front.wire,
         endpoint=front.endpoint,
         on_answer_id=front.answer_ids(gw, principal.name) if front.answer_ids is not None else None,
+        rereadable=front.parse is parse_body,
     )
-    return await request.app[DISPATCHER].dispatch(ex, decision.candidates)
+    candidates, dispatcher = decision.candidates, request.app[DISPATCHER]
+    del body, stream_options, decision  # while the upstream answers, only ``ex`` holds the body
+    return await dispatcher.dispatch(ex, candidates)
 
 
 run_front = _proxy  # what the other fronts' handlers call (``api/fronts``)

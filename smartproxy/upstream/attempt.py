@@ -158,19 +158,22 @@ class AttemptRunner(Answerer):
         body = ex.raw_body
         path = ex.path
         mapped = ch.upstream_model(ex.facts.model)
-        if adapter is not None and ex.body is not None:
-            path, body = adapter.request(ex.body, model=mapped, channel=ch)
-        elif ex.body is not None:
+        parsed = ex.json_body()
+        if ex.rereadable:
+            ex.body = None  # this attempt's request is built below; the next one reads it again
+        if adapter is not None and parsed is not None:
+            path, body = adapter.request(parsed, model=mapped, channel=ch)
+        elif parsed is not None:
             changes: dict[str, Any] = {}
             if mapped != ex.facts.model:
                 changes["model"] = mapped
             if ex.facts.stream and not ex.client_wants_usage and ex.wire.ask_stream_usage:
-                opts = dict(ex.body.get("stream_options") or {})
+                opts = dict(parsed.get("stream_options") or {})
                 opts["include_usage"] = True
                 changes["stream_options"] = opts
             if changes:  # every other byte as the client sent it (contract §3)
                 body = fastjson.with_members(body, changes) or json.dumps(
-                    {**ex.body, **changes}, ensure_ascii=False
+                    {**parsed, **changes}, ensure_ascii=False
                 ).encode()
         return OutgoingRequest(
             method=ex.request.method,

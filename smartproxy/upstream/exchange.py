@@ -17,6 +17,7 @@ from urllib.parse import quote
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .. import fastjson
 from ..config import ChannelConfig
 from ..routing.router import RequestFacts
 from ..state import Gateway, Snapshot
@@ -101,6 +102,17 @@ class Exchange:
     endpoint: str = ""  # the client-facing route, for the request log ("/v1/chat/completions")
     # Told (channel, id) once an answer's id is known (Responses: previous_response_id stickiness).
     on_answer_id: Callable[[str, str], None] | None = None
+    # ``body`` is ``raw_body`` parsed, nothing changed: it is let go once an attempt has been
+    # built from it (a chat history's dict is several times its JSON) and read again only when
+    # another attempt needs it (``json_body``).
+    rereadable: bool = False
+
+    def json_body(self) -> dict[str, Any] | None:
+        """The parsed JSON body (None for GET)."""
+        if self.body is None and self.rereadable:
+            body: dict[str, Any] = fastjson.loads(self.raw_body)
+            return body
+        return self.body
 
     def reserve_on(self, ch: ChannelConfig) -> int:
         """Tokens to hold on ``ch``: ``reserve_tokens``, except that an ``anthropic`` channel sends
