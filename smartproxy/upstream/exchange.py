@@ -103,8 +103,8 @@ class Exchange:
     # Told (channel, id) once an answer's id is known (Responses: previous_response_id stickiness).
     on_answer_id: Callable[[str, str], None] | None = None
     # ``body`` is ``raw_body`` parsed, nothing changed: it is let go once an attempt has been
-    # built from it (a chat history's dict is several times its JSON) and read again only when
-    # another attempt needs it (``json_body``).
+    # built from it (a chat history's dict is ~1.7x its JSON, held while the upstream answers)
+    # and read again only when another attempt needs it (``json_body``).
     rereadable: bool = False
 
     def json_body(self) -> dict[str, Any] | None:
