@@ -148,7 +148,7 @@ class SharedVerdict(Verdict):
     decides, and opening comes back through ``mirror``."""
 
     reservation: Reservation | None = None
-    online: Callable[[], bool] | None = None
+    store: RedisStore | None = None  # its ``online`` is read when the outcome is known
 
     def _mark(self, outcome: str, cooldown_ms: int = 0) -> None:
         res = self.reservation
@@ -159,8 +159,8 @@ class SharedVerdict(Verdict):
     def _shared(self) -> bool:
         return (
             isinstance(self.reservation, SharedReservation)
-            and self.online is not None
-            and self.online()
+            and self.store is not None
+            and self.store.online
         )
 
     def success(self) -> None:
@@ -191,7 +191,7 @@ def verdict(
     store = shared_store(gw)
     if store is None:
         return Verdict(health, permit)
-    return SharedVerdict(health, permit, reservation, lambda: store.online)
+    return SharedVerdict(health, permit, reservation, store)
 
 
 # ----------------------------------------------------------------------------- mirroring
