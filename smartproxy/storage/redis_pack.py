@@ -1,11 +1,11 @@
 """Redis commands packed in C: hiredis's ``pack_command`` for redis-py's asyncio connections.
 
 redis-py's asyncio ``Connection.pack_command`` builds each command's wire bytes in Python
-(~10 µs for one of the gateway's ``EVALSHA`` calls: an encode, a ``str(len)`` and a join per
+(10.5 µs for one of the gateway's ``EVALSHA`` calls: an encode, a ``str(len)`` and a join per
 argument). Its sync client packs with hiredis when hiredis is installed; the asyncio one never
-does. Here: ~2.5 µs for the same call. At 10,000 requests in flight every request sends a few such commands (admit, settle,
-renew), and the packing was ~5 % of a worker's CPU (py-spy, ``benchmarks/concurrency.py`` S3;
-issue [8]). ``pack_in_c(pool)`` makes the pool's connections pack with hiredis (a dependency of
+does. Here: 2.4 µs for the same call. At 10,000 requests in flight every request sends a few
+such commands (admit, settle, renew), and the packing was ~5 % of a worker's CPU (py-spy,
+``benchmarks/concurrency.py`` S3; issue [8]). ``pack_in_c(pool)`` makes the pool's connections pack with hiredis (a dependency of
 the redis backend) and returns whether it did.
 
 The bytes are the same as redis-py's (``tests/test_storage_redis_pack.py`` compares them): the
