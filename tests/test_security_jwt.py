@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,41 @@ def test_short_secret_warns_once_not_per_request(caplog: pytest.LogCaptureFixtur
     assert "secret" in caplog.text
     token = verifier.mint("alice", 5)
     assert verifier.verify(token)["sub"] == "alice"
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO2x0bJ6oE1hQ6a3m2w0qkA8a0Vh0rQ3Yw3y5m0 ops@host",
+    ],
+)
+def test_an_asymmetric_key_given_as_the_hmac_secret_refuses_the_config(secret: str) -> None:
+    with pytest.raises(ConfigError, match="cannot be used with HS256"):
+        JwtVerifier(JwtConfig(secret=secret))
+
+
+def test_a_config_with_hmac_only_loads_without_pyjwt_until_a_token_comes() -> None:
+    """PyJWT and the cryptography bindings it imports (~8 MB) are loaded by the first token a
+    process checks or mints, not by loading the config: a worker that never serves the admin
+    API does not hold them."""
+    code = (
+        "import sys\n"
+        "from smartproxy.app import create_app\n"
+        "from smartproxy.config import parse_config\n"
+        "cfg = parse_config({'security': {'auth': {'jwt': {'secret': 's' * 40}}}})\n"
+        "create_app(cfg)\n"
+        "heavy = ('jwt', 'cryptography.hazmat.bindings._rust')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+        "from smartproxy.security.jwt import JwtVerifier\n"
+        "v = JwtVerifier(cfg.security.jwt)\n"
+        "print(v.verify(v.mint('alice', 5))['sub'], [m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "[]",
+        "alice ['jwt', 'cryptography.hazmat.bindings._rust']",
+    ], out.stderr
 
 
 # ----------------------------------------------------------------------------- RS256 / ES256

@@ -20,18 +20,16 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt as pyjwt
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
-from jwt.algorithms import get_default_algorithms
-from jwt.warnings import InsecureKeyLengthWarning
 
 from ..config import Config, JwtConfig
 from ..errors import AuthenticationFailed, ConfigError
+
+if TYPE_CHECKING:
+    import jwt as pyjwt
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +72,9 @@ def _read_pem(path: str, what: str) -> bytes:
 
 
 def _load_public_key(path: str) -> Any:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     data = _read_pem(path, "public_key_file")
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
@@ -86,6 +87,8 @@ def _load_public_key(path: str) -> Any:
 
 
 def _load_private_key(path: str) -> Any:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     data = _read_pem(path, "private_key_file")
     try:
         return load_pem_private_key(data, password=None)
@@ -97,6 +100,9 @@ def _load_private_key(path: str) -> Any:
 
 def _bind(alg: str, key: Any, what: str) -> tuple[Any, bool]:
     """Check ``key`` suits ``alg`` (type, curve); returns (prepared key, key-is-short)."""
+    import jwt as pyjwt
+    from jwt.algorithms import get_default_algorithms
+
     algorithm = get_default_algorithms()[alg]
     try:
         prepared = algorithm.prepare_key(key)
@@ -109,12 +115,37 @@ def _bind(alg: str, key: Any, what: str) -> tuple[Any, bool]:
     return prepared, bool(short)
 
 
+# An HMAC secret is checked here as PyJWT's HMAC key preparation checks it (not an asymmetric
+# key pasted by mistake; long enough), so that loading a config with HS* only does not import
+# PyJWT and the cryptography package it loads: ~8 MB of every worker that never sees an admin
+# token. PyJWT prepares the secret again at each verification.
+_HS_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 §3.2: the hash's output size
+_NOT_A_SECRET = (b"ssh-ed25519", b"ssh-rsa", b"ssh-dss", b"ecdsa-sha2-nistp")
+
+
+def _check_secret(alg: str, secret: bytes) -> tuple[bytes, bool]:
+    """Refuse an asymmetric key or certificate as ``alg``'s secret; returns (secret,
+    secret-is-short), logging a short one once."""
+    if b"-----BEGIN " in secret or secret.startswith(_NOT_A_SECRET):
+        raise ConfigError([f"{_CFG}.secret: this key cannot be used with {alg}: it is an "
+                           "asymmetric key or certificate, not an HMAC secret"])
+    need = _HS_MIN_BYTES.get(alg, 64)
+    if len(secret) >= need:
+        return secret, False
+    # Warn once here instead of PyJWT warning on every request.
+    log.warning("%s.secret: the HMAC key is %d bytes long, below the minimum recommended "
+                "length of %d bytes for %s (RFC 7518 section 3.2)", _CFG, len(secret), need, alg)
+    return secret, True
+
+
 @contextmanager
 def _quiet(short_key: bool) -> Iterator[None]:
     """Silence PyJWT's per-call short-key warning for a key we already warned about at load."""
     if not short_key:
         yield
         return
+    from jwt.warnings import InsecureKeyLengthWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureKeyLengthWarning)
         yield
@@ -122,6 +153,8 @@ def _quiet(short_key: bool) -> Iterator[None]:
 
 def _reason(exc: pyjwt.PyJWTError) -> AdminAuthError:
     """Translate PyJWT's exception into our fixed reasons (subclasses before their bases)."""
+    import jwt as pyjwt
+
     if isinstance(exc, pyjwt.ExpiredSignatureError):
         return AdminAuthError("expired")
     if isinstance(exc, pyjwt.InvalidAudienceError):
@@ -155,7 +188,7 @@ class JwtVerifier:
             if alg.startswith("HS"):
                 if not self._secret:
                     continue
-                key, short = _bind(alg, self._secret.encode(), "secret")
+                key, short = _check_secret(alg, self._secret.encode())
             elif alg.startswith(("RS", "ES")):
                 if not cfg.public_key_file:
                     raise ConfigError([f"{_CFG}.public_key_file: is required for {alg}"])
@@ -187,6 +220,8 @@ class JwtVerifier:
             raise AdminAuthError("missing token")
         if len(token) > MAX_TOKEN_LENGTH:
             raise AdminAuthError("malformed", "too long")
+        import jwt as pyjwt  # loaded at the first token, not with the config (module docstring)
+
         try:
             header = pyjwt.get_unverified_header(token)
         except pyjwt.PyJWTError as exc:
@@ -262,7 +297,9 @@ class JwtVerifier:
             "iat": now,
             "exp": now + minutes * 60,
         }
-        with _quiet(True):  # _bind has already logged a short key once
+        import jwt as pyjwt
+
+        with _quiet(True):  # a short key was logged once, at load
             return pyjwt.encode(claims, key, algorithm=alg)
 
 
