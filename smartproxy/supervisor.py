@@ -3,9 +3,9 @@
 The gateway loads the whole application once, in the process that is started, and forks the
 workers from it, so that they share that memory copy-on-write. The parent itself then needs none
 of it: it only waits for its children. So, once the workers run, it replaces itself (``exec``,
-same pid, same children) with this module, which imports nothing but the standard library: the
-parent holds about 15 MB instead of the ~60 MB of a loaded application, and the application's
-pages are shared by the workers alone. Measured with ``benchmarks/concurrency.py`` (S3: the RSS
+same pid, same children) with this module, which imports little of the standard library and
+runs without ``site`` (``python -S``): the parent holds about 14 MB instead of the ~55 MB of a
+loaded application, and the application's pages are shared by the workers alone. Measured with ``benchmarks/concurrency.py`` (S3: the RSS
 of all gateway processes).
 
 What the parent knew is handed over in a file descriptor (a memfd, or an unlinked temporary file)
@@ -22,17 +22,18 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import shutil
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
 
+# Not ``typing``'s: the lean supervisor imports neither typing nor dataclasses (with inspect
+# behind it, ~2 MB); mypy takes any ``TYPE_CHECKING`` as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from .config import Config
 
 log = logging.getLogger("smartproxy")
@@ -114,7 +115,8 @@ def hand_over(state: dict[str, Any], spec: WorkerSpec) -> None:
     workers' ``spec``. Returns only if that could not be done (the caller then supervises in
     this process)."""
     try:
-        state = {**state, "worker": pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)}
+        state = {**state, "worker": pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL),
+                 "site": not sys.flags.no_site}
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
         log.warning("the parent process stays as loaded (%s): the config cannot be handed over",
                     exc)
@@ -122,6 +124,8 @@ def hand_over(state: dict[str, Any], spec: WorkerSpec) -> None:
     try:
         fd = os.memfd_create("smartproxy-supervisor", 0)  # not inherited by default
     except (AttributeError, OSError):  # not Linux: an unlinked private temporary file
+        import tempfile
+
         fd = os.dup(tempfile.TemporaryFile().fileno())
     try:
         with os.fdopen(os.dup(fd), "wb") as out:
@@ -137,8 +141,10 @@ def hand_over(state: dict[str, Any], spec: WorkerSpec) -> None:
         sys.stderr.flush()
         # Held back until the new program has its handlers (the mask survives exec).
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        # -S: no ``site`` (its .pth files can import much); a restarted worker runs it (``worker``).
+        argv = [sys.executable, "-S", "-c", code, package_parent, str(fd)]
         try:
-            os.execv(sys.executable, [sys.executable, "-c", code, package_parent, str(fd)])
+            os.execv(sys.executable, argv)
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
             log.warning("the parent process stays as loaded (%s): exec failed", exc)
@@ -151,23 +157,27 @@ def main(fd: int) -> int:
     with os.fdopen(fd, "rb") as f:
         state: dict[str, Any] = pickle.load(f)
     _setup_logging(state["log_level"], state["log_file"])
-    workers = Workers(dict(state["children"]), partial(spawn_worker, spec=state["worker"]))
+    spawn = partial(spawn_worker, spec=state["worker"], site=state.get("site", False))
+    workers = Workers(dict(state["children"]), spawn)
     try:
         return workers.run()
     finally:
         if state["peers_dir"]:
+            import shutil
+
             shutil.rmtree(state["peers_dir"], ignore_errors=True)
 
 
-def spawn_worker(index: int, spec: WorkerSpec | bytes) -> int:
+def spawn_worker(index: int, spec: WorkerSpec | bytes, site: bool = False) -> int:
     """Fork worker ``index``; returns its pid. From the lean supervisor (``spec`` pickled) the
-    new worker loads the application itself."""
+    new worker loads the application itself, after ``site`` when the gateway was started with
+    it (the lean supervisor runs without)."""
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the worker: never returns into the parent's loop
         code = 1
         try:
-            code = worker(index, parent, spec)
+            code = worker(index, parent, spec, site)
         finally:
             os._exit(code)
     return pid
@@ -183,20 +193,26 @@ def _setup_logging(level: str, file: str | None) -> None:
 # (the application is imported inside the functions: this module stays light)
 
 
-@dataclass(frozen=True)
 class WorkerSpec:
-    """What each worker starts from: the same for the first ones and for a restarted one."""
+    """What each worker starts from: the same for the first ones and for a restarted one.
+    (A plain class, not a dataclass: see ``TYPE_CHECKING`` above.)"""
 
-    path: str | None
-    config: Config
-    secret: str | None  # the generated admin secret, when the config sets none
-    loaded: int | None  # the config file's mtime when ``config`` was read from it
-    peers_dir: str | None
+    __slots__ = ("path", "config", "secret", "loaded", "peers_dir")
+
+    def __init__(self, path: str | None, config: Config, secret: str | None, loaded: int | None,
+                 peers_dir: str | None) -> None:
+        self.path = path
+        self.config = config
+        self.secret = secret  # the generated admin secret, when the config sets none
+        self.loaded = loaded  # the config file's mtime when ``config`` was read from it
+        self.peers_dir = peers_dir
 
 
-def worker(index: int, parent: int, spec: WorkerSpec | bytes) -> int:
+def worker(index: int, parent: int, spec: WorkerSpec | bytes, site: bool = False) -> int:
     """Serve as worker ``index`` of ``parent``; returns the exit code. ``spec`` pickled: a
-    restart by the lean supervisor, which opens it here (that loads the application)."""
+    restart by the lean supervisor, which opens it here (that loads the application), after
+    running ``site`` if ``site`` says the gateway was started with it (the lean supervisor runs
+    without: ``hand_over``)."""
     # First of all, the parent's handlers (which forward to the workers) are replaced: until
     # serve() installs its own, a stop ends a starting worker quietly.
     signal.signal(signal.SIGTERM, _stop_starting_worker)
@@ -204,6 +220,10 @@ def worker(index: int, parent: int, spec: WorkerSpec | bytes) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the config is being read anyway
     try:
         _stop_with_parent(parent)
+        if site and sys.flags.no_site:
+            import site as site_module
+
+            site_module.main()  # site-packages and .pth files, as the started gateway had them
         if isinstance(spec, bytes):
             spec = pickle.loads(spec)
             assert isinstance(spec, WorkerSpec)
