@@ -132,24 +132,30 @@ def hand_over(state: dict[str, Any], spec: WorkerSpec) -> None:
             pickle.dump(state, out, protocol=pickle.HIGHEST_PROTOCOL)
         os.lseek(fd, 0, os.SEEK_SET)
         os.set_inheritable(fd, True)
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-                "from smartproxy.supervisor import main; sys.exit(main(int(sys.argv[2])))")
         for handler in logging.getLogger().handlers:
             handler.flush()
         sys.stdout.flush()
         sys.stderr.flush()
         # Held back until the new program has its handlers (the mask survives exec).
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
-        # -S: no ``site`` (its .pth files can import much); a restarted worker runs it (``worker``).
-        argv = [sys.executable, "-S", "-c", code, package_parent, str(fd)]
         try:
-            os.execv(sys.executable, argv)
+            os.execv(sys.executable, supervisor_argv(fd))
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
             log.warning("the parent process stays as loaded (%s): exec failed", exc)
     finally:
         os.close(fd)
+
+
+def supervisor_argv(fd: int) -> list[str]:
+    """The lean supervisor's command line, reading its state from ``fd``. ``-S``: no ``site``
+    (its .pth files can import much; a restarted worker runs it: ``worker``). ``-P``: the
+    working directory is not put on ``sys.path`` (as ``-c`` otherwise does), so a ``types.py``
+    or ``logging.py`` in the folder the gateway was started from is not imported instead."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from smartproxy.supervisor import main; sys.exit(main(int(sys.argv[2])))")
+    return [sys.executable, "-S", "-P", "-c", code, package_parent, str(fd)]
 
 
 def main(fd: int) -> int:

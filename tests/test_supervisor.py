@@ -53,6 +53,23 @@ def test_importing_the_supervisor_loads_no_application():
     assert out.stdout.strip() == "['smartproxy.supervisor']"
 
 
+def test_the_lean_supervisor_does_not_import_modules_from_the_folder_it_was_started_in(tmp_path):
+    """Started from a folder holding a ``types.py`` (as a working directory may), the exec'd
+    supervisor still imports the standard library's: it reads its state and supervises."""
+    import pickle
+
+    (tmp_path / "types.py").write_text("raise SystemExit('the folder\'s types.py was imported')\n")
+    read, write = os.pipe()
+    with os.fdopen(write, "wb") as out:
+        pickle.dump({"children": {}, "log_level": "INFO", "log_file": None, "peers_dir": None,
+                     "worker": b"", "site": True}, out)
+    argv = supervisor_module.supervisor_argv(read)
+    done = subprocess.run(argv, cwd=tmp_path, pass_fds=(read,), capture_output=True, text=True,
+                          timeout=30)
+    os.close(read)
+    assert done.returncode == 0, done.stderr  # no workers: nothing to supervise
+
+
 def test_hand_over_returns_when_exec_fails_and_leaves_no_signal_blocked(monkeypatch, caplog):
     """Where the exec cannot be done, the loaded parent supervises as it is: the signals it
     blocked for the exec are unblocked again, and it says why."""
