@@ -336,7 +336,27 @@ class GatewayRunner(web.AppRunner):
         assert isinstance(server, GuardedServer)
         server._timeouts = self._timeouts
         server.request_factory = partial(_started, server.request_factory)
+        _drop_current_app_layers(self.app)
         return server
+
+
+def _drop_current_app_layers(app: web.Application) -> None:
+    """Take out of ``app``'s (frozen) middleware chains the layer aiohttp adds for each app of a
+    request's chain (``_fix_request_current_app``): it only makes ``request.app`` the root while
+    the root's middlewares run, which none of ours reads (handlers and the sub-apps' own
+    middlewares see their sub-app either way: aiohttp resolves ``request.app`` to the innermost
+    app). Those two coroutines were ~670 bytes held by every request in flight through ``/v1``
+    (``tests/test_per_request.py``). A no-op should aiohttp's internals differ."""
+    apps = [app]
+    while apps:
+        each = apps.pop()
+        apps.extend(getattr(each, "_subapps", ()))
+        layers = getattr(each, "_middlewares_handlers", None)
+        if isinstance(layers, tuple):
+            each._middlewares_handlers = tuple(
+                (m, new) for m, new in layers
+                if getattr(m, "__qualname__", "") != "_fix_request_current_app.<locals>.impl"
+            )
 
 
 def _started(factory: Any, message: Any, payload: Any, protocol: Any, *rest: Any) -> BaseRequest:

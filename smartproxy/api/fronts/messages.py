@@ -26,7 +26,7 @@ from ...routing.router import RequestFacts
 from ...security.apikeys import Principal
 from ...state import Snapshot
 from ...upstream.wire import ANTHROPIC, UNMETERED
-from ..proxy import parse_body, run_front
+from ..proxy import parse_body, serves
 from .base import Front
 
 
@@ -75,12 +75,14 @@ _ERRORS = """
 """
 
 
-async def create_message(request: web.Request) -> web.StreamResponse:
-    return await run_front(request, MESSAGES_FRONT)
+@serves(MESSAGES_FRONT)
+def create_message() -> None:
+    """Documented below (the OpenAPI operation shares the error responses)."""
 
 
-async def count_tokens(request: web.Request) -> web.StreamResponse:
-    return await run_front(request, COUNT_TOKENS_FRONT)
+@serves(COUNT_TOKENS_FRONT)
+def count_tokens() -> None:
+    """Documented below."""
 
 
 create_message.__doc__ = (

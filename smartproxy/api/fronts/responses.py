@@ -33,7 +33,7 @@ from ...upstream.client import Exchange
 from ...upstream.wire import RESPONSES, UNMETERED
 from ..gate import authenticate, rate_limit
 from ..limits import read_body
-from ..proxy import DISPATCHER, forward_headers, parse_body, run_front
+from ..proxy import DISPATCHER, forward_headers, parse_body, serves
 from .base import Front
 
 log = logging.getLogger("smartproxy.proxy")
@@ -102,7 +102,8 @@ RESPONSES_FRONT = Front(
 )
 
 
-async def create_response(request: web.Request) -> web.StreamResponse:
+@serves(RESPONSES_FRONT)
+def create_response() -> None:
     """Create a model response (OpenAI Responses API; what Codex speaks). Streams with
     ``"stream": true`` (``response.created`` ... ``response.completed``). A
     ``previous_response_id`` answered through the gateway goes to the same channel.
@@ -150,7 +151,6 @@ async def create_response(request: web.Request) -> web.StreamResponse:
       '503': {$ref: '#/components/responses/NoChannel'}
       '504': {$ref: '#/components/responses/UpstreamTimeout'}
     """
-    return await run_front(request, RESPONSES_FRONT)
 
 
 async def stored_response(request: web.Request) -> web.StreamResponse:
