@@ -14,7 +14,7 @@ Failures are translated where they enter: a provider raises only ``upstream.erro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -72,9 +72,11 @@ class UpstreamReply(Protocol):
 class Provider(Protocol):
     name: str
 
-    async def send(
+    def send(
         self, channel: ChannelConfig, request: OutgoingRequest, timeouts: Timeouts
-    ) -> UpstreamReply: ...
+    ) -> Awaitable[UpstreamReply]:
+        """Raises the AttemptError that stops the attempt, now or when awaited."""
+        ...
 
 
 @dataclass(slots=True)  # built per request: a frozen init costs ~0.16 µs a field
