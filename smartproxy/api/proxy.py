@@ -30,6 +30,7 @@ from multidict import CIMultiDict
 
 from .. import __version__
 from ..errors import BadRequest, GatewayError, NotFound
+from ..routing.router import Candidate
 from ..state import GATEWAY, KEY_CHECK, RATELIMIT_HEADERS, REQUEST_ID, Gateway
 from ..upstream.client import Dispatcher, Exchange
 from ..upstream.headers import client_request_headers
@@ -87,7 +88,15 @@ def forward_headers(request: web.Request) -> CIMultiDict[str]:
 
 
 async def _proxy(request: web.Request, front: Front) -> web.StreamResponse:
-    """The request path every front shares (``front`` says what differs)."""
+    """The request path every front shares (``front`` says what differs). Its frame waits for as
+    long as the upstream takes, so the work before is a coroutine of its own: the many locals
+    that needs are not held meanwhile (~130 bytes per request in flight)."""
+    ex, candidates = await _prepare(request, front)
+    return await request.app[DISPATCHER].dispatch(ex, candidates)
+
+
+async def _prepare(request: web.Request, front: Front) -> tuple[Exchange, tuple[Candidate, ...]]:
+    """Key, limits, body, route: the exchange to dispatch and its candidates."""
     gw = request.app[GATEWAY]
     snap = gw.snapshot  # read once: a reload mid-request changes nothing for this request
     principal = await authenticate(request, gw, snap)
@@ -127,9 +136,7 @@ async def _proxy(request: web.Request, front: Front) -> web.StreamResponse:
         on_answer_id=front.answer_ids(gw, principal.name) if front.answer_ids is not None else None,
         rereadable=front.parse is parse_body,
     )
-    candidates, dispatcher = decision.candidates, request.app[DISPATCHER]
-    del body, stream_options, decision  # while the upstream answers, only ``ex`` holds the body
-    return await dispatcher.dispatch(ex, candidates)
+    return ex, decision.candidates  # while the upstream answers, only ``ex`` holds the body
 
 
 def serves(front: Front) -> Callable[[Callable[[], None]], Handler]:
