@@ -33,6 +33,7 @@ What is not kept
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -41,17 +42,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import YAMLError as RuamelError
-from ruamel.yaml.representer import RoundTripRepresenter
-from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from ..errors import ConfigError, SmartProxyError
 from . import Config, config_from_text, default_config_text, expand_env, parse_config, read_yaml
+
+if TYPE_CHECKING:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.representer import RoundTripRepresenter
+
+# ruamel.yaml (~2 MB per process) is imported by the first edit of the file, not with the config:
+# a worker that never serves an admin write does not hold it.
 
 
 class Kind(Protocol):
@@ -187,8 +190,17 @@ def _why(exc: OSError) -> str:
 
 
 # ----------------------------------------------------------------------------- round-trip YAML
-class _Representer(RoundTripRepresenter):
-    """Floats in plain decimal with a dot: PyYAML (YAML 1.1) reads ``6e-07`` as a string."""
+@functools.cache
+def _representer() -> type[RoundTripRepresenter]:
+    """ruamel's round-trip representer, but floats in plain decimal with a dot: PyYAML (YAML
+    1.1) reads ``6e-07`` as a string."""
+    from ruamel.yaml.representer import RoundTripRepresenter
+
+    class Representer(RoundTripRepresenter):
+        pass
+
+    Representer.add_representer(float, _represent_float)
+    return Representer
 
 
 def _represent_float(rep: RoundTripRepresenter, value: float) -> Any:
@@ -196,9 +208,6 @@ def _represent_float(rep: RoundTripRepresenter, value: float) -> Any:
     if "." not in text:
         text += ".0"
     return rep.represent_scalar("tag:yaml.org,2002:float", text)
-
-
-_Representer.add_representer(float, _represent_float)
 
 
 def _guess_indent(text: str) -> tuple[int, int, int]:
@@ -223,8 +232,10 @@ def _guess_indent(text: str) -> tuple[int, int, int]:
 
 
 def _round_trip(text: str) -> YAML:
+    from ruamel.yaml import YAML
+
     y = YAML()  # round-trip mode
-    y.Representer = _Representer
+    y.Representer = _representer()
     y.preserve_quotes = True
     y.allow_duplicate_keys = True  # PyYAML takes the last one; the read-back check compares
     y.width = 4096  # never fold a long expression or URL
@@ -240,12 +251,17 @@ def _pyyaml_reads_as_str(text: str) -> bool:
 
 def key_node(key: Any) -> Any:
     if isinstance(key, str) and not (_PLAIN_KEY.match(key) and _pyyaml_reads_as_str(key)):
+        from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
         return DoubleQuotedScalarString(key)
     return key
 
 
 def to_node(value: Any) -> Any:
     """A new value for the round-trip document: strings quoted, scalar collections in flow style."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
     if isinstance(value, str):
         return DoubleQuotedScalarString(value)
     if isinstance(value, list):
@@ -329,6 +345,9 @@ def _finish(
     changed: frozenset[str],
     edit_rt: Callable[[Any], None],
 ) -> Edit:
+    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.error import YAMLError as RuamelError
+
     config = parse_config(expand_env(plain), source=source)  # ConfigError: refused, nothing written
     y = _round_trip(text)
     try:

@@ -13,11 +13,9 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ruamel.yaml.comments import CommentedSeq
-
 from ..errors import ConfigError
 from . import Config, TimeWindow, expand_env
-from .kinddoc import Node, _append, _delete, _is_rt, _new_map, _update
+from .kinddoc import Node, _append, _delete, _empty_seq, _new_map, _update
 from .model import mask_secret
 
 _MASKED = re.compile(r"(?:[A-Za-z]{1,2}-|sha256:)?\.\.\.[^.]{0,4}|\*{4}")
@@ -159,7 +157,7 @@ class Kind:
         if not isinstance(items, list):
             if not create:
                 return None
-            items = doc[self.section] = CommentedSeq() if _is_rt(doc) else []
+            items = doc[self.section] = _empty_seq(doc)
         return items
 
     def _index(self, items: list[Any], name: str) -> int | None:

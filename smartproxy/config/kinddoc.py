@@ -6,33 +6,53 @@ the comment lines at the end of a block stay at its end. Used by ``kind.Kind`` a
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.tokens import CommentToken
+if TYPE_CHECKING:
+    from ruamel.yaml.comments import CommentedMap
 
 Node = Callable[[Any], Any]  # makes a document value from a plain one (identity, or round-trip)
 
 
+def _comments() -> Any:
+    """ruamel.yaml's ``comments`` module if it is loaded, else None. A round-trip document exists
+    only once ``config.file`` has loaded it; a plain one is edited without importing ruamel."""
+    return sys.modules.get("ruamel.yaml.comments")
+
+
 def _is_rt(doc: Any) -> bool:
-    return isinstance(doc, CommentedMap)
+    rt = _comments()
+    return rt is not None and isinstance(doc, rt.CommentedMap)
 
 
 def _new_map(doc: Any, entry: dict[str, Any], node: Node) -> Any:
     if _is_rt(doc):
-        return CommentedMap((k, node(v)) for k, v in entry.items())  # block style
+        return _comments().CommentedMap((k, node(v)) for k, v in entry.items())  # block style
     return dict(entry)
+
+
+def _empty_map(doc: Any) -> Any:
+    return _comments().CommentedMap() if _is_rt(doc) else {}
+
+
+def _empty_seq(doc: Any) -> Any:
+    return _comments().CommentedSeq() if _is_rt(doc) else []
 
 
 # Round-trip documents: the comment lines after the last entry of a block (often a commented-out
 # sample, then a blank line) belong to that entry's last scalar. When an entry is appended or the
 # last one deleted, they move along so that they stay at the end of the block.
-Holder = tuple[CommentedMap, Any]
+Holder = tuple["CommentedMap", Any]
 
 
 def _trailing(node: Any, *, before_last: bool = False) -> Holder | None:
     """The (mapping, key) whose scalar value ends ``node``'s text, or None."""
+    rt = _comments()
+    if rt is None:  # a plain document: no comments to carry
+        return None
+    CommentedMap, CommentedSeq = rt.CommentedMap, rt.CommentedSeq  # noqa: N806
     if isinstance(node, CommentedSeq):
         return _trailing(node[-2 if before_last else -1]) if len(node) > before_last else None
     if not isinstance(node, CommentedMap) or len(node) <= before_last:
@@ -48,6 +68,8 @@ def _carry_comment(src: Holder | None, dst: Holder | None) -> None:
     """Move the comment lines after ``src`` (not its end-of-line comment) to after ``dst``."""
     if src is None or dst is None or src == dst:
         return
+    from ruamel.yaml.tokens import CommentToken  # loaded: ``src`` is round-trip
+
     entry = src[0].ca.items.get(src[1])
     token = entry[2] if entry and len(entry) > 2 else None
     if not isinstance(token, CommentToken):

@@ -21,8 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ruamel.yaml.comments import CommentedMap
-
 from . import (
     ApiKeyConfig,
     ChannelConfig,
@@ -38,7 +36,16 @@ from .kind import Kind as Kind
 from .kind import mask_key as mask_key
 from .kind import mask_url as mask_url
 from .kinddoc import Node as Node
-from .kinddoc import _append, _carry_comment, _delete, _is_rt, _new_map, _trailing, _update
+from .kinddoc import (
+    _append,
+    _carry_comment,
+    _delete,
+    _empty_map,
+    _is_rt,
+    _new_map,
+    _trailing,
+    _update,
+)
 
 
 class Channels(Kind):
@@ -108,7 +115,7 @@ class ApiKeys(Kind):
             if not isinstance(child, wanted):
                 if not create:
                     return None
-                child = node[key] = CommentedMap() if _is_rt(doc) else {}
+                child = node[key] = _empty_map(doc)
             node = child
         return node
 
