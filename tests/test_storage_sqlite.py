@@ -78,6 +78,13 @@ def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
+async def test_the_connection_keeps_a_small_page_cache(open_store: Opener) -> None:
+    """512 KiB, not SQLite's 2 MB default: each gateway process writing the log holds it."""
+    store = await open_store()
+    size = await asyncio.to_thread(store._run, lambda c: c.execute("PRAGMA cache_size").fetchone())
+    assert size == (-512,)
+
+
 async def test_start_creates_folder_and_wal_file(open_store: Opener, db: Path) -> None:
     store = await open_store()
     assert isinstance(store, UsageStore)
