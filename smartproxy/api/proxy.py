@@ -152,6 +152,7 @@ def serves(front: Front) -> Callable[[Callable[[], None]], Handler]:
 
     return bind
 
+
 CHAT_FRONT = Front("/v1/chat/completions", "/chat/completions", parse_body, CHAT)
 COMPLETIONS_FRONT = Front("/v1/completions", "/completions", parse_body, CHAT)
 EMBEDDINGS_FRONT = Front("/v1/embeddings", "/embeddings", parse_body, EMBEDDINGS)
