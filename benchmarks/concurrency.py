@@ -22,7 +22,12 @@ is needed:
   (``pip install .[bench]``).
 
 Pinning on 2 cores: the gateway's processes on core 0; the upstream, wrk and the stream client on
-core 1 (``--no-pin`` turns it off). Run: ``python benchmarks/concurrency.py [--only s3,curve]``.
+core 1 (``--no-pin`` turns it off). With ``--storage redis`` and no ``--redis-url``, the script
+starts its own ``redis-server`` (no persistence, empty at the start) pinned to core 1 as well, so
+that the gateway's core is the gateway's: the machine's Redis floats between the cores and its
+state outlives runs. (S4 on the same code, 20 s: +126 ms added first-chunk p95 with the
+machine's Redis; +5 and +85 ms with one pinned to core 1: S4's p95 moves that much from run to
+run.) Run: ``python benchmarks/concurrency.py [--only s3,curve]``.
 """
 
 from __future__ import annotations
@@ -837,13 +842,34 @@ def added_stats(result: dict[str, Any], window: tuple[float, float] | None) -> d
 # ---------------------------------------------------------------- main
 
 
+def own_redis(cpu: int | None, workdir: Path) -> str:
+    """A ``redis-server`` for this run on a free port, pinned to ``cpu``, keeping nothing on
+    disk; returns its URL once it answers."""
+    import redis
+
+    port = free_port()
+    start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+           "--appendonly", "no", "--dir", str(workdir)], cpu, workdir / "redis.log")
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if redis.Redis.from_url(url).ping():
+                return url
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                sys.exit(f"redis-server did not start:\n{(workdir / 'redis.log').read_text()}")
+            time.sleep(0.05)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="s3,s3light,s3steady,s4,s5,curve", help="scenarios to run")
     parser.add_argument("--workers", type=int, default=2, help="gateway processes (2 sockets per "
                         "request: 10k in flight needs 2 under a 20k open-file limit)")
     parser.add_argument("--storage", default="redis", choices=("redis", "memory", "sqlite"))
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-url", default=None, help="an existing Redis (not pinned); "
+                        "default: a redis-server started for the run, on the load's core")
     parser.add_argument("--pool", type=int, default=10000, help="server.max_connections")
     parser.add_argument("--connections", type=int, default=10000)
     parser.add_argument("--s3-seconds", type=float, default=90)
@@ -892,12 +918,19 @@ def main() -> int:
     started = time.strftime("%Y-%m-%d %H:%M")
     runs = {"s3": s3, "s3light": s3_light, "s3steady": s3_steady, "s4": s4, "s5": s5,
             "curve": curve}
+    redis_where = ""
     with tempfile.TemporaryDirectory(prefix="sp-conc-") as tmp:
+        if args.storage == "redis":
+            if args.redis_url is None:
+                args.redis_url = own_redis(cpus["load"], Path(tmp))
+                redis_where = f", redis-server (started for the run) on cpu {cpus['load']}"
+            else:
+                redis_where = f", Redis at {args.redis_url} (not pinned)"
         for name in args.only.split(","):
             runs[name](args, cpus, Path(tmp), rep)
     print(f"\n{started}, gateway --workers {args.workers}, storage {args.storage}; pinning: "
           f"gateway on cpu {cpus['proxy']}, upstream on cpu {cpus['upstream']}, load on cpu "
-          f"{cpus['load']}\n")
+          f"{cpus['load']}{redis_where}\n")
     print("| run | req/s | p50 / p95 / p99 ms | added p50 / p95 / p99 ms | errors | peak MB, all "
           "gateway processes: RSS sum / PSS sum | gateway CPU s per 1,000 |")
     print("|---|---:|---|---|---:|---:|---|")
