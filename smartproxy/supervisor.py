@@ -5,8 +5,8 @@ workers from it, so that they share that memory copy-on-write. The parent itself
 of it: it only waits for its children. So, once the workers run, it replaces itself (``exec``,
 same pid, same children) with this module, which imports little of the standard library and
 runs without ``site`` (``python -S``): the parent holds about 14 MB instead of the ~55 MB of a
-loaded application, and the application's pages are shared by the workers alone. Measured with ``benchmarks/concurrency.py`` (S3: the RSS
-of all gateway processes).
+loaded application, and the application's pages are shared by the workers alone. Measured with
+``benchmarks/concurrency.py`` (S3: the RSS of all gateway processes).
 
 What the parent knew is handed over in a file descriptor (a memfd, or an unlinked temporary file)
 that the new program reads at once: the workers' pids, the log settings, and, as an opaque pickle
