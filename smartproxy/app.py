@@ -74,9 +74,12 @@ def observer(gateway: Gateway) -> Any:
         except web.HTTPException as exc:
             status = exc.status
             raise
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             status = 499  # the client went away
-            raise
+            # Without the traceback: it holds every frame below, with the request's state, until
+            # aiohttp lets the cancelled task go (a loop turn later). 10,000 clients leaving at
+            # once otherwise held ~1.4 KB more per request at that moment (tests/test_per_request).
+            raise exc.with_traceback(None) from None
         finally:
             metrics.in_flight_now -= 1
             route = request.match_info.route
