@@ -321,13 +321,16 @@ class Report:
 
 
 def measured_wrk(target: Gateway | Floor, conns: int, seconds: float,
-                 cpus: dict[str, int | None], workdir: Path) -> dict[str, Any]:
-    """wrk against ``target`` with its peak memory (RSS and PSS sums) and CPU per 1,000."""
+                 cpus: dict[str, int | None], workdir: Path, after: float = 0) -> dict[str, Any]:
+    """wrk against ``target`` with its peak memory (RSS and PSS sums) and CPU per 1,000; memory
+    is sampled until ``after`` seconds past wrk's exit (its connections closing with requests
+    in flight)."""
     sampler = Sampler(target)
     sampler.start()
     cpu0 = target.cpu()
     result = wrk(target.url, conns, seconds, cpus["load"], workdir)
     cpu_used = target.cpu() - cpu0
+    time.sleep(after)
     result["peak_rss_mb"], result["peak_pss_mb"] = sampler.finish()
     result["cpu_s_per_1000"] = cpu_used / max(result["requests"], 1) * 1000
     return result
@@ -344,7 +347,7 @@ def run_wrk_pair(args: argparse.Namespace, name: str, delay: tuple[float, float]
         gw = Gateway(args, cpus["proxy"], workdir, up)
         try:
             idle_fds = gw.fds()
-            proxied = measured_wrk(gw, conns, seconds, cpus, workdir)
+            proxied = measured_wrk(gw, conns, seconds, cpus, workdir, args.sample_after)
             proxied["idle_fds"] = idle_fds
         finally:
             gw.close()
@@ -889,6 +892,8 @@ def main() -> int:
     parser.add_argument("--floor", action="store_true", help="S3 and S3-light also through a "
                         "bare aiohttp pass-through (floor_proxy.py, --workers processes)")
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--sample-after", type=float, default=0, help="S3, S3-light: seconds "
+                        "memory is still sampled after wrk exits (0: the load only, as before)")
     parser.add_argument("--steady-seconds", type=float, default=120,
                         help="S3-steady: how long the per-request client sends")
     parser.add_argument("--steady-from", type=float, default=45,
