@@ -147,6 +147,15 @@ def request_bytes(port: int, messages: list[dict[str, str]] = HELLO) -> bytes:
     ).encode()
 
 
+async def until_upstream_holds_all(seen: list[int]) -> None:
+    """Wait (up to 5 s) until the upstream holds all N requests."""
+    for _ in range(500):
+        if len(seen) == N:
+            break
+        await asyncio.sleep(0.01)
+    assert len(seen) == N
+
+
 async def hold(
     port: int, seen: list[int], release: asyncio.Event, request: bytes = b""
 ) -> dict[str, float]:
@@ -162,11 +171,7 @@ async def hold(
     done = [loop.create_future() for _ in range(N)]
     for fut in done:
         await loop.create_connection(lambda f=fut: RawClient(request, f), "127.0.0.1", port)
-    for _ in range(500):
-        if len(seen) == N:
-            break
-        await asyncio.sleep(0.01)
-    assert len(seen) == N
+    await until_upstream_holds_all(seen)
     cycles = gc.collect()  # cycles that became garbage while the requests were in flight
     held = {
         "objects": (len(gc.get_objects()) - objects_before) / N,
@@ -200,11 +205,7 @@ async def hold_on_used_connections(port: int, seen: list[int], release: asyncio.
     seen.clear()
     for client in clients:
         client.send()
-    for _ in range(500):
-        if len(seen) == N:
-            break
-        await asyncio.sleep(0.01)
-    assert len(seen) == N
+    await until_upstream_holds_all(seen)
     gc.collect()
     held = (tracemalloc.get_traced_memory()[0] - bytes_before) / N
     release.set()
@@ -228,11 +229,7 @@ async def leave_at_once(port: int, seen: list[int], release: asyncio.Event) -> f
             lambda: RawClient(request, loop.create_future()), "127.0.0.1", port
         )
         transports.append(transport)
-    for _ in range(500):
-        if len(seen) == N:
-            break
-        await asyncio.sleep(0.01)
-    assert len(seen) == N
+    await until_upstream_holds_all(seen)
     gc.collect()
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
