@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from tlsutil import self_signed
 
 from smartproxy.providers.base import Timeouts
-from smartproxy.providers.h1 import HIGH_WATER, H1Pool, Target, request_head
+from smartproxy.providers.h1 import HIGH_WATER, H1Pool, Target, request_head, whole_chunks
 from smartproxy.upstream.errors import UpstreamConnectError, UpstreamTimeoutError
 
 T = Timeouts(total=5, connect=2, first_byte=5)
@@ -599,6 +599,60 @@ async def test_push_mode_hands_each_chunk_over_as_it_comes(pool: H1Pool, scripte
     reply = await pool.send("POST", url, {}, b"{}", stream=True, timeouts=T)
     reply.close()  # detached: neither sink nor on_end is called any more
     assert reply.error is not None
+
+
+def test_whole_chunks_says_where_each_chunks_data_starts() -> None:
+    assert whole_chunks(b"3\r\nabc\r\n") == [3]
+    assert whole_chunks(b"3\r\nabc\r\nA\r\n0123456789\r\n") == [3, 11]
+    for read in (b"", b"3\r\nabc", b"3\r\nabcd\r\n", b"3\r\nabc\r\n0\r\n\r\n", b"0\r\n\r\n",
+                 b"3;x=1\r\nabc\r\n", b"\r\nabc\r\n", b"zz\r\nabc\r\n", b"3\r\nabc\r\n2\r\na"):  # fmt: skip
+        assert whole_chunks(read) == [], read
+
+
+async def test_push_mode_offers_whole_chunks_as_read(pool: H1Pool, scripted) -> None:
+    """``push(..., raw)``: a read that is whole chunks goes to ``raw`` framing and all; one it
+    refuses, or a read that is not whole chunks, goes to ``sink`` as data."""
+    events = [b"data: %d\n\n" % i for i in range(6)]
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        w.write(b"%x\r\n%s\r\n" % (len(events[0]), events[0]))
+        await w.drain()
+        await asyncio.sleep(0.05)
+        for event in events[1:5]:
+            w.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await w.drain()
+            await asyncio.sleep(0.02)
+        split = b"%x\r\n%s\r\n0\r\n\r\n" % (len(events[5]), events[5])
+        w.write(split[:4])  # the last chunk in two reads, the end with it
+        await w.drain()
+        await asyncio.sleep(0.02)
+        w.write(split[4:])
+        await asyncio.sleep(0.3)  # open while the answer is checked
+
+    url = await scripted(script)
+    reply = await pool.send("POST", url, {}, b"{}", stream=True, timeouts=T)
+    first = await reply.iter_chunks().__anext__()
+    got: list[bytes] = [first]
+    taken: list[bytes] = []
+
+    def raw(framed: bytes, starts: list[int]) -> bool:
+        assert len(starts) == 1 and framed.endswith(b"\r\n")
+        start = starts[0]
+        assert framed[start:-2] in events
+        if framed[start:-2] == events[2]:
+            return False  # refused: to sink
+        taken.append(framed)
+        got.append(framed[start:-2])
+        return True
+
+    ended = asyncio.Event()
+    reply.push(got.append, ended.set, raw)
+    await asyncio.wait_for(ended.wait(), 5)
+    assert b"".join(got) == b"".join(events) and reply.error is None
+    assert taken == [b"%x\r\n%s\r\n" % (len(e), e) for e in (events[1], events[3], events[4])]
+    assert pool.open_connections == 1  # whole: back in the pool
 
 
 async def test_push_mode_reports_a_broken_stream(pool: H1Pool, scripted) -> None:

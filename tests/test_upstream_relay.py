@@ -49,8 +49,8 @@ class Reply:
         self.paused = False
         self.error: Exception | None = None
 
-    def push(self, sink: Any, end: Any) -> None:
-        self.sink, self.end = sink, end
+    def push(self, sink: Any, end: Any, raw: Any = None) -> None:
+        self.sink, self.end, self.raw = sink, end, raw
 
     def pause_reading(self) -> None:
         self.paused = True
@@ -70,7 +70,7 @@ def pump() -> tuple[_Pump, Transport, Reply, Writer, StreamTally]:
     resp: Any = SimpleNamespace(_payload_writer=writer)
     ch: Any = SimpleNamespace(name="a")
     p = _Pump.start(resp, reply, reply.push, ex, ch, EventSplitter(), None, tally, True)
-    assert p is not None and writer.headers_sent and reply.sink == p.sink
+    assert p is not None and writer.headers_sent and reply.sink == p.sink and reply.raw == p.raw
     return p, transport, reply, writer, tally
 
 
@@ -82,6 +82,54 @@ async def test_events_are_written_in_the_callback_framed_as_chunks() -> None:
     assert transport.written == [b"%x\r\n%s\r\n" % (len(e), e) for e in both]
     assert writer.output_size == sum(map(len, transport.written))
     assert tally.content_events == 2
+
+
+def framed(*data: bytes) -> tuple[bytes, list[int]]:
+    """Chunks as one read, and where the data of each starts."""
+    read, starts = b"", []
+    for d in data:
+        head = b"%x\r\n" % len(d)
+        starts.append(len(read) + len(head))
+        read += head + d + b"\r\n"
+    return read, starts
+
+
+async def test_a_chunk_of_one_ordinary_event_goes_on_as_it_came() -> None:
+    """``raw``: an upstream chunk that is one plain event is written on framing and all (no
+    split, inspection or new framing), counted as ``inspect_event`` counts it; one with a
+    usage object, several events, a CR or another shape is left to ``sink``."""
+    p, transport, _, writer, tally = pump()
+    nulled = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n'
+    reads = [framed(event(0)), framed(nulled), framed(event(1), nulled, event(2))]
+    for read in reads:
+        assert p.raw(*read) is True
+    assert transport.written == [read for read, _ in reads]
+    assert writer.output_size == sum(map(len, transport.written)) and tally.content_events == 5
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n'
+    for data in (usage, event(1) + event(2), event(1).replace(b"\n", b"\r\n"),
+                 b"data: [DONE]\n\n", b"event: x\ndata: {}\n\n", b": keep-alive\n\n",
+                 b'data: {"a":1}\n\n\n', b": data: {\n\n"):  # fmt: skip
+        assert p.raw(*framed(data)) is False, data
+        assert p.raw(*framed(event(3), data)) is False, data  # one such chunk among others
+    assert len(transport.written) == 3 and tally.content_events == 5
+
+
+@pytest.mark.parametrize("state", ["part of an event held", "events held", "buffer full", "translated"])
+async def test_a_plain_chunk_waits_its_turn(state: str) -> None:
+    """Whatever holds ``raw`` back leaves the chunk to ``sink``, which keeps the order."""
+    p, transport, _, _, tally = pump()
+    if state == "part of an event held":
+        p.sink(event(0)[:10])
+    elif state == "events held":
+        transport.buffered = CLIENT_HIGH + 1
+        p.sink(event(0))
+        transport.buffered = 0
+    elif state == "buffer full":
+        transport.buffered = CLIENT_HIGH + 1
+    else:
+        p._plain = False  # as when the events are translated
+    assert p.raw(*framed(event(1))) is False
+    assert transport.written == [] and tally.content_events == (state == "events held")
 
 
 async def test_a_full_client_buffer_leaves_events_to_the_coroutine_in_order() -> None:

@@ -219,6 +219,23 @@ _HEX = b"0123456789abcdefABCDEF"
 _FIRST, _TOTAL, _IDLE = 0, 1, 2
 
 
+def whole_chunks(data: bytes) -> list[int]:
+    """Where each chunk's data starts when ``data`` is whole chunks of chunked coding
+    (``<hex size>\r\n<data>\r\n``, no extensions, none the last), else []."""
+    starts: list[int] = []
+    pos, n = 0, len(data)
+    while pos < n:
+        end = data.find(b"\r\n", pos, pos + 10)
+        if end <= pos or data[pos:end].strip(_HEX):
+            return []
+        size = int(data[pos:end], 16)
+        pos = end + 4 + size
+        if not size or pos > n or data[pos - 2 : pos] != b"\r\n":
+            return []
+        starts.append(end + 2)
+    return starts
+
+
 class H1Reply:
     """One answer: status and headers once they are in, then the body as it comes."""
 
@@ -248,6 +265,7 @@ class H1Reply:
         "_last",
         "_got_chunk",
         "_sink",
+        "_raw",
         "_on_end",
     )
 
@@ -284,6 +302,7 @@ class H1Reply:
         self._last = started
         self._got_chunk = False
         self._sink: Callable[[bytes], None] | None = None  # push mode (``push``)
+        self._raw: Callable[[bytes, list[int]], bool] | None = None  # push mode: whole chunks
         self._on_end: Callable[[], None] | None = None
         self._timer: Cancellable | None = None
         self._timer_kind = _FIRST
@@ -335,6 +354,14 @@ class H1Reply:
 
     # ------------------------------------------------------------------ from the connection
     def feed(self, data: bytes) -> None:
+        raw = self._raw
+        if raw is not None and self._left == 0 and not self._buf:
+            # Push mode's usual read: whole chunks (``<hex size>\r\n<data>\r\n``), offered as
+            # read, framing and all (``push``).
+            starts = whole_chunks(data)
+            if starts and raw(data, starts):
+                self._last = self._loop.time()
+                return
         if self._state == _HEAD:
             buf = self._buf + data if self._buf else data
             while True:
@@ -530,7 +557,7 @@ class H1Reply:
     def _end_push(self) -> None:
         on_end = self._on_end
         if on_end is not None:
-            self._on_end = self._sink = None
+            self._on_end = self._sink = self._raw = None
             on_end()
 
     def _wake(self) -> None:
@@ -559,12 +586,17 @@ class H1Reply:
                 return
             await self._wait()
 
-    def push(self, sink: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+    def push(self, sink: Callable[[bytes], None], on_end: Callable[[], None],
+             raw: Callable[[bytes, list[int]], bool] | None = None) -> None:  # fmt: skip
         """Push mode, for a relay that writes each chunk on at once: from now on every body
         chunk goes to ``sink`` in the connection's own callback, with no queue and no wake-up of
         a coroutine, and ``on_end()`` is called once the answer is whole or broken (``error``
         says which). Chunks already queued go to ``sink`` first. The caller owns flow control
-        (``pause_reading``/``resume_reading``) and must not iterate the chunks any more."""
+        (``pause_reading``/``resume_reading``) and must not iterate the chunks any more.
+
+        ``raw``, for a chunked answer: a read that is whole chunks of data (``whole_chunks``) is
+        first offered to ``raw(framed, starts)`` as it came; when it returns True it has taken
+        it, else its data goes to ``sink`` as any other."""
         chunks, self._chunks, self._size = self._chunks, [], 0
         self.resume_reading()
         for chunk in chunks:
@@ -573,6 +605,8 @@ class H1Reply:
             on_end()
         else:
             self._sink, self._on_end = sink, on_end
+            if self._chunked:
+                self._raw = raw
 
     @property
     def error(self) -> AttemptError | None:
@@ -608,7 +642,7 @@ class H1Reply:
 
     def close(self) -> None:
         """Abort an answer not yet whole (its connection is not reused); safe to call again."""
-        self._sink = self._on_end = None  # nobody listens any more
+        self._sink = self._on_end = self._raw = None  # nobody listens any more
         if self._state != _DONE:
             self._fail(UpstreamConnectError("closed by the gateway"))
         self._chunks = []

@@ -24,7 +24,7 @@ from ..storage.base import Reservation
 from .encoding import Inflater, content_coding, inflated, readable
 from .errors import AttemptError, UpstreamConnectError
 from .exchange import AttemptLog, Exchange, Settler, Verdict
-from .sse import EventSplitter, StreamTally
+from .sse import EventSplitter, StreamTally, inspect_event
 
 
 async def relay_stream(
@@ -211,7 +211,7 @@ class _Pump:
     __slots__ = (
         "_transport", "_writer", "_chunked", "_reply", "_ex", "_channel", "_splitter",
         "_translate", "_inspect", "_tally", "_strip", "_backlog", "_size", "_held", "_error",
-        "_ended", "_kick", "_loop",
+        "_ended", "_kick", "_loop", "_plain",
     )  # fmt: skip
 
     def __init__(self, transport: Any, writer: Any, reply: Any, ex: Exchange, ch: ChannelConfig,
@@ -228,6 +228,9 @@ class _Pump:
         self._ended = False
         self._kick: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
+        # Chat completions relayed as they came: an upstream chunk holding one ordinary event
+        # can go on to the client framing and all (``raw``).
+        self._plain = translate is None and self._chunked and self._inspect is inspect_event
 
     @classmethod
     def start(cls, resp: web.StreamResponse, reply: Any, push: Callable[..., None],
@@ -243,8 +246,35 @@ class _Pump:
             return None
         writer.send_headers()  # the headers go first (they wait for the first body write)
         pump = cls(transport, writer, reply, ex, ch, splitter, translate, tally, strip_usage)
-        push(pump.sink, pump.end)
+        push(pump.sink, pump.end, pump.raw)
         return pump
+
+    def raw(self, framed: bytes, starts: list[int]) -> bool:
+        """Upstream chunks as read, framing and all (their data at ``starts``, ``whole_chunks``):
+        written on to the client as they are when each holds exactly one ordinary event,
+        ``data: {...}`` on one line, none the usage chunk (each is one content event, as
+        ``inspect_event`` counts it), and nothing is held before them; else False (their data
+        goes to ``sink``)."""
+        n = len(starts)
+        # Four LFs a chunk (its size line's, the event's line and blank line, its end) and two
+        # CRs (the framing's): no event holds a second line or a CR.
+        if not (self._plain and framed.count(b"\n") == 4 * n and framed.count(b"\r") == 2 * n
+                and framed.count(b"\n\n\r\n") == n):  # fmt: skip
+            return False
+        for start in starts:
+            if not framed.startswith(b"data: {", start):
+                return False
+        if b'"usage"' in framed and framed.count(b'"usage"') != framed.count(b'"usage":null'):
+            return False
+        t, tally = self._transport, self._tally
+        if (self._held or self._backlog or tally.done or self._error is not None
+                or not self._splitter.idle() or t.is_closing()
+                or t.get_write_buffer_size() > CLIENT_HIGH):  # fmt: skip
+            return False
+        tally.content_events += n
+        self._writer.output_size += len(framed)
+        t.write(framed)
+        return True
 
     def sink(self, data: bytes) -> None:
         if self._error is not None:

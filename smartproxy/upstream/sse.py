@@ -42,6 +42,10 @@ class EventSplitter:
         self._buf = buf[start:] if start else buf
         return events
 
+    def idle(self) -> bool:
+        """No part of an event is held (the next bytes start one)."""
+        return not self._buf
+
     def rest(self) -> bytes:
         """Bytes after the last complete event (a stream that ended mid-event)."""
         rest, self._buf = self._buf, b""
