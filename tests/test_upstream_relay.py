@@ -126,8 +126,16 @@ async def test_a_plain_chunk_waits_its_turn(state: str) -> None:
         transport.buffered = 0
     elif state == "buffer full":
         transport.buffered = CLIENT_HIGH + 1
-    else:
-        p._plain = False  # as when the events are translated
+    else:  # events translated (or another wire's): not offered whole chunks at all
+        reply = Reply()
+        ex: Any = SimpleNamespace(wire=CHAT, on_answer_id=None,
+                                  request=SimpleNamespace(transport=transport))  # fmt: skip
+        resp: Any = SimpleNamespace(_payload_writer=Writer())
+        translate: Any = SimpleNamespace(tally=tally)
+        ch: Any = SimpleNamespace(name="a")
+        q = _Pump.start(resp, reply, reply.push, ex, ch, EventSplitter(), translate, tally, True)
+        assert q is not None and reply.raw is None
+        p._plain = False
     assert p.raw(*framed(event(1))) is False
     assert transport.written == [] and tally.content_events == (state == "events held")
 

@@ -246,7 +246,7 @@ class _Pump:
             return None
         writer.send_headers()  # the headers go first (they wait for the first body write)
         pump = cls(transport, writer, reply, ex, ch, splitter, translate, tally, strip_usage)
-        push(pump.sink, pump.end, pump.raw)
+        push(pump.sink, pump.end, pump.raw if pump._plain else None)
         return pump
 
     def raw(self, framed: bytes, starts: list[int]) -> bool:
