@@ -80,6 +80,8 @@ class FakeUpstream:
     stream_usage: bool = True  # False: ignore stream_options.include_usage (as some providers do)
     stream_type: str = "text/event-stream"  # the Content-Type streams are sent with
     coding: str | None = None  # Content-Encoding of every answer (``Encoder``); None: identity
+    chunk_gap: float = 0.0  # seconds between stream events (each then comes as a read of its own)
+    compact: bool = False  # stream events' JSON without spaces (as OpenAI sends it)
     sent_body: bytes = b""  # exact bytes of the last JSON answer
 
     def app(self) -> web.Application:
@@ -219,7 +221,10 @@ class FakeUpstream:
             }
             if include_usage:
                 chunk["usage"] = None
-            data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            separators = (",", ":") if self.compact else None
+            data = b"data: " + json.dumps(chunk, separators=separators).encode() + b"\n\n"
+            if i and self.chunk_gap:
+                await asyncio.sleep(self.chunk_gap)
             await write(data)
             self.sent_stream.append(data)
             if i == 0:

@@ -175,6 +175,47 @@ async def test_stream_without_include_usage_strips_only_the_chunk_the_gateway_as
     assert row["cost_usd"] == pytest.approx(77e-6)
 
 
+@pytest.mark.parametrize("compact", [False, True], ids=["spaced", "compact"])
+@pytest.mark.parametrize("usage", [60, None], ids=["usage", "no-usage"])
+async def test_events_read_one_by_one_go_on_as_framed_and_are_counted(
+    upstream_factory, gateway_factory, monkeypatch, compact, usage
+):
+    """An upstream that sends its events apart (each a read of its own; ``"usage": null`` in
+    each when asked for usage): they go on as the upstream framed them (``relay._Pump.raw``), the SDK reads every
+    word, the bytes are the upstream's but the usage chunk, and usage is counted: the
+    upstream's, or one completion token per content event when it gave none."""
+    from smartproxy.upstream import relay
+
+    up, url = await upstream_factory("a", usage=split(usage) if usage else None)
+    up.chunk_gap, up.compact = 0.01, compact
+    up.stream_usage = bool(usage)  # none: a provider that ignores include_usage
+    passed: list[bool] = []
+    raw = relay._Pump.raw
+
+    def spy(pump: Any, framed: bytes, starts: list[int]) -> bool:
+        passed.append(raw(pump, framed, starts))
+        return passed[-1]
+
+    monkeypatch.setattr(relay._Pump, "raw", spy)
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    settled = watch_settles(gw)
+    got, _ = await stream_raw(gw, {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True})
+    assert got == b"".join(e for e in up.sent_stream if not is_usage_chunk(e))
+    assert passed.count(True) >= len(up.chunks) - 2  # the path under test was taken
+    record = await asyncio.wait_for(settled.get(), 5)
+    if usage:
+        assert (record.usage_source, record.total_tokens) == ("upstream", 60)
+    else:
+        assert (record.usage_source, record.completion_tokens) == ("estimated", len(up.chunks))
+    stream = await gw.openai().chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == "".join(up.chunks)
+    assert (chunks[-1].usage.total_tokens if usage else chunks[-1].usage) == usage
+
+
 async def test_stream_with_include_usage_is_relayed_whole(upstream_factory, gateway_factory):
     up, url = await upstream_factory("a", usage=split(90))
     gw = await gateway_factory(base_config(channels=[channel("a", url)]))

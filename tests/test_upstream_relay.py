@@ -100,18 +100,19 @@ async def test_a_chunk_of_one_ordinary_event_goes_on_as_it_came() -> None:
     usage object, several events, a CR or another shape is left to ``sink``."""
     p, transport, _, writer, tally = pump()
     nulled = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n'
-    reads = [framed(event(0)), framed(nulled), framed(event(1), nulled, event(2))]
+    spaced = b'data: {"choices": [{"delta": {"content": "x"}}], "usage": null}\n\n'
+    reads = [framed(event(0)), framed(nulled), framed(event(1), spaced, nulled, event(2))]
     for read in reads:
         assert p.raw(*read) is True
     assert transport.written == [read for read, _ in reads]
-    assert writer.output_size == sum(map(len, transport.written)) and tally.content_events == 5
+    assert writer.output_size == sum(map(len, transport.written)) and tally.content_events == 6
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n'
     for data in (usage, event(1) + event(2), event(1).replace(b"\n", b"\r\n"),
                  b"data: [DONE]\n\n", b"event: x\ndata: {}\n\n", b": keep-alive\n\n",
                  b'data: {"a":1}\n\n\n', b": data: {\n\n"):  # fmt: skip
         assert p.raw(*framed(data)) is False, data
         assert p.raw(*framed(event(3), data)) is False, data  # one such chunk among others
-    assert len(transport.written) == 3 and tally.content_events == 5
+    assert len(transport.written) == 3 and tally.content_events == 6
 
 
 @pytest.mark.parametrize("state", ["part of an event held", "events held", "buffer full", "translated"])

@@ -252,9 +252,9 @@ class _Pump:
     def raw(self, framed: bytes, starts: list[int]) -> bool:
         """Upstream chunks as read, framing and all (their data at ``starts``, ``whole_chunks``):
         written on to the client as they are when each holds exactly one ordinary event,
-        ``data: {...}`` on one line, none the usage chunk (each is one content event, as
-        ``inspect_event`` counts it), and nothing is held before them; else False (their data
-        goes to ``sink``)."""
+        ``data: {...}`` on one line, none the usage chunk (``"usage"`` only as ``null``: each is
+        one content event, as ``inspect_event`` counts it), and nothing is held before them;
+        else False (their data goes to ``sink``)."""
         n = len(starts)
         # Four LFs a chunk (its size line's, the event's line and blank line, its end) and two
         # CRs (the framing's): no event holds a second line or a CR.
@@ -264,7 +264,9 @@ class _Pump:
         for start in starts:
             if not framed.startswith(b"data: {", start):
                 return False
-        if b'"usage"' in framed and framed.count(b'"usage"') != framed.count(b'"usage":null'):
+        if b'"usage"' in framed and framed.count(b'"usage"') != (
+            framed.count(b'"usage":null') + framed.count(b'"usage": null')
+        ):
             return False
         t, tally = self._transport, self._tally
         if (self._held or self._backlog or tally.done or self._error is not None
