@@ -48,16 +48,19 @@ from ..config.expr import (
     translate,
 )
 
-# asteval imports numpy whenever it is installed: about 20 MB in every gateway process, though
-# rules run with use_numpy=False. Hide it while asteval loads (only if nothing loaded it before).
-_HIDE_NUMPY = "numpy" not in sys.modules
-if _HIDE_NUMPY:
-    sys.modules["numpy"] = None  # type: ignore[assignment]  # makes `import numpy` fail
+# asteval imports numpy whenever it is installed (about 20 MB in every gateway process), though
+# rules run with use_numpy=False, and ctypes (~1.1 MB of heap, its library mapped besides) only to
+# list it among the modules a script may not reach: rules reach no attribute of anything (the
+# checker refuses attribute access), and nothing else in a worker imports ctypes. Hide both while
+# asteval loads (each only if nothing loaded it before).
+_HIDDEN = tuple(name for name in ("numpy", "ctypes") if name not in sys.modules)
+for _name in _HIDDEN:
+    sys.modules[_name] = None  # type: ignore[assignment]  # makes `import <name>` fail
 try:
     from asteval import Interpreter
 finally:
-    if _HIDE_NUMPY:
-        del sys.modules["numpy"]
+    for _name in _HIDDEN:
+        del sys.modules[_name]
 
 if TYPE_CHECKING:
     from ..config import RuleConfig
