@@ -82,6 +82,55 @@ async def test_stream_chunks_arrive_before_upstream_finishes(
     assert all(c.choices for c in rest)
 
 
+@pytest.mark.parametrize("behaviour", ["hold", "coding"])
+async def test_a_streams_head_goes_out_with_its_first_events(
+    upstream_factory, gateway_factory, monkeypatch, behaviour
+):
+    """The answer's head and the first events are one write to the client (one segment, one
+    system call), not the head alone first: in push mode, and when the stream is decoded as it
+    comes."""
+    from aiohttp.web_protocol import RequestHandler
+
+    writes: list[bytes] = []
+
+    class Recording:
+        def __init__(self, transport: Any) -> None:
+            self._t = transport
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._t, name)
+
+        def write(self, data: bytes) -> None:
+            writes.append(bytes(data))
+            self._t.write(data)
+
+        def writelines(self, chunks: Any) -> None:
+            chunks = [bytes(c) for c in chunks]
+            writes.append(b"".join(chunks))
+            self._t.writelines(chunks)
+
+    made = RequestHandler.connection_made
+    monkeypatch.setattr(RequestHandler, "connection_made", lambda h, t: made(h, Recording(t)))
+    up, url = await upstream_factory("a", default="hold")
+    if behaviour == "coding":
+        up.coding = "gzip"  # decoded as it comes: relayed without the push mode
+    gw = await gateway_factory(base_config(channels=[channel("a", url)]))
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        async with s.post(
+            gw.url + "/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                  "stream": True},
+            headers={"Authorization": f"Bearer {DEV_KEY}"},
+        ) as r:  # fmt: skip
+            assert r.status == 200  # the head came while the upstream holds the rest
+            assert b"Hello" in await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5)
+            mine = [w for w in writes if b"x-smartproxy-channel" in w.lower()]
+            assert len(mine) == 1 and mine[0].startswith(b"HTTP/1.1 200")
+            assert b'"content": "Hello"' in mine[0]  # the first event, in the same write
+            up.release.set()
+            assert (await r.read()).endswith(b"data: [DONE]\n\n")
+
+
 async def test_forwarding_body_query_headers_and_key(upstream_factory, gateway_factory):
     up, url = await upstream_factory("a")
     # forward_openai_org: the organization header goes up only when the channel says so ([6])

@@ -71,7 +71,7 @@ async def relay_stream(
     headers = dispatcher._response_headers(ex, ch, reply.headers)
     if coding is not None and not opaque:
         headers.popall("Content-Encoding", None)
-    resp = web.StreamResponse(status=reply.status, headers=headers)
+    resp = _EventStream(status=reply.status, headers=headers)
     if ex.request.version < (1, 1):
         # HTTP/1.0 has no chunked encoding: the stream ends when the connection does (aiohttp
         # kept a keep-alive HTTP/1.0 connection open after the last event).
@@ -108,6 +108,7 @@ async def relay_stream(
                     break
                 out = got
             else:
+                _send_head(resp)  # before waiting: the client sees the answer start
                 try:
                     pending = await chunks.__anext__()
                 except StopAsyncIteration:
@@ -172,6 +173,19 @@ async def relay_stream(
     if not settled:
         _finish_stream(dispatcher, ex, ch, health, reservation, tally, status, error, t0)
     return resp
+
+
+class _EventStream(web.StreamResponse):
+    """A relayed stream's response: its head goes out with the first events, in one write and
+    one segment, not alone before them (``_send_head`` sends it before any wait for more)."""
+
+    _send_headers_immediately = False
+
+
+def _send_head(resp: web.StreamResponse) -> None:
+    writer = getattr(resp, "_payload_writer", None)
+    if writer is not None:
+        writer.send_headers()  # once; a no-op after
 
 
 def _events(
