@@ -125,6 +125,7 @@ async def relay_stream(
                     written = _finish_stream(dispatcher, ex, ch, health, reservation, tally,
                                              status, error, t0)
                     if written is not None:
+                        _send_head(resp)  # the head need not wait for the settlement
                         await asyncio.shield(written)
                 await resp.write(b"".join(out))
             if push is not None:  # once, after the first chunk
@@ -177,7 +178,8 @@ async def relay_stream(
 
 class _EventStream(web.StreamResponse):
     """A relayed stream's response: its head goes out with the first events, in one write and
-    one segment, not alone before them (``_send_head`` sends it before any wait for more)."""
+    one segment, not alone before them (``_send_head`` sends it before any wait: for more
+    events, or for the settlement that the stream's end waits for)."""
 
     _send_headers_immediately = False
 
