@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -179,3 +180,12 @@ async def anthropic_factory(
         return fake, str(server.make_url("")).rstrip("/")
 
     return make
+
+
+def fresh_python(*lines: str) -> list[str]:
+    """Run ``lines`` in a new interpreter (nothing imported yet): its printed lines. For what a
+    gateway process loads, which this test process cannot tell any more."""
+    out = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()

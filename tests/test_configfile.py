@@ -5,13 +5,12 @@ from __future__ import annotations
 import difflib
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import fresh_python
 
 from smartproxy.config import ConfigError, default_config_text, load_config
 from smartproxy.config import file as cf
@@ -70,20 +69,18 @@ def changed_lines(before: str, after: str) -> tuple[list[str], list[str]]:
 def test_the_app_loads_without_ruamel_until_the_file_is_edited() -> None:
     """ruamel.yaml (~2 MB per process) is imported by the first edit of the file, not with the
     config and the app: a worker that never serves an admin write does not hold it."""
-    code = (
-        "import sys\n"
-        "from smartproxy.app import create_app\n"
-        "from smartproxy.config import parse_config\n"
-        "from smartproxy.config import file as cf\n"
-        "from smartproxy.config.kinds import CHANNELS\n"
-        "create_app(parse_config({}))\n"
-        "print('ruamel.yaml' in sys.modules)\n"
-        "text = 'channels: []  # kept\\n'\n"
-        "edit = cf.upsert(text, CHANNELS, {'name': 'extra', 'type': 'mock'})\n"
-        "print('ruamel.yaml' in sys.modules, '# kept' in edit.text, 'extra' in edit.text)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines() == ["False", "True True True"], out.stderr
+    assert fresh_python(
+        "import sys",
+        "from smartproxy.app import create_app",
+        "from smartproxy.config import parse_config",
+        "from smartproxy.config import file as cf",
+        "from smartproxy.config.kinds import CHANNELS",
+        "create_app(parse_config({}))",
+        "print('ruamel.yaml' in sys.modules)",
+        "text = 'channels: []  # kept\\n'",
+        "edit = cf.upsert(text, CHANNELS, {'name': 'extra', 'type': 'mock'})",
+        "print('ruamel.yaml' in sys.modules, '# kept' in edit.text, 'extra' in edit.text)",
+    ) == ["False", "True True True"]
 
 
 @pytest.mark.parametrize(

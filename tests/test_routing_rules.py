@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import asteval
 import pytest
+from conftest import fresh_python
 
 from smartproxy.config import RuleConfig, parse_config
 from smartproxy.errors import ConfigError
@@ -409,17 +408,14 @@ def test_a_worker_loads_neither_numpy_nor_ctypes_for_asteval() -> None:
     """asteval imports numpy (when installed) and ctypes at its own import; rules need neither
     (no numpy functions, no attribute access): a gateway process does not hold them (~20 MB and
     ~1.1 MB), and both can still be imported afterwards by whoever wants them."""
-    code = (
-        "import sys\n"
-        "from smartproxy.app import create_app\n"
-        "from smartproxy.config import parse_config\n"
-        "cfg = parse_config({'rules': [{'name': 'r', 'expression': 'max_tokens > 10', 'channel': 'a'}],"
-        " 'channels': [{'name': 'a', 'type': 'openai', 'endpoint': 'http://127.0.0.1:9/v1',"
-        " 'api_key': 'k'}]})\n"
-        "create_app(cfg)\n"
-        "print([m for m in ('numpy', 'ctypes') if m in sys.modules])\n"
-        "import ctypes\n"
-        "print(ctypes.sizeof(ctypes.c_int))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines() == ["[]", "4"], out.stderr
+    rule = {"name": "r", "expression": "max_tokens > 10", "channel": "a"}
+    chan = {"name": "a", "type": "openai", "endpoint": "http://127.0.0.1:9/v1", "api_key": "k"}
+    assert fresh_python(
+        "import sys",
+        "from smartproxy.app import create_app",
+        "from smartproxy.config import parse_config",
+        f"create_app(parse_config({{'rules': [{rule!r}], 'channels': [{chan!r}]}}))",
+        "print([m for m in ('numpy', 'ctypes') if m in sys.modules])",
+        "import ctypes",
+        "print(ctypes.sizeof(ctypes.c_int))",
+    ) == ["[]", "4"]

@@ -7,8 +7,6 @@ import hashlib
 import hmac
 import json
 import logging
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import jwt as pyjwt
 import pytest
 from aiohttp import web
+from conftest import fresh_python
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -171,23 +170,18 @@ def test_a_config_with_hmac_only_loads_without_pyjwt_until_a_token_comes() -> No
     """PyJWT and the cryptography bindings it imports (~8 MB) are loaded by the first token a
     process checks or mints, not by loading the config: a worker that never serves the admin
     API does not hold them."""
-    code = (
-        "import sys\n"
-        "from smartproxy.app import create_app\n"
-        "from smartproxy.config import parse_config\n"
-        "cfg = parse_config({'security': {'auth': {'jwt': {'secret': 's' * 40}}}})\n"
-        "create_app(cfg)\n"
-        "heavy = ('jwt', 'cryptography.hazmat.bindings._rust')\n"
-        "print([m for m in heavy if m in sys.modules])\n"
-        "from smartproxy.security.jwt import JwtVerifier\n"
-        "v = JwtVerifier(cfg.security.jwt)\n"
-        "print(v.verify(v.mint('alice', 5))['sub'], [m for m in heavy if m in sys.modules])\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines() == [
-        "[]",
-        "alice ['jwt', 'cryptography.hazmat.bindings._rust']",
-    ], out.stderr
+    assert fresh_python(
+        "import sys",
+        "from smartproxy.app import create_app",
+        "from smartproxy.config import parse_config",
+        "cfg = parse_config({'security': {'auth': {'jwt': {'secret': 's' * 40}}}})",
+        "create_app(cfg)",
+        "heavy = ('jwt', 'cryptography.hazmat.bindings._rust')",
+        "print([m for m in heavy if m in sys.modules])",
+        "from smartproxy.security.jwt import JwtVerifier",
+        "v = JwtVerifier(cfg.security.jwt)",
+        "print(v.verify(v.mint('alice', 5))['sub'], [m for m in heavy if m in sys.modules])",
+    ) == ["[]", "alice ['jwt', 'cryptography.hazmat.bindings._rust']"]
 
 
 # ----------------------------------------------------------------------------- RS256 / ES256
