@@ -284,15 +284,19 @@ class _Pump:
             framed.count(b'"usage":null') + framed.count(b'"usage": null')
         ):
             return False
-        t, tally = self._transport, self._tally
-        if (self._held or self._backlog or tally.done or self._error is not None
-                or not self._splitter.idle() or t.is_closing()
-                or t.get_write_buffer_size() > CLIENT_HIGH):  # fmt: skip
+        if self._error is not None or not self._splitter.idle() or not self._straight_on():
             return False
-        tally.content_events += n
+        self._tally.content_events += n
         self._writer.output_size += len(framed)
-        t.write(framed)
+        self._transport.write(framed)
         return True
+
+    def _straight_on(self) -> bool:
+        """Events may be written to the client now: nothing held before them, the stream's end
+        not among what came (it is settled first), and the client's buffer not full."""
+        t = self._transport
+        return not (self._held or self._backlog or self._tally.done or t.is_closing()
+                    or t.get_write_buffer_size() > CLIENT_HIGH)  # fmt: skip
 
     def sink(self, data: bytes) -> None:
         if self._error is not None:
@@ -310,9 +314,7 @@ class _Pump:
             ex.on_answer_id = None
         if not out:
             return
-        t = self._transport
-        if (self._held or self._backlog or tally.done or t.is_closing()
-                or t.get_write_buffer_size() > CLIENT_HIGH):  # fmt: skip
+        if not self._straight_on():
             self._backlog.extend(out)
             self._size += sum(map(len, out))
             if self._size > BACKLOG_HIGH:
@@ -323,7 +325,7 @@ class _Pump:
         if self._chunked:
             payload = b"%x\r\n%b\r\n" % (len(payload), payload)
         self._writer.output_size += len(payload)
-        t.write(payload)
+        self._transport.write(payload)
 
     def end(self) -> None:
         self._ended = True
