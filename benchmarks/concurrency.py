@@ -647,6 +647,32 @@ def plot(points: list[dict[str, Any]], path: str) -> None:
     print(f"plot written to {path}", file=sys.stderr)
 
 
+YARDSTICK = """
+import time
+def work():
+    total = 0
+    for i in range(2_000_000):
+        total += i % 7
+    return total
+best = float("inf")
+for _ in range(3):
+    t0 = time.process_time()
+    work()
+    best = min(best, time.process_time() - t0)
+print(round(best * 1000, 1))
+"""
+
+
+def yardstick(cpu: int | None) -> float:
+    """This VM's speed now: ms of CPU a fixed pure-Python loop takes on the gateway's core (best
+    of 3). Printed at the start and the end of a run: the same code's figures move with it
+    (on one VM it went from 0.9 to 1.3 s between runs), so runs are compared with it beside."""
+    cmd = [sys.executable, "-c", YARDSTICK]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    return float(subprocess.run(cmd, capture_output=True, check=True, text=True).stdout)
+
+
 # ---------------------------------------------------------------- stream client (S4)
 
 
@@ -931,6 +957,7 @@ def main() -> int:
     cpus = pick_cpus(args.no_pin)
     rep = Report()
     started = time.strftime("%Y-%m-%d %H:%M")
+    speed = [yardstick(cpus["proxy"])]
     runs = {"s3": s3, "s3light": s3_light, "s3steady": s3_steady, "s4": s4, "s5": s5,
             "curve": curve}
     redis_where = ""
@@ -943,9 +970,12 @@ def main() -> int:
                 redis_where = f", Redis at {args.redis_url} (not pinned)"
         for name in args.only.split(","):
             runs[name](args, cpus, Path(tmp), rep)
+    speed.append(yardstick(cpus["proxy"]))
+    rep.data["yardstick_ms"] = speed
     print(f"\n{started}, gateway --workers {args.workers}, storage {args.storage}; pinning: "
           f"gateway on cpu {cpus['proxy']}, upstream on cpu {cpus['upstream']}, load on cpu "
-          f"{cpus['load']}{redis_where}\n")
+          f"{cpus['load']}{redis_where}; yardstick (CPU ms of a fixed Python loop on the "
+          f"gateway's core, start / end): {speed[0]:.0f} / {speed[1]:.0f}\n")
     print("| run | req/s | p50 / p95 / p99 ms | added p50 / p95 / p99 ms | errors | peak MB, all "
           "gateway processes: RSS sum / PSS sum | gateway CPU s per 1,000 |")
     print("|---|---:|---|---|---:|---:|---|")
