@@ -30,8 +30,8 @@ machine's Redis; +5 and +85 ms with one pinned to core 1: S4's p95 moves that mu
 run.) The load's own cost matters most in S4, where the load's core makes and takes 50,000
 events a second: the fake upstream sends events made once, and the stream client looks each event
 up among the upstream's before it would parse one (until 2026-12-01 both built or parsed every
-event as JSON: 2.9 ms of CPU per stream on the load's core, which ran full, so that direct's own
-first-chunk p95 went from 0.15 to 6 s between runs; now 1.6 ms per stream).
+event as JSON: 2.9-4.1 ms of CPU per stream on the load's core, which ran full, so that direct's
+own first-chunk p95 went from 0.4 to 6 s between runs; now 1.6 ms per stream, p95 0.15-0.21 s).
 Run: ``python benchmarks/concurrency.py [--only s3,curve]``.
 """
 
@@ -665,8 +665,9 @@ print(round(best * 1000, 1))
 
 def yardstick(cpu: int | None) -> float:
     """This VM's speed now: ms of CPU a fixed pure-Python loop takes on the gateway's core (best
-    of 3). Printed at the start and the end of a run: the same code's figures move with it
-    (on one VM it went from 0.9 to 1.3 s between runs), so runs are compared with it beside."""
+    of 3). Printed at the start and the end of a run: the same code's figures move with the
+    VM's speed (on one VM this loop took 147-208 ms from one minute to the next, and S3 0.88 to
+    1.19 ms of CPU per request), so runs are compared with it beside."""
     cmd = [sys.executable, "-c", YARDSTICK]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
