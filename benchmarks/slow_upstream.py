@@ -154,11 +154,10 @@ class Upstream(asyncio.Protocol):
         if t is None:
             return
         cfg = self._cfg
+        t.write(cfg.events[seq])
         if seq < cfg.chunks:
-            t.write(cfg.events[seq])
             self._loop.call_later(cfg.chunk_ms / 1000.0, self._stream, seq + 1)
             return
-        t.write(cfg.events[seq])
         Stats.answered += 1
         self._done()
 
